@@ -1,0 +1,147 @@
+//! The table of the 59 RPCs of `taskqueue.TaskQueue`: streaming shape and who may call each. The auth
+//! layer and the gRPC metrics layer read it, so access rules live in exactly one place.
+
+/// gRPC method type, named as go-grpc-prometheus labels it (`grpc_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Unary,
+    ClientStream,
+    ServerStream,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Unary => "unary",
+            Kind::ClientStream => "client_stream",
+            Kind::ServerStream => "server_stream",
+        }
+    }
+}
+
+/// Who may call an RPC (design.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed: Login, ChangePassword.
+    Public,
+    /// Any valid token: the worker token or a session.
+    Authenticated,
+    /// A session of an admin user.
+    Admin,
+    /// Storage and registry secrets: the worker token or an admin.
+    Secrets,
+    /// Log streams: authenticated, or anonymous when `--allow-unauthenticated-log-streams` is set and
+    /// the caller sent no authorization header (legacy workers).
+    LogStream,
+}
+
+pub struct Rpc {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub access: Access,
+}
+
+pub const SERVICE: &str = "taskqueue.TaskQueue";
+
+const fn rpc(name: &'static str, kind: Kind, access: Access) -> Rpc {
+    Rpc { name, kind, access }
+}
+
+use Access::*;
+use Kind::*;
+
+/// Every RPC, in the order of the service definition.
+pub const RPCS: &[Rpc] = &[
+    rpc("SubmitTask", Unary, Authenticated),
+    rpc("RegisterWorker", Unary, Authenticated),
+    rpc("PingAndTakeNewTasks", Unary, Authenticated),
+    rpc("UpdateTaskStatus", Unary, Authenticated),
+    rpc("SendTaskLogs", ClientStream, LogStream),
+    rpc("StreamTaskLogsOutput", ServerStream, LogStream),
+    rpc("StreamTaskLogsErr", ServerStream, LogStream),
+    rpc("GetLogsChunk", Unary, Authenticated),
+    rpc("ListTasks", Unary, Authenticated),
+    rpc("RetryTask", Unary, Authenticated),
+    rpc("ListWorkers", Unary, Authenticated),
+    rpc("CreateWorker", Unary, Authenticated),
+    rpc("UpdateWorkerStatus", Unary, Authenticated),
+    rpc("DeleteWorker", Unary, Authenticated),
+    rpc("UpdateWorker", Unary, Authenticated),
+    rpc("GetWorkerStatuses", Unary, Authenticated),
+    rpc("ListJobs", Unary, Authenticated),
+    rpc("GetJobStatuses", Unary, Authenticated),
+    rpc("DeleteJob", Unary, Authenticated),
+    rpc("UpdateJob", Unary, Authenticated),
+    rpc("ListFlavors", Unary, Authenticated),
+    rpc("ListProviders", Unary, Authenticated),
+    rpc("ListRegions", Unary, Authenticated),
+    rpc("CreateFlavor", Unary, Admin),
+    rpc("GetRcloneConfig", Unary, Secrets),
+    rpc("GetDockerCredentials", Unary, Secrets),
+    rpc("Login", Unary, Public),
+    rpc("Logout", Unary, Authenticated),
+    rpc("CreateUser", Unary, Admin),
+    rpc("ListUsers", Unary, Authenticated),
+    rpc("DeleteUser", Unary, Admin),
+    rpc("UpdateUser", Unary, Admin),
+    rpc("ChangePassword", Unary, Public),
+    rpc("ListRecruiters", Unary, Authenticated),
+    rpc("CreateRecruiter", Unary, Authenticated),
+    rpc("UpdateRecruiter", Unary, Authenticated),
+    rpc("DeleteRecruiter", Unary, Authenticated),
+    rpc("ListWorkflows", Unary, Authenticated),
+    rpc("CreateWorkflow", Unary, Authenticated),
+    rpc("DeleteWorkflow", Unary, Authenticated),
+    rpc("ListSteps", Unary, Authenticated),
+    rpc("CreateStep", Unary, Authenticated),
+    rpc("DeleteStep", Unary, Authenticated),
+    rpc("GetStepStats", Unary, Authenticated),
+    rpc("GetWorkerStats", Unary, Authenticated),
+    rpc("FetchList", Unary, Authenticated),
+    rpc("FetchInfo", Unary, Authenticated),
+    rpc("UploadTemplate", Unary, Authenticated),
+    rpc("RunTemplate", Unary, Authenticated),
+    rpc("ListTemplates", Unary, Authenticated),
+    rpc("ListTemplateRuns", Unary, Authenticated),
+    rpc("UpdateTemplateRun", Unary, Authenticated),
+    rpc("DeleteTemplateRun", Unary, Authenticated),
+    rpc("GetWorkspaceRoot", Unary, Authenticated),
+    rpc("RegisterSpecifications", Unary, Authenticated),
+    rpc("ReportWorkerEvent", Unary, Authenticated),
+    rpc("ListWorkerEvents", Unary, Authenticated),
+    rpc("DeleteWorkerEvent", Unary, Authenticated),
+    rpc("PruneWorkerEvents", Unary, Authenticated),
+];
+
+/// The RPC of the service a request path (`/taskqueue.TaskQueue/Name`) designates, if any.
+pub fn lookup(path: &str) -> Option<&'static Rpc> {
+    let name = path
+        .strip_prefix('/')?
+        .strip_prefix(SERVICE)?
+        .strip_prefix('/')?;
+    RPCS.iter().find(|r| r.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifty_nine_distinct_rpcs() {
+        assert_eq!(RPCS.len(), 59);
+        let mut names: Vec<_> = RPCS.iter().map(|r| r.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 59);
+    }
+
+    #[test]
+    fn lookup_by_path() {
+        assert_eq!(
+            lookup("/taskqueue.TaskQueue/Login").unwrap().access,
+            Access::Public
+        );
+        assert!(lookup("/taskqueue.TaskQueue/Nope").is_none());
+        assert!(lookup("/grpc.health.v1.Health/Check").is_none());
+    }
+}

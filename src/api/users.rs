@@ -1,0 +1,154 @@
+//! User and session RPCs (behavior.md §4.6): Login, Logout, CreateUser, ListUsers, DeleteUser,
+//! UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`.
+
+use tonic::Request;
+
+use crate::db::users::{self, UserChanges};
+use crate::domain::credentials;
+use crate::error::{Error, Result};
+use crate::proto as pb;
+use crate::server::state::AppState;
+
+const ACK: pb::Ack = pb::Ack { success: true };
+
+/// Runs a CPU-heavy password function off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("password worker failed: {e}")))
+}
+
+/// Checks a username/password pair; unknown users cost the same time as wrong passwords.
+async fn check_password(state: &AppState, username: &str, password: &str) -> Result<Option<i32>> {
+    let found = users::credentials(&state.db, username).await?;
+    let (user_id, hash) = match found {
+        Some(c) => (Some(c.user_id), c.password_hash),
+        None => (None, credentials::DUMMY_HASH.to_string()),
+    };
+    let password = password.to_string();
+    let hash_for_check = hash.clone();
+    let ok = blocking(move || credentials::verify_password(&password, &hash_for_check)).await?;
+    Ok(user_id.filter(|_| ok))
+}
+
+pub async fn login(
+    state: &AppState,
+    request: Request<pb::LoginRequest>,
+) -> Result<pb::LoginResponse> {
+    let req = request.into_inner();
+    if req.username.is_empty() || req.password.is_empty() {
+        return Err(Error::invalid("username and password are required"));
+    }
+    let user_id = check_password(state, &req.username, &req.password)
+        .await?
+        .ok_or_else(|| Error::unauthenticated("invalid credentials"))?;
+    let token = credentials::new_session_token();
+    users::create_session(
+        &state.db,
+        user_id,
+        &credentials::token_digest(&token),
+        state.config.session_ttl,
+    )
+    .await?;
+    Ok(pb::LoginResponse { token })
+}
+
+pub async fn logout(state: &AppState, request: Request<pb::Token>) -> Result<pb::Ack> {
+    let token = request.into_inner().token;
+    if token.is_empty() {
+        return Err(Error::invalid("token is required"));
+    }
+    users::delete_session(&state.db, &credentials::token_digest(&token)).await?;
+    state.auth.forget(&token).await;
+    Ok(ACK)
+}
+
+pub async fn create_user(
+    state: &AppState,
+    request: Request<pb::CreateUserRequest>,
+) -> Result<pb::UserId> {
+    let req = request.into_inner();
+    if req.username.trim().is_empty() {
+        return Err(Error::invalid("username must not be empty"));
+    }
+    let password = req.password;
+    let hash = blocking(move || credentials::hash_password(&password)).await??;
+    let email = Some(req.email).filter(|e| !e.is_empty());
+    let user_id = users::create_user(
+        &state.db,
+        &req.username,
+        &hash,
+        email.as_deref(),
+        req.is_admin,
+    )
+    .await?;
+    tracing::info!(user_id, username = %req.username, is_admin = req.is_admin, "user created");
+    Ok(pb::UserId { user_id })
+}
+
+pub async fn list_users(state: &AppState, _request: Request<()>) -> Result<pb::UsersList> {
+    let users = users::list_users(&state.db).await?;
+    Ok(pb::UsersList {
+        users: users
+            .into_iter()
+            .map(|u| pb::User {
+                user_id: u.user_id,
+                username: Some(u.username),
+                email: Some(u.email.unwrap_or_default()),
+                is_admin: Some(u.is_admin),
+            })
+            .collect(),
+    })
+}
+
+pub async fn delete_user(state: &AppState, request: Request<pb::UserId>) -> Result<pb::Ack> {
+    let user_id = request.into_inner().user_id;
+    users::delete_user(&state.db, user_id).await?;
+    state.auth.forget_all();
+    tracing::info!(user_id, "user deleted");
+    Ok(ACK)
+}
+
+pub async fn update_user(state: &AppState, request: Request<pb::User>) -> Result<pb::Ack> {
+    let req = request.into_inner();
+    let changes = UserChanges {
+        username: req.username,
+        email: req.email,
+        is_admin: req.is_admin,
+    };
+    if changes.username.is_none() && changes.email.is_none() && changes.is_admin.is_none() {
+        return Err(Error::invalid(
+            "nothing to update: give username, email or is_admin",
+        ));
+    }
+    if changes
+        .username
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        return Err(Error::invalid("username must not be empty"));
+    }
+    users::update_user(&state.db, req.user_id, &changes).await?;
+    state.auth.forget_all();
+    Ok(ACK)
+}
+
+pub async fn change_password(
+    state: &AppState,
+    request: Request<pb::ChangePasswordRequest>,
+) -> Result<pb::Ack> {
+    let req = request.into_inner();
+    if req.username.is_empty() || req.old_password.is_empty() {
+        return Err(Error::invalid("username and old_password are required"));
+    }
+    if req.new_password.is_empty() {
+        return Err(Error::invalid("new_password must not be empty"));
+    }
+    let user_id = check_password(state, &req.username, &req.old_password)
+        .await?
+        .ok_or_else(|| Error::unauthenticated("incorrect credentials"))?;
+    let new_password = req.new_password;
+    let hash = blocking(move || credentials::hash_password(&new_password)).await??;
+    users::set_password(&state.db, user_id, &hash).await?;
+    Ok(ACK)
+}

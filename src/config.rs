@@ -1,0 +1,701 @@
+//! Server configuration: flags and `TASKQUEUE_*` environment variables (clap), then an optional YAML
+//! file whose sections mirror the original's `scitq.yaml` (`scitq:`, `providers:`, `rclone:`), then
+//! the documented defaults below. Names are fixed by design.md §9. `Config` is the validated result.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Defaults, each with the reason it has that value.
+pub mod defaults {
+    use std::time::Duration;
+    /// Local only: a server reachable from the network is a choice made with `--listen`.
+    pub const LISTEN: &str = "127.0.0.1:50051";
+    /// Prometheus scrapes `/metrics` here.
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
+    pub const DATA_DIR: &str = "./taskqueue-data";
+    pub const ADMIN_USER: &str = "admin";
+    /// 16 shards keep 3 replicas × hundreds of workers from queueing on one pending-queue head.
+    pub const ASSIGN_SHARDS: u16 = 16;
+    /// etcd lease TTL: a dead leader is replaced within about this long.
+    pub const LEADER_LEASE_TTL: Duration = Duration::from_secs(10);
+    /// The original's watchdog timeouts (behavior.md §5.5).
+    pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const NEW_WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+    pub const LOST_TIMEOUT: Duration = Duration::from_secs(300);
+    /// The original's warm-worker extension of the idle timeout (task_download_timeout).
+    pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Session tokens live as long as the original's (365 days): scripts keep them in SCITQ_TOKEN.
+    pub const SESSION_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// Connections per replica; Postgres' default max_connections (100) fits three replicas.
+    pub const DB_POOL_SIZE: usize = 30;
+    /// How long a graceful shutdown may take before in-flight work is abandoned.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+    /// The original's recruiter cadence.
+    pub const RECRUITER_INTERVAL: Duration = Duration::from_secs(5);
+    /// The original's template script timeout (grpc_dsl_timeout).
+    pub const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// Prefix of server-created worker names (`<server_name>worker<id>`).
+    pub const SERVER_NAME: &str = "taskqueue";
+    /// The original's gRPC message limit (50 MiB): large submissions and log chunks fit.
+    pub const MAX_MESSAGE_BYTES: usize = 50 << 20;
+}
+
+/// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
+/// YAML file can fill what flags and environment leave unset; defaults are applied afterwards.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// YAML configuration file (sections `scitq:`, `providers:`, `rclone:` as in scitq.yaml).
+    #[arg(long, env = "TASKQUEUE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "TASKQUEUE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus /metrics listen address, or "off" [default: 127.0.0.1:9090].
+    #[arg(long, env = "TASKQUEUE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Postgres URL or key=value string; none → a private PostgreSQL under the data dir.
+    #[arg(long, env = "TASKQUEUE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Data folder: private PostgreSQL, generated worker token, self-signed certificate
+    /// [default: ./taskqueue-data].
+    #[arg(long, env = "TASKQUEUE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// etcd endpoints, comma-separated; none → leadership by a Postgres advisory lock.
+    #[arg(long, env = "TASKQUEUE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Token of workers; none → random, stored in the data dir and printed at first start.
+    #[arg(long, env = "TASKQUEUE_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Name of the admin created when the user table is empty [default: admin].
+    #[arg(long, env = "TASKQUEUE_ADMIN_USER")]
+    pub admin_user: Option<String>,
+    /// Password of that admin; none → random, printed once.
+    #[arg(long, env = "TASKQUEUE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// TLS certificate (PEM) of the gRPC port.
+    #[arg(long, env = "TASKQUEUE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the gRPC port.
+    #[arg(long, env = "TASKQUEUE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate generated at first start (data dir tls/cert.pem, tls/key.pem).
+    #[arg(long, env = "TASKQUEUE_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: Option<bool>,
+    /// Accept log streams without a token (legacy workers that send no header on streams).
+    #[arg(long, env = "TASKQUEUE_ALLOW_UNAUTHENTICATED_LOG_STREAMS")]
+    pub allow_unauthenticated_log_streams: Option<bool>,
+    /// Shards of the pending-task queue; keep it equal on all replicas [default: 16].
+    #[arg(long, env = "TASKQUEUE_ASSIGN_SHARDS")]
+    pub assign_shards: Option<u16>,
+    /// etcd leader lease TTL [default: 10s].
+    #[arg(long, env = "TASKQUEUE_LEADER_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub leader_lease_ttl: Option<Duration>,
+    /// A worker without ping for this long goes offline [default: 30s].
+    #[arg(long, env = "TASKQUEUE_OFFLINE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub offline_timeout: Option<Duration>,
+    /// An idle non-permanent worker is deleted after this long [default: 300s].
+    #[arg(long, env = "TASKQUEUE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// A new worker that never ran a task is deleted after this long [default: 900s].
+    #[arg(long, env = "TASKQUEUE_NEW_WORKER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub new_worker_idle_timeout: Option<Duration>,
+    /// An offline non-permanent worker is deleted after this long [default: 300s].
+    #[arg(long, env = "TASKQUEUE_LOST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lost_timeout: Option<Duration>,
+    /// Lifetime of session tokens issued by Login [default: 365 days].
+    #[arg(long, env = "TASKQUEUE_SESSION_TTL", value_parser = humantime::parse_duration)]
+    pub session_ttl: Option<Duration>,
+    /// Postgres connections per replica [default: 30].
+    #[arg(long, env = "TASKQUEUE_DB_POOL_SIZE")]
+    pub db_pool_size: Option<usize>,
+    /// Deadline of a graceful shutdown [default: 15s].
+    #[arg(long, env = "TASKQUEUE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Prefix of server-created worker names [default: taskqueue].
+    #[arg(long, env = "TASKQUEUE_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Name this replica gives itself in leadership records and logs [default: host:pid].
+    #[arg(long, env = "TASKQUEUE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
+}
+
+/// How the gRPC port is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plaintext: TLS is terminated by a load balancer, or tests and local development.
+    Plain,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Generated at first start into `<data_dir>/tls/`.
+    SelfSigned,
+}
+
+/// One docker registry credential (`scitq.docker_credentials`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct DockerCredential {
+    #[serde(default)]
+    pub registry: String,
+    #[serde(default)]
+    pub secret: String,
+}
+
+/// Settings common to every provider of the `providers:` section (behavior.md §6.2); the
+/// provider-specific keys stay in `extra` for the provider implementation to read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProviderConfig {
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default, alias = "region")]
+    pub default_region: Option<String>,
+    #[serde(default)]
+    pub quotas: BTreeMap<String, Quota>,
+    #[serde(default)]
+    pub local_workspaces: BTreeMap<String, String>,
+    #[serde(default)]
+    pub update_periodicity: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl ProviderConfig {
+    /// Regions as the original derives them: the list, else the quota keys, else the default region.
+    pub fn effective_regions(&self) -> Vec<String> {
+        if !self.regions.is_empty() {
+            return self.regions.clone();
+        }
+        if !self.quotas.is_empty() {
+            return self.quotas.keys().cloned().collect();
+        }
+        self.default_region.iter().cloned().collect()
+    }
+}
+
+/// A provider/region quota: maximum vCPUs and, optionally, memory in GB.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+pub struct Quota {
+    #[serde(default)]
+    pub cpu: i64,
+    #[serde(default)]
+    pub mem: Option<f64>,
+}
+
+/// `providers.<class>.<config_name>`.
+pub type Providers = BTreeMap<String, BTreeMap<String, ProviderConfig>>;
+/// `rclone.<remote>.<option>` → value, served verbatim by GetRcloneConfig.
+pub type RcloneRemotes = BTreeMap<String, BTreeMap<String, String>>;
+
+/// The validated configuration of a replica.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub etcd_endpoints: Vec<String>,
+    pub worker_token: Option<String>,
+    pub admin_user: String,
+    pub admin_password: Option<String>,
+    /// A bcrypt or argon2 hash for the initial admin (`scitq.admin_hashed_password`).
+    pub admin_hashed_password: Option<String>,
+    pub admin_email: Option<String>,
+    pub tls: TlsMode,
+    pub allow_unauthenticated_log_streams: bool,
+    pub assign_shards: u16,
+    pub leader_lease_ttl: Duration,
+    pub offline_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub new_worker_idle_timeout: Duration,
+    pub lost_timeout: Duration,
+    pub task_download_timeout: Duration,
+    pub session_ttl: Duration,
+    pub db_pool_size: usize,
+    pub shutdown_grace: Duration,
+    pub server_name: String,
+    pub server_fqdn: Option<String>,
+    pub replica_name: String,
+    pub recruiter_interval: Duration,
+    pub template_timeout: Duration,
+    pub docker_credentials: Vec<DockerCredential>,
+    pub providers: Providers,
+    pub rclone: RcloneRemotes,
+}
+
+/// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    #[serde(default)]
+    scitq: ScitqSection,
+    #[serde(default)]
+    providers: Providers,
+    #[serde(default)]
+    rclone: BTreeMap<String, BTreeMap<String, serde_yaml::Value>>,
+}
+
+/// `scitq:` keys: our names (design.md §9, snake_case) with the original's names as aliases.
+#[derive(Debug, Default, Deserialize)]
+struct ScitqSection {
+    listen: Option<SocketAddr>,
+    /// The original's gRPC port: listen on all interfaces at this port.
+    port: Option<u16>,
+    metrics_listen: Option<String>,
+    #[serde(alias = "db_url")]
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    etcd_endpoints: Option<StringOrList>,
+    worker_token: Option<String>,
+    admin_user: Option<String>,
+    admin_password: Option<String>,
+    admin_hashed_password: Option<String>,
+    admin_email: Option<String>,
+    #[serde(alias = "certificate_pem")]
+    tls_cert: Option<PathBuf>,
+    #[serde(alias = "certificate_key")]
+    tls_key: Option<PathBuf>,
+    tls_self_signed: Option<bool>,
+    allow_unauthenticated_log_streams: Option<bool>,
+    assign_shards: Option<u16>,
+    #[serde(default, deserialize_with = "de_duration")]
+    leader_lease_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    offline_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    new_worker_idle_timeout: Option<Duration>,
+    #[serde(
+        default,
+        deserialize_with = "de_duration",
+        alias = "considered_lost_timeout"
+    )]
+    lost_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    task_download_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_ttl: Option<Duration>,
+    #[serde(alias = "max_db_concurrency")]
+    db_pool_size: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    shutdown_grace: Option<Duration>,
+    server_name: Option<String>,
+    server_fqdn: Option<String>,
+    replica_name: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    recruiter_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration", alias = "grpc_dsl_timeout")]
+    template_timeout: Option<Duration>,
+    #[serde(default)]
+    docker_credentials: Vec<DockerCredential>,
+    docker_registry: Option<String>,
+    docker_authentication: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Durations in YAML: a number of seconds (the original's form) or a humantime string ("30s").
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Secs(s)) if s >= 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+        Some(Raw::Secs(s)) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        Some(Raw::Text(t)) => humantime::parse_duration(&t)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+    }
+}
+
+/// Turns a YAML scalar into the string rclone expects (`true`, `42`, text).
+fn yaml_scalar_to_string(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags/env, the YAML file and the defaults, and validates the result.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(self, file)
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+}
+
+impl Config {
+    fn merge(args: &ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
+        let s = file.scitq;
+        let listen = match (args.listen, s.listen, s.port) {
+            (Some(a), _, _) | (None, Some(a), _) => a,
+            (None, None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
+            (None, None, None) => defaults::LISTEN.parse()?,
+        };
+        let metrics_raw = args
+            .metrics_listen
+            .clone()
+            .or(s.metrics_listen)
+            .unwrap_or_else(|| defaults::METRICS_LISTEN.to_string());
+        let metrics_listen = match metrics_raw.trim() {
+            "off" | "none" | "" => None,
+            addr => Some(
+                addr.parse()
+                    .map_err(|e| anyhow::anyhow!("invalid --metrics-listen {addr:?}: {e}"))?,
+            ),
+        };
+        let tls = match (
+            args.tls_cert.clone().or(s.tls_cert),
+            args.tls_key.clone().or(s.tls_key),
+            args.tls_self_signed.or(s.tls_self_signed).unwrap_or(false),
+        ) {
+            (Some(cert), Some(key), _) => TlsMode::Files { cert, key },
+            (Some(_), None, _) | (None, Some(_), _) => {
+                anyhow::bail!("--tls-cert and --tls-key must be given together")
+            }
+            (None, None, true) => TlsMode::SelfSigned,
+            (None, None, false) => TlsMode::Plain,
+        };
+        let etcd_endpoints = match (&args.etcd_endpoints, s.etcd_endpoints) {
+            (Some(list), _) => list.clone(),
+            (None, Some(StringOrList::One(one))) => one.split(',').map(str::to_string).collect(),
+            (None, Some(StringOrList::Many(many))) => many,
+            (None, None) => Vec::new(),
+        };
+        let etcd_endpoints: Vec<String> = etcd_endpoints
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+
+        let mut docker_credentials: Vec<DockerCredential> = s
+            .docker_credentials
+            .into_iter()
+            .filter(|c| !c.registry.is_empty() && !c.secret.is_empty())
+            .collect();
+        if docker_credentials.is_empty()
+            && let (Some(registry), Some(secret)) = (s.docker_registry, s.docker_authentication)
+            && !registry.is_empty()
+            && !secret.is_empty()
+        {
+            docker_credentials.push(DockerCredential { registry, secret });
+        }
+
+        let mut rclone = RcloneRemotes::new();
+        for (remote, options) in file.rclone {
+            let mut out = BTreeMap::new();
+            for (k, v) in options {
+                let v = yaml_scalar_to_string(&v).ok_or_else(|| {
+                    anyhow::anyhow!("rclone.{remote}.{k}: expected a scalar value")
+                })?;
+                out.insert(k, v);
+            }
+            rclone.insert(remote, out);
+        }
+
+        let replica_name = args
+            .replica_name
+            .clone()
+            .or(s.replica_name)
+            .unwrap_or_else(default_replica_name);
+        let config = Config {
+            listen,
+            metrics_listen,
+            database_url: args
+                .database_url
+                .clone()
+                .or(s.database_url)
+                .filter(|u| !u.trim().is_empty()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(s.data_dir)
+                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            etcd_endpoints,
+            worker_token: args
+                .worker_token
+                .clone()
+                .or(s.worker_token)
+                .filter(|t| !t.is_empty()),
+            admin_user: args
+                .admin_user
+                .clone()
+                .or(s.admin_user)
+                .unwrap_or_else(|| defaults::ADMIN_USER.into()),
+            admin_password: args
+                .admin_password
+                .clone()
+                .or(s.admin_password)
+                .filter(|p| !p.is_empty()),
+            admin_hashed_password: s.admin_hashed_password.filter(|p| !p.is_empty()),
+            admin_email: s.admin_email,
+            tls,
+            allow_unauthenticated_log_streams: args
+                .allow_unauthenticated_log_streams
+                .or(s.allow_unauthenticated_log_streams)
+                .unwrap_or(false),
+            assign_shards: args
+                .assign_shards
+                .or(s.assign_shards)
+                .unwrap_or(defaults::ASSIGN_SHARDS),
+            leader_lease_ttl: args
+                .leader_lease_ttl
+                .or(s.leader_lease_ttl)
+                .unwrap_or(defaults::LEADER_LEASE_TTL),
+            offline_timeout: args
+                .offline_timeout
+                .or(s.offline_timeout)
+                .unwrap_or(defaults::OFFLINE_TIMEOUT),
+            idle_timeout: args
+                .idle_timeout
+                .or(s.idle_timeout)
+                .unwrap_or(defaults::IDLE_TIMEOUT),
+            new_worker_idle_timeout: args
+                .new_worker_idle_timeout
+                .or(s.new_worker_idle_timeout)
+                .unwrap_or(defaults::NEW_WORKER_IDLE_TIMEOUT),
+            lost_timeout: args
+                .lost_timeout
+                .or(s.lost_timeout)
+                .unwrap_or(defaults::LOST_TIMEOUT),
+            task_download_timeout: s
+                .task_download_timeout
+                .unwrap_or(defaults::TASK_DOWNLOAD_TIMEOUT),
+            session_ttl: args
+                .session_ttl
+                .or(s.session_ttl)
+                .unwrap_or(defaults::SESSION_TTL),
+            db_pool_size: args
+                .db_pool_size
+                .or(s.db_pool_size)
+                .unwrap_or(defaults::DB_POOL_SIZE),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(s.shutdown_grace)
+                .unwrap_or(defaults::SHUTDOWN_GRACE),
+            server_name: args
+                .server_name
+                .clone()
+                .or(s.server_name)
+                .unwrap_or_else(|| defaults::SERVER_NAME.into()),
+            server_fqdn: s.server_fqdn,
+            replica_name,
+            recruiter_interval: s.recruiter_interval.unwrap_or(defaults::RECRUITER_INTERVAL),
+            template_timeout: s.template_timeout.unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            docker_credentials,
+            providers: file.providers,
+            rclone,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration for tests and embedding: defaults everywhere, no YAML.
+    pub fn for_database(database_url: impl Into<String>) -> Config {
+        let mut c = Config::merge(&ServeArgs::default(), FileConfig::default())
+            .expect("defaults are valid");
+        c.database_url = Some(database_url.into());
+        c
+    }
+
+    /// Checks relations between values that no single flag can check.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.assign_shards >= 1,
+            "--assign-shards must be at least 1"
+        );
+        anyhow::ensure!(
+            self.assign_shards <= 1024,
+            "--assign-shards must be at most 1024"
+        );
+        anyhow::ensure!(self.db_pool_size >= 2, "--db-pool-size must be at least 2");
+        anyhow::ensure!(
+            self.leader_lease_ttl >= Duration::from_secs(2),
+            "--leader-lease-ttl must be at least 2s (keep-alives run every TTL/3)"
+        );
+        anyhow::ensure!(
+            self.offline_timeout >= Duration::from_secs(1),
+            "--offline-timeout must be at least 1s"
+        );
+        anyhow::ensure!(
+            !self.admin_user.trim().is_empty(),
+            "--admin-user must not be empty"
+        );
+        anyhow::ensure!(
+            !self.server_name.is_empty()
+                && self
+                    .server_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "server_name must be letters, digits or '-' (it prefixes worker host names)"
+        );
+        for (class, configs) in &self.providers {
+            anyhow::ensure!(
+                matches!(class.as_str(), "local" | "fake" | "azure" | "openstack"),
+                "providers.{class}: unknown provider class (expected local, fake, azure or openstack)"
+            );
+            if class == "local" {
+                for name in configs.keys() {
+                    anyhow::ensure!(
+                        name == "local",
+                        "providers.local.{name}: the local provider is named 'local'"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a value that replicas must share but may be generated (worker token) is kept.
+    pub fn worker_token_path(&self) -> PathBuf {
+        self.data_dir.join("worker-token")
+    }
+
+    /// How stale `worker.last_ping_at` may get before a ping rewrites it (design.md §2).
+    pub fn last_ping_write_interval(&self) -> Duration {
+        self.offline_timeout / 3
+    }
+}
+
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_yaml(yaml: &str, args: ServeArgs) -> anyhow::Result<Config> {
+        let file: FileConfig = serde_yaml::from_str(yaml)?;
+        Config::merge(&args, file)
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9090");
+        assert_eq!(c.assign_shards, 16);
+        assert_eq!(c.offline_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.new_worker_idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.lost_timeout, Duration::from_secs(300));
+        assert_eq!(c.leader_lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.tls, TlsMode::Plain);
+        assert!(c.database_url.is_none());
+        assert!(c.etcd_endpoints.is_empty());
+    }
+
+    #[test]
+    fn reads_an_original_scitq_yaml() {
+        let yaml = r#"
+scitq:
+  port: 50051
+  db_url: postgres://localhost/scitq2?sslmode=disable
+  worker_token: wt
+  jwt_secret: ignored
+  log_root: /var/lib/scitq/tasks
+  idle_timeout: 120
+  considered_lost_timeout: 60
+  certificate_pem: /etc/cert.pem
+  certificate_key: /etc/key.pem
+  docker_registry: registry.example
+  docker_authentication: c2VjcmV0
+providers:
+  fake:
+    test:
+      regions: [r1, r2]
+      quotas: {r1: {cpu: 8, mem: 32}}
+      auto_launch: true
+rclone:
+  s3:
+    type: s3
+    chunk_size: 5
+    env_auth: false
+"#;
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(
+            c.database_url.as_deref(),
+            Some("postgres://localhost/scitq2?sslmode=disable")
+        );
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.lost_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.tls,
+            TlsMode::Files {
+                cert: "/etc/cert.pem".into(),
+                key: "/etc/key.pem".into()
+            }
+        );
+        assert_eq!(c.docker_credentials.len(), 1);
+        let fake = &c.providers["fake"]["test"];
+        assert_eq!(fake.effective_regions(), vec!["r1", "r2"]);
+        assert_eq!(fake.quotas["r1"].cpu, 8);
+        assert!(fake.extra.contains_key("auto_launch"));
+        assert_eq!(c.rclone["s3"]["chunk_size"], "5");
+        assert_eq!(c.rclone["s3"]["env_auth"], "false");
+    }
+
+    #[test]
+    fn flags_win_over_yaml() {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            offline_timeout: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        let c = from_yaml("scitq: {port: 9999, offline_timeout: 100s}", args).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.offline_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let err = from_yaml("scitq: {assign_shards: 0}", ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("assign-shards"), "{err}");
+        let err = from_yaml("providers: {local: {other: {}}}", ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local"), "{err}");
+        assert!(from_yaml("scitq: {idle_timeout: soon}", ServeArgs::default()).is_err());
+        let args = ServeArgs {
+            metrics_listen: Some("off".into()),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", args).unwrap().metrics_listen.is_none());
+    }
+}

@@ -1,0 +1,128 @@
+//! Forward-only schema migrations, embedded in the binary, applied at start under an advisory lock
+//! (several replicas starting at once: exactly one applies, the others wait and find nothing to do).
+//! Each applied migration is recorded with a checksum; an edited migration is refused.
+
+use sha2::{Digest as _, Sha256};
+
+use super::locks::NS_MIGRATE;
+use super::{Db, pg_error};
+use crate::error::{Error, Result};
+
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Add new files as `schema/NNNN_name.sql` and list them here.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../../schema/0001_init.sql"),
+}];
+
+/// What one call to `migrate` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Versions this call applied (empty when the schema was already current).
+    pub applied: Vec<i32>,
+    /// The schema version after the call.
+    pub current: i32,
+}
+
+const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS taskqueue_migration (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)";
+
+fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Applies every migration not yet recorded. Safe to call from many replicas at once.
+pub async fn migrate(db: &Db) -> Result<Report> {
+    let mut client = db.client().await?;
+    // A session lock: held across the per-migration transactions below.
+    client
+        .execute("SELECT pg_advisory_lock($1, 0)", &[&NS_MIGRATE])
+        .await
+        .map_err(pg_error)?;
+    let result = apply_all(&mut client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1, 0)", &[&NS_MIGRATE])
+        .await;
+    if let Err(e) = unlock {
+        tracing::warn!(error = %e, "could not release the migration lock; it goes with the connection");
+    }
+    result
+}
+
+async fn apply_all(client: &mut super::Client) -> Result<Report> {
+    client
+        .batch_execute(CREATE_LEDGER)
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(
+            "SELECT version, name, checksum FROM taskqueue_migration ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut report = Report::default();
+    for row in &rows {
+        let (version, name, sum): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+        match MIGRATIONS.iter().find(|m| m.version == version) {
+            Some(m) if checksum(m.sql) != sum => {
+                return Err(Error::failed_precondition(format!(
+                    "migration {version} ({name}) was changed after it was applied; migrations are forward-only"
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                version,
+                name,
+                "the database has a migration this binary does not know (a newer replica applied it)"
+            ),
+        }
+        report.current = report.current.max(version);
+    }
+    for m in MIGRATIONS {
+        if rows.iter().any(|r| r.get::<_, i32>(0) == m.version) {
+            continue;
+        }
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(m.sql).await.map_err(|e| {
+            let err = pg_error(e);
+            Error::internal(format!(
+                "migration {} ({}) failed: {}",
+                m.version, m.name, err.message
+            ))
+        })?;
+        tx.execute(
+            "INSERT INTO taskqueue_migration (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &checksum(m.sql)],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        report.applied.push(m.version);
+        report.current = report.current.max(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1, "{}", m.name);
+        }
+    }
+}

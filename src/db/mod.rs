@@ -1,0 +1,283 @@
+//! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
+//! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
+
+pub mod embedded;
+pub mod locks;
+pub mod migrate;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Transaction};
+use metrics::{counter, gauge, histogram};
+use scoped_futures::ScopedBoxFuture;
+use tokio_postgres::error::SqlState;
+
+use crate::error::{Code, Error, Result};
+use crate::telemetry::metrics as m;
+
+/// What a transaction is for: the label of its duration metric (a closed set, so label cardinality is
+/// fixed) and the name in its tracing span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Migrate,
+    Bootstrap,
+    Auth,
+    Login,
+    Users,
+    SubmitTask,
+    ListTasks,
+    UpdateTaskStatus,
+    RetryTask,
+    Ping,
+    ClaimTasks,
+    Workers,
+    Workflows,
+    StepStats,
+    Logs,
+    Events,
+    Jobs,
+    Catalog,
+    Recruiters,
+    Templates,
+    Leader,
+    Watchdog,
+    DependencySweep,
+}
+
+impl Op {
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Migrate => "migrate",
+            Op::Bootstrap => "bootstrap",
+            Op::Auth => "auth",
+            Op::Login => "login",
+            Op::Users => "users",
+            Op::SubmitTask => "submit_task",
+            Op::ListTasks => "list_tasks",
+            Op::UpdateTaskStatus => "update_task_status",
+            Op::RetryTask => "retry_task",
+            Op::Ping => "ping",
+            Op::ClaimTasks => "claim_tasks",
+            Op::Workers => "workers",
+            Op::Workflows => "workflows",
+            Op::StepStats => "step_stats",
+            Op::Logs => "logs",
+            Op::Events => "events",
+            Op::Jobs => "jobs",
+            Op::Catalog => "catalog",
+            Op::Recruiters => "recruiters",
+            Op::Templates => "templates",
+            Op::Leader => "leader",
+            Op::Watchdog => "watchdog",
+            Op::DependencySweep => "dependency_sweep",
+        }
+    }
+}
+
+/// How many times a transaction that hit a serialization failure or deadlock is run again.
+const MAX_TX_RETRIES: u32 = 5;
+/// How long a request waits for a pooled connection before answering `Unavailable`.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+pub type Client = deadpool_postgres::Client;
+
+/// The connection pool of a replica.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Builds a pool for `url` (a `postgres://` URL or a `key=value` string). Connections are made
+    /// lazily; `ping` checks that the database answers.
+    pub fn connect(url: &str, pool_size: usize) -> Result<Db> {
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| Error::invalid(format!("invalid database URL: {e}")))?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("taskqueue");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build the database pool: {e}")))?;
+        gauge!(m::DB_POOL_MAX).set(pool_size as f64);
+        Ok(Db { pool })
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Waits until the database answers a query, for at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = async {
+                self.client()
+                    .await?
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(pg_error)
+            }
+            .await;
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for the database");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` in a transaction: checks out a connection, begins, commits; runs it again (up to
+    /// `MAX_TX_RETRIES` times) when it failed on a serialization failure or deadlock; records the
+    /// duration under `op`. An error from `f` rolls everything back.
+    ///
+    /// Write the body as `|tx| async move { … }.scope_boxed()` (`scoped_futures::ScopedFutureExt`):
+    /// it may borrow from the caller and from `tx`.
+    pub async fn tx<'env, T, F>(&self, op: Op, mut f: F) -> Result<T>
+    where
+        F: for<'a> FnMut(&'a Transaction<'a>) -> ScopedBoxFuture<'env, 'a, Result<T>> + Send + 'env,
+        T: Send + 'env,
+    {
+        let start = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let result: Result<T> = async {
+                let mut client = self.client().await?;
+                let tx = client.transaction().await.map_err(pg_error)?;
+                let value = f(&tx).await?;
+                tx.commit().await.map_err(pg_error)?;
+                Ok(value)
+            }
+            .await;
+            match result {
+                Err(e) if e.retryable && attempt < MAX_TX_RETRIES => {
+                    attempt += 1;
+                    counter!(m::DB_TX_RETRIES, "op" => op.label()).increment(1);
+                    tracing::debug!(op = op.label(), attempt, error = %e, "retrying transaction");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                result => {
+                    histogram!(m::DB_TX_SECONDS, "op" => op.label())
+                        .record(start.elapsed().as_secs_f64());
+                    if result.is_err() {
+                        counter!(m::DB_TX_ERRORS, "op" => op.label()).increment(1);
+                    }
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled connection without an explicit transaction (each statement commits on
+    /// its own): for reads and single-statement writes. Records the duration under `op`.
+    pub async fn run<'env, T, F>(&self, op: Op, f: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c Client) -> ScopedBoxFuture<'env, 'c, Result<T>> + Send + 'env,
+        T: Send + 'env,
+    {
+        let start = Instant::now();
+        let client = self.client().await?;
+        let result = f(&client).await;
+        histogram!(m::DB_TX_SECONDS, "op" => op.label()).record(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            counter!(m::DB_TX_ERRORS, "op" => op.label()).increment(1);
+        }
+        result
+    }
+
+    /// Publishes the pool's state as gauges (called before each metrics scrape).
+    pub fn record_pool_metrics(&self) {
+        let status = self.pool.status();
+        let idle = status.available as f64;
+        let size = status.size as f64;
+        gauge!(m::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+        gauge!(m::DB_POOL_CONNECTIONS, "state" => "in_use").set((size - idle).max(0.0));
+        gauge!(m::DB_POOL_WAITING).set(status.waiting as f64);
+    }
+
+    /// Closes the pool: idle connections are dropped, checked-out ones when returned.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+}
+
+/// Maps a Postgres error to the crate error: the ONE place SQLSTATEs are interpreted.
+pub fn pg_error(e: tokio_postgres::Error) -> Error {
+    let Some(db) = e.as_db_error() else {
+        if e.is_closed() {
+            return Error::unavailable("database connection lost").with_source(e);
+        }
+        return Error::unavailable(format!("database unavailable: {e}")).with_source(e);
+    };
+    let code = db.code().clone();
+    let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+    let text = format!("{}{detail}", db.message());
+    let err = match code {
+        c if c == SqlState::UNIQUE_VIOLATION => Error::new(Code::AlreadyExists, text),
+        c if c == SqlState::FOREIGN_KEY_VIOLATION => Error::new(Code::NotFound, text),
+        c if c == SqlState::CHECK_VIOLATION
+            || c == SqlState::NOT_NULL_VIOLATION
+            || c == SqlState::STRING_DATA_RIGHT_TRUNCATION
+            || c == SqlState::INVALID_TEXT_REPRESENTATION
+            || c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+            || c == SqlState::INVALID_PARAMETER_VALUE
+            || c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || c == SqlState::UNTRANSLATABLE_CHARACTER
+            || c == SqlState::INVALID_DATETIME_FORMAT
+            || c == SqlState::DATETIME_FIELD_OVERFLOW =>
+        {
+            Error::new(Code::InvalidArgument, text)
+        }
+        c if c == SqlState::T_R_SERIALIZATION_FAILURE || c == SqlState::T_R_DEADLOCK_DETECTED => {
+            let mut e = Error::new(
+                Code::Aborted,
+                format!("transaction conflict, try again: {text}"),
+            );
+            e.retryable = true;
+            e
+        }
+        c if c == SqlState::QUERY_CANCELED => Error::new(Code::DeadlineExceeded, text),
+        c if c == SqlState::ADMIN_SHUTDOWN
+            || c == SqlState::CRASH_SHUTDOWN
+            || c == SqlState::CANNOT_CONNECT_NOW
+            || c == SqlState::TOO_MANY_CONNECTIONS
+            || c.code().starts_with("08") =>
+        {
+            Error::new(Code::Unavailable, format!("database unavailable: {text}"))
+        }
+        _ => Error::new(Code::Internal, format!("database error: {text}")),
+    };
+    err.with_source(e)
+}
+
+fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::Backend(e) => pg_error(e),
+        PoolError::Timeout(_) => {
+            Error::unavailable("database busy: no connection became free in time")
+        }
+        PoolError::Closed => Error::unavailable("shutting down: the database pool is closed"),
+        other => Error::unavailable(format!("database unavailable: {other}")),
+    }
+}

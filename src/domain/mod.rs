@@ -1,0 +1,16 @@
+//! Pure types and rules: status alphabets and transitions, capacity, credentials. No tonic, no SQL,
+//! no I/O — everything here is property-tested and benchable.
+
+pub mod credentials;
+pub mod status;
+
+/// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

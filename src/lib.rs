@@ -1,0 +1,24 @@
+//! taskqueue: a Postgres-backed, multi-replica server for the scitq task queue.
+//!
+//! The map of the house:
+//! - [`proto`]: the generated wire types of `taskqueue.TaskQueue` (the only `include_proto!`).
+//! - [`error`]: the crate error and its one mapping to `tonic::Status`.
+//! - [`config`]: flags, `TASKQUEUE_*` environment, optional YAML; validated `Config`.
+//! - [`server`]: `run(config, listeners, shutdown)` — wiring, auth, health, reflection, metrics, shutdown.
+//! - [`api`]: gRPC adapters, one file per area; `api::rpcs` is the table of RPCs and access rules.
+//! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
+//! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
+//! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
+//! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,216 @@
+//! Authentication and authorization of every RPC of `taskqueue.TaskQueue`, unary and streaming alike
+//! (design.md §7), as a tower layer in front of the service. It reads `authorization: Bearer <token>`,
+//! resolves it to a `Caller` (the worker token, compared in constant time, or a live session),
+//! applies the access rule of `api::rpcs`, and hands the `Caller` to the handler as a request
+//! extension. Health and reflection are not authenticated (load balancers, ghz).
+//!
+//! Cache: token digest → user, for `TOKEN_CACHE_TTL`. What may be stale: a Logout, DeleteUser or
+//! UpdateUser made through another replica takes effect here within that TTL (on this replica, at
+//! once). Nothing else is cached; a session's expiry is checked by SQL on every cache refresh.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use metrics::counter;
+use moka::future::Cache;
+
+use crate::api::rpcs::{self, Access};
+use crate::db::{self, Db, users::User};
+use crate::domain::credentials::{token_digest, worker_token_matches};
+use crate::error::{Error, Result};
+use crate::telemetry::metrics::CACHE_REQUESTS;
+
+/// How long a token → user lookup is reused (the staleness documented above).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The configured worker token: workers, and the original's scripts that use it. Not an admin,
+    /// but may read storage and registry secrets.
+    WorkerToken,
+    /// A logged-in user.
+    User(User),
+    /// No token: public RPCs, and log streams when legacy unauthenticated streams are allowed.
+    Anonymous,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::User(u) if u.is_admin)
+    }
+    pub fn user_id(&self) -> Option<i32> {
+        match self {
+            Caller::User(u) => Some(u.user_id),
+            _ => None,
+        }
+    }
+    /// Reads the caller a request was authenticated as.
+    pub fn of<T>(request: &tonic::Request<T>) -> Caller {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous)
+    }
+}
+
+/// Resolves tokens to callers.
+pub struct Authenticator {
+    db: Db,
+    worker_token: String,
+    allow_anonymous_log_streams: bool,
+    cache: Cache<[u8; 32], Option<User>>,
+}
+
+impl Authenticator {
+    pub fn new(db: Db, worker_token: String, allow_anonymous_log_streams: bool) -> Authenticator {
+        let cache = Cache::builder()
+            .max_capacity(TOKEN_CACHE_CAPACITY)
+            .time_to_live(TOKEN_CACHE_TTL)
+            .build();
+        Authenticator {
+            db,
+            worker_token,
+            allow_anonymous_log_streams,
+            cache,
+        }
+    }
+
+    /// The caller behind an `authorization` header value.
+    pub async fn authenticate(&self, header: Option<&http::HeaderValue>) -> Result<Caller> {
+        let header = header.ok_or_else(|| {
+            Error::unauthenticated("missing token: send 'authorization: Bearer <token>'")
+        })?;
+        let value = header
+            .to_str()
+            .map_err(|_| Error::unauthenticated("invalid token: not ASCII"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::unauthenticated("invalid token: expected 'Bearer <token>'"))?;
+        if worker_token_matches(token, &self.worker_token) {
+            return Ok(Caller::WorkerToken);
+        }
+        let digest = token_digest(token);
+        let hit = self.cache.contains_key(&digest);
+        counter!(CACHE_REQUESTS, "cache" => "session", "result" => if hit { "hit" } else { "miss" }).increment(1);
+        let db = self.db.clone();
+        let user = self
+            .cache
+            .try_get_with(digest, async move {
+                db::users::session_user(&db, &digest).await
+            })
+            .await
+            .map_err(|e: Arc<Error>| Error::new(e.code, e.message.clone()))?;
+        user.map(Caller::User)
+            .ok_or_else(|| Error::unauthenticated("invalid or expired session: log in again"))
+    }
+
+    /// Forgets a token on this replica at once (Logout).
+    pub async fn forget(&self, token: &str) {
+        self.cache.invalidate(&token_digest(token)).await;
+    }
+
+    /// Forgets every cached session on this replica (user changed or deleted).
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Decides whether `caller` may call `access`-protected RPCs.
+    fn authorize(&self, access: Access, caller: &Caller, method: &str) -> Result<()> {
+        match access {
+            Access::Admin if !caller.is_admin() => Err(Error::permission_denied(format!(
+                "{method} requires an admin user"
+            ))),
+            Access::Secrets if !(caller.is_admin() || *caller == Caller::WorkerToken) => {
+                Err(Error::permission_denied(format!(
+                    "{method} returns secrets: only the worker token or an admin may call it"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The tower layer; see the module documentation.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready handles this request; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(rpc) = rpcs::lookup(req.uri().path()) else {
+            return Box::pin(inner.call(req));
+        };
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let header = req.headers().get(http::header::AUTHORIZATION).cloned();
+            let caller = match (rpc.access, header) {
+                (Access::Public, _) => Ok(Caller::Anonymous),
+                (Access::LogStream, None) if auth.allow_anonymous_log_streams => {
+                    Ok(Caller::Anonymous)
+                }
+                (access, header) => match auth.authenticate(header.as_ref()).await {
+                    Ok(caller) => auth.authorize(access, &caller, rpc.name).map(|()| caller),
+                    Err(e) => Err(e),
+                },
+            };
+            match caller {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(tonic::Status::from(e).into_http()),
+            }
+        })
+    }
+}

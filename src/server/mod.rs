@@ -1,0 +1,318 @@
+//! `run(config, listeners, shutdown)`: wires a replica together — database (external or embedded),
+//! migrations, first-start bootstrap, the TaskQueue service behind the auth and metrics layers,
+//! health, reflection, the /metrics endpoint — and shuts it down in order under one deadline:
+//! health NOT_SERVING → stop accepting → drain in-flight RPCs → close the pool → stop the embedded
+//! database.
+
+pub mod auth;
+pub mod state;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::Service;
+use crate::config::Config;
+use crate::db::embedded::{EmbeddedPostgres, Options as EmbeddedOptions};
+use crate::db::{self, Db};
+use crate::domain::credentials;
+use crate::proto::task_queue_server::TaskQueueServer;
+use crate::telemetry::grpc::GrpcMetricsLayer;
+use crate::telemetry::metrics as m;
+use state::AppState;
+
+/// The sockets a replica serves on, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { grpc, metrics })
+    }
+}
+
+/// The application database of the embedded cluster.
+const EMBEDDED_DATABASE: &str = "taskqueue";
+
+/// Runs a replica until `shutdown` resolves, then shuts it down in order.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let prometheus = m::install();
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(m::DRAINING).set(0.0);
+    let config = Arc::new(config);
+    let grpc_addr = listeners.grpc.local_addr()?;
+
+    let (database_url, embedded) = match &config.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let pg =
+                EmbeddedPostgres::start(EmbeddedOptions::new(config.data_dir.join("postgres")))
+                    .await?;
+            pg.ensure_database(EMBEDDED_DATABASE)
+                .await
+                .context("cannot create the embedded database")?;
+            (pg.url(EMBEDDED_DATABASE), Some(pg))
+        }
+    };
+    let result = serve(
+        config,
+        listeners,
+        shutdown,
+        &database_url,
+        prometheus,
+        grpc_addr,
+    )
+    .await;
+    if let Some(pg) = embedded {
+        pg.stop().await;
+    }
+    result
+}
+
+async fn serve(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    database_url: &str,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    grpc_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let db = Db::connect(database_url, config.db_pool_size)?;
+    db.wait_ready(Duration::from_secs(60))
+        .await
+        .context("the database does not answer")?;
+    let report = db::migrate::migrate(&db)
+        .await
+        .context("migrations failed")?;
+    tracing::info!(applied = ?report.applied, schema_version = report.current, "schema is current");
+    bootstrap_admin(&db, &config).await?;
+    let worker_token = resolve_worker_token(&config)?;
+
+    let state = Arc::new(AppState::new(db.clone(), config.clone(), worker_token));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TaskQueueServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = TaskQueueServer::new(Service::new(state.clone()))
+        .max_decoding_message_size(crate::config::defaults::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::config::defaults::MAX_MESSAGE_BYTES);
+
+    let metrics_task = listeners.metrics.map(|listener| {
+        let db = db.clone();
+        tokio::spawn(serve_metrics(
+            listener,
+            prometheus,
+            db,
+            state.draining.clone(),
+        ))
+    });
+
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls::server_tls(&config)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
+        .layer(GrpcMetricsLayer)
+        .layer(auth::AuthLayer::new(state.auth.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service);
+
+    // Shutdown, step 1: on the signal, report NOT_SERVING and end long-lived streams; then the server
+    // stops accepting and drains in-flight RPCs.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let draining = state.draining.clone();
+    let health_for_drain = health.clone();
+    let stop_signal = async move {
+        shutdown.await;
+        let started = Instant::now();
+        tracing::info!("shutting down: draining");
+        metrics::gauge!(m::DRAINING).set(1.0);
+        health_for_drain
+            .set_not_serving::<TaskQueueServer<Service>>()
+            .await;
+        health_for_drain
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        draining.cancel();
+        let _ = stop_tx.send(started);
+    };
+    tracing::info!(addr = %grpc_addr, tls = !matches!(config.tls, crate::config::TlsMode::Plain), "serving taskqueue.TaskQueue");
+    let incoming = TcpListenerStream::new(listeners.grpc);
+    let server = router.serve_with_incoming_shutdown(incoming, stop_signal);
+    tokio::pin!(server);
+
+    // Serve until the signal; after it, give the drain what is left of the grace period.
+    let mut stop_rx = stop_rx;
+    let served = tokio::select! {
+        r = &mut server => r.map_err(anyhow::Error::from),
+        started = &mut stop_rx => {
+            let deadline = started.unwrap_or_else(|_| Instant::now()) + config.shutdown_grace;
+            match tokio::time::timeout_at(deadline.into(), &mut server).await {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => {
+                    tracing::warn!(grace = ?config.shutdown_grace, "drain deadline passed; abandoning open RPCs");
+                    Ok(())
+                }
+            }
+        }
+    };
+
+    // Remaining steps: metrics endpoint, pool.
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    db.close();
+    tracing::info!("stopped");
+    served
+}
+
+/// Serves `/metrics` (Prometheus text format) until the replica drains.
+async fn serve_metrics(
+    listener: TcpListener,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    db: Db,
+    draining: tokio_util::sync::CancellationToken,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let prometheus = prometheus.clone();
+            let db = db.clone();
+            async move {
+                db.record_pool_metrics();
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    prometheus.render(),
+                )
+            }
+        }),
+    );
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "serving /metrics");
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { draining.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// On a database without users, creates the admin of the configuration — or, without a configured
+/// password, with a random one printed once (only by the replica that created it).
+async fn bootstrap_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
+    if !db::users::no_users(db).await? {
+        return Ok(());
+    }
+    let (hash, generated) = match (&config.admin_hashed_password, &config.admin_password) {
+        (Some(hash), _) => (hash.clone(), None),
+        (None, Some(password)) => (hash_blocking(password.clone()).await?, None),
+        (None, None) => {
+            let password = credentials::random_secret(16);
+            (hash_blocking(password.clone()).await?, Some(password))
+        }
+    };
+    let created = db::users::ensure_initial_admin(
+        db,
+        &config.admin_user,
+        &hash,
+        config.admin_email.as_deref(),
+    )
+    .await?;
+    if created {
+        tracing::info!(user = %config.admin_user, "created the initial admin user");
+        if let Some(password) = generated {
+            // Printed once, on stdout, for the person starting the server.
+            println!(
+                "taskqueue: initial admin user '{}' created with password: {password}",
+                config.admin_user
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn hash_blocking(password: String) -> anyhow::Result<String> {
+    Ok(tokio::task::spawn_blocking(move || credentials::hash_password(&password)).await??)
+}
+
+/// The worker token: configured, or the one kept in the data dir, or a new one written there (0600)
+/// and printed once. Replicas of one cluster must share it: give them `--worker-token`.
+fn resolve_worker_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(token) = &config.worker_token {
+        return Ok(token.clone());
+    }
+    let path = config.worker_token_path();
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let token = credentials::random_secret(32);
+    write_private(&path, &token)?;
+    println!(
+        "taskqueue: generated worker token (kept in {}): {token}",
+        path.display()
+    );
+    if config.database_url.is_some() {
+        tracing::warn!(
+            "no --worker-token given: replicas sharing this database must all be given the same one"
+        );
+    }
+    Ok(token)
+}
+
+/// Writes a secret file readable by its owner only.
+pub fn write_private(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! What every handler of a replica shares. Only handles live here (pool, configuration, caches with
+//! documented staleness): the state itself is in Postgres.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Authenticator;
+use crate::config::Config;
+use crate::db::Db;
+
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
+    pub draining: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(db: Db, config: Arc<Config>, worker_token: String) -> AppState {
+        let auth = Arc::new(Authenticator::new(
+            db.clone(),
+            worker_token,
+            config.allow_unauthenticated_log_streams,
+        ));
+        AppState {
+            db,
+            config,
+            auth,
+            draining: CancellationToken::new(),
+        }
+    }
+}

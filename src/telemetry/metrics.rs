@@ -1,0 +1,134 @@
+//! Every metric the crate exports: names as consts, their help text, explicit histogram buckets (so
+//! replicas' histograms can be summed in Prometheus), and the process-wide recorder. Labels are
+//! bounded: no task, worker or user ids.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+// gRPC server metrics, named as go-grpc-prometheus names them so existing dashboards work.
+pub const GRPC_STARTED: &str = "grpc_server_started_total";
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+
+// Database.
+pub const DB_TX_SECONDS: &str = "taskqueue_db_transaction_duration_seconds";
+pub const DB_TX_RETRIES: &str = "taskqueue_db_transaction_retries_total";
+pub const DB_TX_ERRORS: &str = "taskqueue_db_transaction_errors_total";
+pub const DB_POOL_CONNECTIONS: &str = "taskqueue_db_pool_connections";
+pub const DB_POOL_MAX: &str = "taskqueue_db_pool_max_connections";
+pub const DB_POOL_WAITING: &str = "taskqueue_db_pool_waiting";
+
+// Dispatch (ping-and-assign).
+pub const PING_SECONDS: &str = "taskqueue_ping_duration_seconds";
+pub const TASKS_PER_PING: &str = "taskqueue_tasks_per_ping";
+pub const TASKS_ASSIGNED: &str = "taskqueue_tasks_assigned_total";
+pub const TASK_QUEUE_WAIT_SECONDS: &str = "taskqueue_task_queue_wait_seconds";
+pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
+pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
+
+// Caches (moka).
+pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
+
+// Process.
+pub const BUILD_INFO: &str = "taskqueue_build_info";
+pub const DRAINING: &str = "taskqueue_draining";
+
+/// Latency buckets (seconds) for RPCs, transactions and pings: 0.5 ms … 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Queue-wait buckets (seconds): 10 ms … 1 day; bioinformatics tasks may wait hours for a worker.
+pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+];
+/// Count buckets (tasks per ping).
+pub const COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// Histograms and their buckets; any histogram not listed here gets `LATENCY_BUCKETS`.
+const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (TASK_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
+    (TASKS_PER_PING, COUNT_BUCKETS),
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle) and
+/// describes every metric. Several replicas in one process (tests) share it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in HISTOGRAM_BUCKETS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).to_string()), buckets)
+                    .expect("bucket lists are non-empty");
+            }
+            builder = builder
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("bucket list is non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist if a test installed one first; ours is then unused.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(GRPC_STARTED, "RPCs started on the server");
+    describe_counter!(
+        GRPC_HANDLED,
+        "RPCs completed on the server, by gRPC status code"
+    );
+    describe_histogram!(
+        GRPC_HANDLING_SECONDS,
+        Unit::Seconds,
+        "Time to handle an RPC, until its last message"
+    );
+    describe_histogram!(
+        DB_TX_SECONDS,
+        Unit::Seconds,
+        "Database transaction time, by operation"
+    );
+    describe_counter!(
+        DB_TX_RETRIES,
+        "Transactions run again after a serialization failure or deadlock"
+    );
+    describe_counter!(DB_TX_ERRORS, "Transactions that failed, by operation");
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Pooled database connections, by state (idle, in_use)"
+    );
+    describe_gauge!(DB_POOL_MAX, "Maximum size of the database pool");
+    describe_gauge!(
+        DB_POOL_WAITING,
+        "Requests waiting for a database connection"
+    );
+    describe_histogram!(
+        PING_SECONDS,
+        Unit::Seconds,
+        "PingAndTakeNewTasks handling time"
+    );
+    describe_histogram!(TASKS_PER_PING, "Tasks newly assigned by one ping");
+    describe_counter!(TASKS_ASSIGNED, "Tasks assigned to workers (P to A)");
+    describe_histogram!(
+        TASK_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from a task becoming pending to its assignment"
+    );
+    describe_counter!(
+        TASK_STATUS_UPDATES,
+        "Task status updates applied, by new status"
+    );
+    describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
+    describe_counter!(
+        CACHE_REQUESTS,
+        "Cache lookups, by cache and result (hit, miss)"
+    );
+    describe_gauge!(BUILD_INFO, "Build information (always 1)");
+    describe_gauge!(DRAINING, "1 while the replica is shutting down");
+}
