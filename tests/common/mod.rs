@@ -1,0 +1,494 @@
+//! Test harness: one private PostgreSQL per test binary (started on first use, stopped when the
+//! process exits), a fresh database per test cloned from a migrated template, etcd processes on free
+//! loopback ports, and replicas started in-process on port 0 with authenticated clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use taskqueue::client::{self, Client, Target};
+use taskqueue::config::Config;
+use taskqueue::db::embedded::{EmbeddedPostgres, Options};
+use taskqueue::proto::task_queue_client::TaskQueueClient;
+use taskqueue::server::{self, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::{OnceCell, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+pub const WORKER_TOKEN: &str = "worker-token-for-tests";
+const TEMPLATE_DB: &str = "tq_template";
+
+/// The shared PostgreSQL of this test process.
+pub struct TestPostgres {
+    pub pg: EmbeddedPostgres,
+}
+
+static PG: OnceCell<TestPostgres> = OnceCell::const_new();
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The process' PostgreSQL, started (with a migrated template database) on first use.
+pub async fn postgres() -> &'static TestPostgres {
+    PG.get_or_init(|| async {
+        init_tracing();
+        sweep_stale_dirs();
+        let dir = std::env::temp_dir().join(format!("taskqueue-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let mut options = Options::new(dir.join("pg"));
+        options.durable = false;
+        options.max_connections = 500;
+        let pg = EmbeddedPostgres::start(options)
+            .await
+            .expect("start test PostgreSQL");
+        pg.ensure_database(TEMPLATE_DB)
+            .await
+            .expect("create template database");
+        let db = taskqueue::db::Db::connect(&pg.url(TEMPLATE_DB), 2).unwrap();
+        taskqueue::db::migrate::migrate(&db)
+            .await
+            .expect("migrate template");
+        db.close();
+        drop(db);
+        TestPostgres { pg }
+    })
+    .await
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Removes the folders of earlier test processes that are gone.
+fn sweep_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name
+            .strip_prefix("taskqueue-test-")
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } != 0 {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+pub fn init_tracing() {
+    taskqueue::telemetry::init_tracing(taskqueue::telemetry::LogFormat::Text, "warn");
+}
+
+impl TestPostgres {
+    /// A new database cloned from the migrated template; returns its connection string.
+    pub async fn fresh_db(&self) -> String {
+        let name = self.create_db(Some(TEMPLATE_DB)).await;
+        self.pg.url(&name)
+    }
+
+    /// A new empty database (nothing migrated).
+    pub async fn empty_db(&self) -> String {
+        let name = self.create_db(None).await;
+        self.pg.url(&name)
+    }
+
+    async fn create_db(&self, template: Option<&str>) -> String {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        let (client, conn) = self
+            .pg
+            .config("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        // The template may still be in use for a moment after the migration pool closed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("being accessed") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("create database: {e}"),
+            }
+        }
+        drop(client);
+        let _ = task.await;
+        name
+    }
+
+    /// A direct connection to a database, for assertions on stored rows.
+    pub async fn connect(&self, url: &str) -> tokio_postgres::Client {
+        let (client, conn) = url
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// A test configuration for `database_url`: known admin password and worker token, ports 0,
+/// a private data dir.
+pub fn test_config(database_url: &str) -> Config {
+    let mut c = Config::for_database(database_url);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.admin_password = Some(ADMIN_PASSWORD.into());
+    c.worker_token = Some(WORKER_TOKEN.into());
+    c.data_dir = tempdir();
+    c.shutdown_grace = Duration::from_secs(5);
+    c.db_pool_size = 10;
+    c
+}
+
+/// A fresh temporary folder, removed with the process' temp folder sweep.
+pub fn tempdir() -> PathBuf {
+    let base = std::env::temp_dir()
+        .join(format!("taskqueue-test-{}", std::process::id()))
+        .join("dirs");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = base.join(format!("d{}", DB_COUNTER.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A replica running in this process.
+pub struct Replica {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    admin_token: OnceCell<String>,
+}
+
+/// Starts a replica with `config` (its listen addresses are bound here) and waits until it serves.
+pub async fn spawn_replica(config: Config) -> Replica {
+    let grpc = TcpListener::bind(config.listen).await.unwrap();
+    let metrics = match config.metrics_listen {
+        Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+        None => None,
+    };
+    let addr = grpc.local_addr().unwrap();
+    let metrics_addr = metrics.as_ref().map(|m| m.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run(
+        config.clone(),
+        Listeners { grpc, metrics },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let replica = Replica {
+        addr,
+        metrics_addr,
+        config,
+        shutdown: Some(tx),
+        handle: Some(handle),
+        admin_token: OnceCell::new(),
+    };
+    replica.wait_serving().await;
+    replica
+}
+
+/// A fresh database and one replica on it.
+pub async fn replica() -> Replica {
+    let url = postgres().await.fresh_db().await;
+    spawn_replica(test_config(&url)).await
+}
+
+impl Replica {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.config.database_url.as_deref().unwrap()
+    }
+
+    pub fn channel(&self) -> Channel {
+        Target::new(self.url()).channel().unwrap()
+    }
+
+    async fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel());
+            let ok = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "taskqueue.TaskQueue".into(),
+                })
+                .await
+                .map(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                })
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            if let Some(h) = &self.handle
+                && h.is_finished()
+            {
+                panic!("replica exited before serving");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica did not start serving within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client with no token.
+    pub fn anonymous(&self) -> TaskQueueClient<Channel> {
+        TaskQueueClient::new(self.channel())
+    }
+
+    /// A client with `token`.
+    pub fn with_token(&self, token: &str) -> Client {
+        client::with_token(self.channel(), Some(token)).unwrap()
+    }
+
+    /// A client authenticated with the worker token.
+    pub fn worker(&self) -> Client {
+        self.with_token(WORKER_TOKEN)
+    }
+
+    /// A client logged in as the initial admin.
+    pub async fn admin(&self) -> Client {
+        let token = self
+            .admin_token
+            .get_or_init(|| async { self.login(ADMIN_USER, ADMIN_PASSWORD).await })
+            .await;
+        self.with_token(token)
+    }
+
+    /// Logs in and returns the session token.
+    pub async fn login(&self, user: &str, password: &str) -> String {
+        self.anonymous()
+            .login(taskqueue::proto::LoginRequest {
+                username: user.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    /// Creates a non-admin user and returns a client logged in as them.
+    pub async fn plain_user(&self, name: &str) -> Client {
+        self.admin()
+            .await
+            .create_user(taskqueue::proto::CreateUserRequest {
+                username: name.into(),
+                password: "user-secret".into(),
+                email: format!("{name}@example.org"),
+                is_admin: false,
+            })
+            .await
+            .unwrap();
+        let token = self.login(name, "user-secret").await;
+        self.with_token(&token)
+    }
+
+    /// The replica's /metrics text.
+    pub async fn metrics(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics enabled");
+        http_get(addr, "/metrics").await
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.handle.take().unwrap().await.unwrap()
+    }
+
+    /// Stops the replica abruptly (its task is aborted: no drain, no resign).
+    pub fn kill(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback (for /metrics).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
+}
+
+/// Waits until `check` returns true, polling every 20 ms, for at most `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound then released; fine for child processes we start right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An etcd process on free loopback ports, killed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempdir();
+        let mut etcd = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let child = Command::new(etcd_binary())
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Waits until etcd answers.
+    pub async fn wait_ready(&self) {
+        let endpoint = self.endpoint();
+        wait_until(Duration::from_secs(30), "etcd to answer", || {
+            let endpoint = endpoint.clone();
+            async move {
+                match etcd_client::Client::connect([endpoint], None).await {
+                    Ok(mut c) => c.status().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills etcd (its data stays), to test running without it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    for candidate in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    "etcd".into()
+}
