@@ -8,6 +8,7 @@
 //! - [`api`]: gRPC adapters, one file per area; `api::rpcs` is the table of RPCs and access rules.
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
+//! - [`loops`]: leader-only background loops and their fenced transactions.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod loops;
 pub mod proto;
 pub mod server;
 pub mod telemetry;

@@ -2,7 +2,9 @@
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
 pub mod embedded;
+pub mod leader;
 pub mod locks;
+pub mod logs;
 pub mod migrate;
 pub mod users;
 
