@@ -6,6 +6,7 @@
 //! - no worker ever holds more than concurrency + prefetch (every ping answer, and sampled in SQL);
 //! - every task ends S, or F when it was meant to fail for good;
 //! - step statistics equal a recount.
+//!
 //! `TASKQUEUE_TEST_TASKS` scales the number of tasks down for a quick local run.
 
 mod common;
@@ -52,7 +53,7 @@ impl Shared {
     }
 }
 
-fn pick<'a>(clients: &'a [Client]) -> Client {
+fn pick(clients: &[Client]) -> Client {
     clients[rand::rng().random_range(0..clients.len())].clone()
 }
 
