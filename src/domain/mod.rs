@@ -2,6 +2,8 @@
 //! no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
+pub mod events;
+pub mod logs;
 pub mod status;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
