@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::logs::LogService;
 
 pub struct AppState {
     pub db: Db,
@@ -15,6 +16,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
+    /// Task log ingest and follow streams (owns the replica's LISTEN session).
+    pub logs: LogService,
 }
 
 impl AppState {
@@ -24,11 +27,14 @@ impl AppState {
             worker_token,
             config.allow_unauthenticated_log_streams,
         ));
+        let draining = CancellationToken::new();
+        let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
         AppState {
             db,
             config,
             auth,
-            draining: CancellationToken::new(),
+            draining,
+            logs,
         }
     }
 }
