@@ -8,12 +8,15 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::dispatch::DispatchConfig;
 use crate::logs::LogService;
 
 pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
+    /// Settings of ping-and-assign.
+    pub dispatch: DispatchConfig,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
     /// Task log ingest and follow streams (owns the replica's LISTEN session).
@@ -27,12 +30,17 @@ impl AppState {
             worker_token,
             config.allow_unauthenticated_log_streams,
         ));
+        let dispatch = DispatchConfig {
+            shards: config.assign_shards,
+            last_ping_write_interval: config.last_ping_write_interval(),
+        };
         let draining = CancellationToken::new();
         let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
         AppState {
             db,
             config,
             auth,
+            dispatch,
             draining,
             logs,
         }

@@ -26,6 +26,7 @@ pub const TASKS_ASSIGNED: &str = "taskqueue_tasks_assigned_total";
 pub const TASK_QUEUE_WAIT_SECONDS: &str = "taskqueue_task_queue_wait_seconds";
 pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
 pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
+pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 
 // Task logs and worker events.
 pub const LOG_RECEIVED_BYTES: &str = "taskqueue_log_received_bytes_total";
@@ -137,6 +138,7 @@ fn describe() {
         "Task status updates applied, by new status"
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
+    describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
     describe_counter!(
         LOG_RECEIVED_BYTES,
         Unit::Bytes,
