@@ -166,13 +166,15 @@ pub struct StoredBatch {
     pub body: String,
     /// Seconds between the batch's write and this read, by the database clock.
     pub age_seconds: f64,
+    /// Bytes of body of the page up to and including this batch, as the database counts them.
+    pub page_bytes: i64,
 }
 
 /// The next batches after `after_seq`, oldest first: at most `max_rows`, and no more than
 /// `max_bytes` of body — except that the first batch is always returned, whatever its size.
 /// Lengths are read without detoasting, and bodies only of the rows returned.
 const READ_AFTER: &str = "
-    SELECT seq, body, extract(epoch FROM clock_timestamp() - created_at)::float8
+    SELECT seq, body, extract(epoch FROM clock_timestamp() - created_at)::float8, upto::int8
       FROM (SELECT seq, body, created_at,
                    sum(octet_length(body)) OVER (ORDER BY seq) AS upto
               FROM task_log
@@ -213,6 +215,7 @@ pub async fn read_after(
                     seq: r.get(0),
                     body: r.get(1),
                     age_seconds: r.get(2),
+                    page_bytes: r.get(3),
                 })
                 .collect())
         }

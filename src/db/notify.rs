@@ -178,7 +178,7 @@ async fn session(
         _ = stop.cancelled() => return Ok(()),
         c = pg.connect(tokio_postgres::NoTls) => c,
     };
-    let (client, mut connection) = connect.map_err(|e| (e.to_string(), false))?;
+    let (client, mut connection) = connect.map_err(|e| (describe(&e), false))?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let subscribe = client.batch_execute(listen);
     tokio::pin!(subscribe);
@@ -187,7 +187,7 @@ async fn session(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = &mut subscribe, if !listening => {
-                r.map_err(|e| (e.to_string(), false))?;
+                r.map_err(|e| (describe(&e), false))?;
                 listening = true;
                 inner.listening.store(true, Ordering::Relaxed);
                 metrics::gauge!(m::NOTIFY_LISTENING).set(1.0);
@@ -198,10 +198,18 @@ async fn session(
             message = messages.next() => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => inner.wake(n.channel(), n.payload()),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err((e.to_string(), listening)),
+                Some(Err(e)) => return Err((describe(&e), listening)),
                 None => return Err(("connection closed".to_string(), listening)),
             },
         }
+    }
+}
+
+/// A Postgres error with the server's message, not just "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 

@@ -88,9 +88,10 @@ impl LogService {
             FOLLOW_PAGE_BYTES,
         )
         .await?;
-        let bytes: usize = page.iter().map(|b| b.body.len()).sum();
-        // A page is cut only by its row limit or by its byte budget.
-        let more = page.len() as i64 >= FOLLOW_PAGE_ROWS || bytes as i64 >= FOLLOW_PAGE_BYTES;
+        // A page is cut only by its row limit or by its byte budget: a batch is left out only when
+        // those before it already reach the budget.
+        let bytes = page.last().map_or(0, |b| b.page_bytes);
+        let more = page.len() as i64 >= FOLLOW_PAGE_ROWS || bytes >= FOLLOW_PAGE_BYTES;
         Ok((page, more))
     }
 
