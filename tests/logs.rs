@@ -602,7 +602,8 @@ async fn bad_inputs_are_refused_and_store_nothing() {
         let err = follow(&mut c, 987_654, stdout).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
-    let cases: [(Vec<i32>, i32, Option<i32>, Option<&str>); 4] = [
+    type Case<'a> = (Vec<i32>, i32, Option<i32>, Option<&'a str>);
+    let cases: [Case; 4] = [
         (vec![t], 10, None, Some("x")),
         (vec![t], -1, None, None),
         (vec![t], 10, Some(-1), None),
