@@ -10,7 +10,6 @@
 //! (lines per writer, 20000), `LOGS_BENCH_FOLLOWERS` (10000).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};
