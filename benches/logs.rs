@@ -3,11 +3,14 @@
 //! - ingest: log lines/s stored through SendTaskLogs, one stream and many concurrent streams;
 //! - follow latency, write on A → read on B: from a line sent on an open worker stream (includes
 //!   the 100 ms batching) and from a committed one-shot stream (Ack) to the follower on B;
+//! - a big log (1 GiB by default): written through one stream, then paged with GetLogsChunk at its
+//!   end, middle and start, and replayed by a follower on B — with the process' peak memory;
 //! - many followers: N follow streams open on B (database connections used, memory), one line
 //!   written to each followed task, time until every follower has it, and until all end.
 //!
 //! Run: `cargo bench --bench logs`. Environment: `LOGS_BENCH_WRITERS` (16), `LOGS_BENCH_LINES`
-//! (lines per writer, 20000), `LOGS_BENCH_FOLLOWERS` (10000).
+//! (lines per writer, 20000), `LOGS_BENCH_BIG_MIB` (1024, 0 to skip), `LOGS_BENCH_FOLLOWERS`
+//! (10000).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -60,13 +63,18 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
     )
 }
 
-fn rss_mib() -> f64 {
+/// Resident memory of this process (both replicas and the clients), or its peak (`VmHWM`).
+fn memory_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn rss_mib() -> f64 {
+    memory_mib("VmRSS:")
 }
 
 async fn backends(db: &tokio_postgres::Client) -> i64 {
@@ -191,6 +199,70 @@ async fn latency(a: &Replica, b: &Replica, samples: usize) {
     );
 }
 
+/// A log of `mib` MiB in 1 KiB lines through one stream to A; paged and replayed on B.
+async fn big_log(a: &Replica, b: &Replica, mib: usize) {
+    let mut on_a = a.worker();
+    let t = submit(&mut on_a).await;
+    let lines = mib * 1024;
+    let peak_before = memory_mib("VmHWM:");
+    let start = Instant::now();
+    let messages = (0..lines).map(move |i| log(t, format!("{i:10} {}", "x".repeat(1012))));
+    on_a.send_task_logs(tokio_stream::iter(messages))
+        .await
+        .unwrap();
+    let written = start.elapsed();
+    println!(
+        "big log: {mib} MiB ({lines} lines of 1 KiB) through one stream in {:.1} s: {:.0} lines/s, {:.0} MB/s; peak RSS {:.0} MiB -> {:.0} MiB",
+        written.as_secs_f64(),
+        lines as f64 / written.as_secs_f64(),
+        (lines * 1024) as f64 / written.as_secs_f64() / 1e6,
+        peak_before,
+        memory_mib("VmHWM:")
+    );
+    let mut on_b = b.worker();
+    for (name, skip) in [("end", 0), ("middle", lines / 2), ("start", lines - 100)] {
+        let start = Instant::now();
+        let chunk = on_b
+            .get_logs_chunk(pb::GetLogsRequest {
+                task_ids: vec![t],
+                chunk_size: 100,
+                skip_from_end: Some(skip as i32),
+                log_type: Some("stdout".into()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = lines - skip - 100;
+        assert_eq!(chunk.logs[0].stdout.len(), 100);
+        assert!(chunk.logs[0].stdout[0].starts_with(&format!("{first:10} ")));
+        println!(
+            "big log: GetLogsChunk of 100 lines at the {name}: {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    common::set_status(&mut on_a, t, "S").await;
+    let start = Instant::now();
+    let mut follower = on_b
+        .stream_task_logs_output(pb::TaskId { task_id: t })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    while let Some(m) = follower.message().await.unwrap() {
+        count += 1;
+        bytes += m.log_text.len() + 1;
+    }
+    assert_eq!(count, lines);
+    let replay = start.elapsed();
+    println!(
+        "big log: replayed on B to its end in {:.1} s: {:.0} lines/s, {:.0} MB/s; peak RSS {:.0} MiB",
+        replay.as_secs_f64(),
+        count as f64 / replay.as_secs_f64(),
+        bytes as f64 / replay.as_secs_f64() / 1e6,
+        memory_mib("VmHWM:")
+    );
+}
+
 /// `n` follow streams on B over 100 tasks; one line written to each task on A.
 async fn followers(a: &Replica, b: &Replica, db: &tokio_postgres::Client, n: usize) {
     let mut on_a = a.worker();
@@ -274,6 +346,7 @@ fn main() {
     let writers = env("LOGS_BENCH_WRITERS", 16);
     let lines = env("LOGS_BENCH_LINES", 20_000);
     let follower_count = env("LOGS_BENCH_FOLLOWERS", 10_000);
+    let big_mib = env("LOGS_BENCH_BIG_MIB", 1024);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -291,6 +364,9 @@ fn main() {
         ingest(&a, &db, 1, lines).await;
         ingest(&a, &db, writers, lines).await;
         latency(&a, &b, 200).await;
+        if big_mib > 0 {
+            big_log(&a, &b, big_mib).await;
+        }
         followers(&a, &b, &db, follower_count).await;
     });
 }

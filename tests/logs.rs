@@ -730,6 +730,65 @@ async fn many_followers_share_one_listen_connection_and_a_small_pool() {
     assert!(backends().await <= 6 + 1);
 }
 
+#[tokio::test]
+async fn appends_take_the_row_lock_before_the_log_lock() {
+    // Status updates lock the task row (FOR UPDATE) and then append a line ("retried as task N"),
+    // taking the task's log lock. A log flush must take them in the same order, or the two
+    // deadlock (Postgres would abort one after deadlock_timeout and the flush would be retried).
+    let r = replica().await;
+    let mut c = r.worker();
+    let t = submit(&mut c).await;
+    let mut db = postgres().await.connect(r.database_url()).await;
+    let retries = || async {
+        gauge(
+            &r.metrics().await,
+            "taskqueue_db_transaction_retries_total{op=\"log_ingest\"}",
+        )
+    };
+    let retries_before = retries().await;
+
+    let status_update = db.transaction().await.unwrap();
+    status_update
+        .execute("SELECT 1 FROM task WHERE task_id = $1 FOR UPDATE", &[&t])
+        .await
+        .unwrap();
+    let flush = tokio::spawn({
+        let mut c = c.clone();
+        async move { send(&mut c, vec![log(t, "stdout", "racing line")]).await }
+    });
+    let observer = postgres().await.connect(r.database_url()).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the flush to wait for the row",
+        || async {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting > 0
+        },
+    )
+    .await;
+    // The status update now appends its line: it takes the log lock at once.
+    status_update
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&taskqueue::db::locks::NS_TASK_LOG, &t],
+        )
+        .await
+        .unwrap();
+    status_update.commit().await.unwrap();
+    flush.await.unwrap().unwrap();
+    assert_eq!(retries().await, retries_before, "the flush deadlocked");
+    let got = chunk(&mut c, vec![t], 10, None, None).await.unwrap();
+    assert_eq!(got[0].stdout, ["racing line"]);
+}
+
 /// The value of a gauge line in Prometheus text (summed if several replicas share the recorder).
 fn gauge(metrics: &str, series: &str) -> f64 {
     metrics

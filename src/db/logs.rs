@@ -3,6 +3,10 @@
 //! `seq > last` never misses a batch. Each append notifies channel `task_log` with the task id.
 //! Reads: pages after a sequence number (followers), and windows of lines counted from the end
 //! (GetLogsChunk) found through `line_end` without reading the rest of the log.
+//!
+//! Lock order: the task's row first (FOR KEY SHARE here; callers such as status updates may already
+//! hold a stronger lock on it), then the task's log lock — the order status updates that append a
+//! line also follow, so the two can never deadlock.
 
 use std::ops::Range;
 
@@ -21,22 +25,25 @@ pub use crate::domain::logs::LogStream;
 /// The channel a replica LISTENs on to wake log followers; the payload is the task id.
 pub const NOTIFY_CHANNEL: &str = "task_log";
 
-const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+/// Locks the task's row against deletion, then takes its log lock (held to commit); no row when
+/// the task does not exist. The CTE locks the row before the outer query takes the advisory lock.
+const LOCK: &str = "
+    WITH t AS (SELECT task_id FROM task WHERE task_id = $1 FOR KEY SHARE)
+    SELECT pg_advisory_xact_lock($2, t.task_id) FROM t";
 
-/// Appends one batch with the next seq and line_end; inserts nothing (0 rows) when the task does
-/// not exist. `$2::bpchar` keeps the comparison on the primary key's own type (index order).
+/// Appends one batch with the next seq and line_end of its (task, stream). `$2::bpchar` keeps the
+/// comparison on the primary key's own type (index order).
 const APPEND: &str = "
     INSERT INTO task_log (task_id, stream, seq, line_count, line_end, body)
-    SELECT t.task_id, $2::bpchar, COALESCE(last.seq, 0) + 1, $3::int4,
+    SELECT $1::int4, $2::bpchar, COALESCE(last.seq, 0) + 1, $3::int4,
            COALESCE(last.line_end, 0) + $3::int4, $4::text
-      FROM task t
+      FROM (VALUES (1)) AS one (x)
       LEFT JOIN LATERAL (
             SELECT seq, line_end
               FROM task_log
              WHERE task_id = $1 AND stream = $2::bpchar
              ORDER BY seq DESC
-             LIMIT 1) last ON true
-     WHERE t.task_id = $1";
+             LIMIT 1) last ON true";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
@@ -80,20 +87,20 @@ pub async fn append_batches(
         return Ok(());
     }
     let lock = tx.prepare_cached(LOCK).await.map_err(pg_error)?;
-    tx.execute(&lock, &[&NS_TASK_LOG, &task_id])
+    let locked = tx
+        .query(&lock, &[&task_id, &NS_TASK_LOG])
         .await
         .map_err(pg_error)?;
+    if locked.is_empty() {
+        return Err(no_task(task_id));
+    }
     let append = tx.prepare_cached(APPEND).await.map_err(pg_error)?;
     for (stream, batch) in batches.iter().filter(|(_, b)| b.lines > 0) {
         let count = i32::try_from(batch.lines)
             .map_err(|_| Error::invalid("too many lines in one log batch"))?;
-        let inserted = tx
-            .execute(&append, &[&task_id, &stream.letter(), &count, &batch.body])
+        tx.execute(&append, &[&task_id, &stream.letter(), &count, &batch.body])
             .await
-            .map_err(|e| task_gone(pg_error(e), task_id))?;
-        if inserted == 0 {
-            return Err(no_task(task_id));
-        }
+            .map_err(pg_error)?;
     }
     let notify = tx.prepare_cached(NOTIFY).await.map_err(pg_error)?;
     tx.execute(&notify, &[&NOTIFY_CHANNEL, &task_id.to_string()])
@@ -104,15 +111,6 @@ pub async fn append_batches(
 
 fn no_task(task_id: i32) -> Error {
     Error::not_found(format!("task {task_id} not found"))
-}
-
-/// A task deleted between the check and the insert shows up as a foreign-key violation.
-fn task_gone(e: Error, task_id: i32) -> Error {
-    if e.code == Code::NotFound {
-        no_task(task_id)
-    } else {
-        e
-    }
 }
 
 /// Stores the batches of one task in their own transaction (an SendTaskLogs flush).
@@ -170,21 +168,37 @@ pub struct StoredBatch {
     pub page_bytes: i64,
 }
 
-/// The next batches after `after_seq`, oldest first: at most `max_rows`, and no more than
-/// `max_bytes` of body — except that the first batch is always returned, whatever its size.
-/// Lengths are read without detoasting, and bodies only of the rows returned.
-const READ_AFTER: &str = "
-    SELECT seq, body, extract(epoch FROM clock_timestamp() - created_at)::float8, upto::int8
-      FROM (SELECT seq, body, created_at,
-                   sum(octet_length(body)) OVER (ORDER BY seq) AS upto
-              FROM task_log
-             WHERE task_id = $1 AND stream = $2::bpchar AND seq > $3
-             ORDER BY seq
-             LIMIT $4) page
-     WHERE upto - octet_length(body) < $5
-     ORDER BY seq";
+/// What a follower read in one statement (one snapshot): whether its follow ends, and the next
+/// batches. Because both come from the same snapshot, a task seen terminal comes with every batch
+/// committed before its terminal status.
+#[derive(Debug, Clone)]
+pub struct FollowPage {
+    /// The task is terminal or hidden.
+    pub ended: bool,
+    pub batches: Vec<StoredBatch>,
+}
 
-/// Reads the next page of a follower (see `READ_AFTER`).
+/// The task's status, and the next batches after `$3`, oldest first: at most `$4`, and no more than
+/// `$5` bytes of body — except that the first batch is always returned, whatever its size. Lengths
+/// are read without detoasting, and bodies only of the rows returned. No row: no such task; one
+/// row with a NULL seq: no new batch.
+const READ_AFTER: &str = "
+    SELECT t.status, t.hidden, p.seq, p.body, p.age, p.upto
+      FROM task t
+      LEFT JOIN LATERAL (
+            SELECT seq, body, extract(epoch FROM clock_timestamp() - created_at)::float8 AS age,
+                   upto::int8 AS upto
+              FROM (SELECT seq, body, created_at,
+                           sum(octet_length(body)) OVER (ORDER BY seq) AS upto
+                      FROM task_log
+                     WHERE task_id = $1 AND stream = $2::bpchar AND seq > $3
+                     ORDER BY seq
+                     LIMIT $4) page
+             WHERE upto - octet_length(body) < $5) p ON true
+     WHERE t.task_id = $1
+     ORDER BY p.seq";
+
+/// Reads the next page of a follower (see `READ_AFTER`); `None` when the task is gone.
 pub async fn read_after(
     db: &Db,
     task_id: i32,
@@ -192,7 +206,7 @@ pub async fn read_after(
     after_seq: i32,
     max_rows: i64,
     max_bytes: i64,
-) -> Result<Vec<StoredBatch>> {
+) -> Result<Option<FollowPage>> {
     db.run(Op::LogFollow, |c| {
         async move {
             let stmt = c.prepare_cached(READ_AFTER).await.map_err(pg_error)?;
@@ -209,15 +223,23 @@ pub async fn read_after(
                 )
                 .await
                 .map_err(pg_error)?;
-            Ok(rows
-                .into_iter()
-                .map(|r| StoredBatch {
-                    seq: r.get(0),
-                    body: r.get(1),
-                    age_seconds: r.get(2),
-                    page_bytes: r.get(3),
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let status = TaskStatus::parse(first.get::<_, &str>(0))?;
+            let ended = follow_ends(status, first.get(1));
+            let batches = rows
+                .iter()
+                .filter_map(|r| {
+                    Some(StoredBatch {
+                        seq: r.get::<_, Option<i32>>(2)?,
+                        body: r.get(3),
+                        age_seconds: r.get(4),
+                        page_bytes: r.get(5),
+                    })
                 })
-                .collect())
+                .collect();
+            Ok(Some(FollowPage { ended, batches }))
         }
         .scope_boxed()
     })

@@ -2,10 +2,10 @@
 //! follow it live, and end once the task is terminal (S, F, X) or hidden AND everything committed
 //! before that has been sent.
 //!
-//! Why no tail line is lost: each cycle reads the task's status first and the new batches second.
-//! Batches are numbered in commit order (`db::logs`), so reading `seq > last` never skips one; and
-//! a status seen terminal was committed before the batch read began, so that read sees every batch
-//! committed before the terminal status. The stream ends after such a read.
+//! Why no tail line is lost: each cycle reads the task's status and the new batches in one
+//! statement (one snapshot), then further pages while they are full. Batches are numbered in commit
+//! order (`db::logs`), so reading `seq > last` never skips one; and a snapshot that shows the status
+//! terminal also shows every batch committed before it. The stream ends after such a cycle.
 //!
 //! Cost: a follower holds no connection while it waits or while its client reads; it wakes on
 //! NOTIFY (new batch, terminal status, LISTEN reconnected) or on a slow poll, reads with short
@@ -22,7 +22,7 @@ use super::{
     OpenStream,
 };
 use crate::db;
-use crate::db::logs::{NOTIFY_CHANNEL, StoredBatch};
+use crate::db::logs::{FollowPage, NOTIFY_CHANNEL};
 use crate::db::notify::Subscription;
 use crate::domain::logs::{LogStream, body_lines};
 use crate::error::{Code, Error, Result};
@@ -63,21 +63,14 @@ impl LogService {
         Ok(follower.lines(slot).boxed())
     }
 
-    /// Whether the task's follow streams end now; `NotFound` when the task is gone.
-    async fn follow_ended(&self, task_id: i32) -> Result<bool> {
-        let _permit = self.read_permit().await?;
-        db::logs::follow_ended(&self.db, task_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("task {task_id} was deleted")))
-    }
-
-    /// The next page of batches after `after_seq`, and whether more may follow at once.
+    /// The next page of batches after `after_seq`, whether the follow ends (read in the same
+    /// snapshot), and whether more batches may follow at once. `NotFound` when the task is gone.
     async fn next_page(
         &self,
         task_id: i32,
         stream: LogStream,
         after_seq: i32,
-    ) -> Result<(Vec<StoredBatch>, bool)> {
+    ) -> Result<(FollowPage, bool)> {
         let _permit = self.read_permit().await?;
         let page = db::logs::read_after(
             &self.db,
@@ -87,11 +80,12 @@ impl LogService {
             FOLLOW_PAGE_ROWS,
             FOLLOW_PAGE_BYTES,
         )
-        .await?;
+        .await?
+        .ok_or_else(|| Error::not_found(format!("task {task_id} was deleted")))?;
         // A page is cut only by its row limit or by its byte budget: a batch is left out only when
         // those before it already reach the budget.
-        let bytes = page.last().map_or(0, |b| b.page_bytes);
-        let more = page.len() as i64 >= FOLLOW_PAGE_ROWS || bytes >= FOLLOW_PAGE_BYTES;
+        let bytes = page.batches.last().map_or(0, |b| b.page_bytes);
+        let more = page.batches.len() as i64 >= FOLLOW_PAGE_ROWS || bytes >= FOLLOW_PAGE_BYTES;
         Ok((page, more))
     }
 
@@ -134,11 +128,14 @@ impl Follower {
                     Err(LogService::draining_error())?;
                 }
                 subscription.mark_seen();
-                let ended = service.follow_ended(task_id).await?;
+                // The first page's snapshot decides whether this is the last cycle; the pages
+                // after it only see more.
+                let mut ended = None;
                 loop {
                     let (page, more) = service.next_page(task_id, stream, last_seq).await?;
+                    ended.get_or_insert(page.ended);
                     let read_at = Instant::now();
-                    for batch in page {
+                    for batch in page.batches {
                         for line in body_lines(&batch.body) {
                             yield line.to_string();
                         }
@@ -155,7 +152,7 @@ impl Follower {
                         Err(LogService::draining_error())?;
                     }
                 }
-                if ended {
+                if ended == Some(true) {
                     break;
                 }
                 live = true;
