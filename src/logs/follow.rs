@@ -9,8 +9,10 @@
 //!
 //! Cost: a follower holds no connection while it waits or while its client reads; it wakes on
 //! NOTIFY (new batch, terminal status, LISTEN reconnected) or on a slow poll, reads with short
-//! pooled queries (at most a third of the pool at once), and keeps at most one page in memory.
+//! pooled queries (at most a third of the pool at once; followers at the same place share one,
+//! see `pages`), and keeps at most one page in memory.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -70,18 +72,15 @@ impl LogService {
         task_id: i32,
         stream: LogStream,
         after_seq: i32,
-    ) -> Result<(FollowPage, bool)> {
-        let _permit = self.read_permit().await?;
-        let page = db::logs::read_after(
-            &self.db,
-            task_id,
-            stream,
-            after_seq,
-            FOLLOW_PAGE_ROWS,
-            FOLLOW_PAGE_BYTES,
-        )
-        .await?
-        .ok_or_else(|| Error::not_found(format!("task {task_id} was deleted")))?;
+    ) -> Result<(Page, bool)> {
+        let page = self
+            .pages
+            .read(&self.db, &self.readers, task_id, stream, after_seq)
+            .await?;
+        if page.is_none() {
+            return Err(Error::not_found(format!("task {task_id} was deleted")));
+        }
+        let page = Page(page);
         // A page is cut only by its row limit or by its byte budget: a batch is left out only when
         // those before it already reach the budget.
         let bytes = page.batches.last().map_or(0, |b| b.page_bytes);
@@ -89,15 +88,18 @@ impl LogService {
         Ok((page, more))
     }
 
-    async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
-        self.readers
-            .acquire()
-            .await
-            .map_err(|_| Error::unavailable("shutting down"))
-    }
-
     fn draining_error() -> Error {
         Error::unavailable("replica shutting down: follow the log again through another replica")
+    }
+}
+
+/// A page read for a task that exists (possibly shared with other followers).
+struct Page(Arc<Option<FollowPage>>);
+
+impl std::ops::Deref for Page {
+    type Target = FollowPage;
+    fn deref(&self) -> &FollowPage {
+        Option::as_ref(&self.0).expect("a Page is built only for a task that exists")
     }
 }
 
@@ -135,7 +137,7 @@ impl Follower {
                     let (page, more) = service.next_page(task_id, stream, last_seq).await?;
                     ended.get_or_insert(page.ended);
                     let read_at = Instant::now();
-                    for batch in page.batches {
+                    for batch in &page.batches {
                         for line in body_lines(&batch.body) {
                             yield line.to_string();
                         }

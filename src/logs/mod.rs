@@ -16,6 +16,7 @@
 
 mod follow;
 mod ingest;
+mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct LogService {
     writers: Arc<Semaphore>,
     /// Follower queries running at once, so followers cannot starve the pool.
     readers: Arc<Semaphore>,
+    /// Follower page reads waiting for a permit, shared by followers at the same place.
+    pages: Arc<pages::PageReads>,
     /// Follow streams open on this replica.
     follow_slots: Arc<Semaphore>,
     max_followers: usize,
@@ -78,6 +81,7 @@ impl LogService {
             notifier,
             writers: Arc::new(Semaphore::new((pool / 2).max(1))),
             readers: Arc::new(Semaphore::new((pool / 3).max(1))),
+            pages: Arc::default(),
             follow_slots: Arc::new(Semaphore::new(max_followers)),
             max_followers,
             draining,
