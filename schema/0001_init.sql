@@ -190,17 +190,40 @@ CREATE UNLOGGED TABLE assign_cursor (
     PRIMARY KEY (step_key, shard)
 );
 
--- Task output, stored in batches (design.md §6). seq orders the batches of one (task, stream) and is
--- assigned under a per-task lock held to commit, so followers never miss a batch.
+-- Task output, stored in batches (design.md §6): `body` holds `line_count` lines, each followed by
+-- '\n'. seq orders the batches of one (task, stream) and is assigned (max + 1) under a per-task
+-- advisory lock held to commit, so seq order is commit order and a follower reading `seq > last`
+-- never misses a batch. Every append notifies channel 'task_log' with the task id.
 CREATE TABLE task_log (
     task_id     integer NOT NULL REFERENCES task (task_id) ON DELETE CASCADE,
     stream      char(1) NOT NULL CHECK (stream IN ('O', 'E')),
-    seq         integer NOT NULL,
-    line_count  integer NOT NULL CHECK (line_count >= 0),
+    seq         integer NOT NULL CHECK (seq > 0),
+    line_count  integer NOT NULL CHECK (line_count > 0),
+    -- Lines of this (task, stream) up to and including this batch: GetLogsChunk finds the batches
+    -- holding a window of lines counted from the end with two index probes, never reading the rest.
+    line_end    bigint NOT NULL CHECK (line_end >= line_count),
     body        text NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- When the batch was written (clock time at the insert, i.e. just before commit): follow lag.
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (task_id, stream, seq)
 );
+CREATE INDEX task_log_line_end_idx ON task_log (task_id, stream, line_end);
+
+-- Log followers end once their task is terminal (S, F, X) or hidden: wake them at once (channel
+-- 'task_log', payload the task id) instead of leaving it to their slow safety poll. Fires only on
+-- those transitions, so ordinary status updates pay nothing.
+CREATE FUNCTION task_log_wake_followers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('task_log', NEW.task_id::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER task_end_wakes_log_followers
+    AFTER UPDATE OF status, hidden ON task
+    FOR EACH ROW
+    WHEN ((NEW.status IN ('S', 'F', 'X') AND NEW.status IS DISTINCT FROM OLD.status)
+          OR (NEW.hidden AND NOT OLD.hidden))
+    EXECUTE FUNCTION task_log_wake_followers();
 
 -- ---------------------------------------------------------------------------------------------
 -- Recruiters and provider jobs
@@ -304,6 +327,8 @@ CREATE INDEX template_run_template_idx ON template_run (workflow_template_id);
 -- ---------------------------------------------------------------------------------------------
 -- Worker events
 -- ---------------------------------------------------------------------------------------------
+-- What workers report about themselves (behavior.md §2.11, §4.12): install errors, phase traces,
+-- diagnostics. Listed newest first, pruned by operators.
 CREATE TABLE worker_event (
     event_id      bigserial PRIMARY KEY,
     created_at    timestamptz NOT NULL DEFAULT now(),

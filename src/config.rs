@@ -41,6 +41,10 @@ pub mod defaults {
     pub const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(1800);
     /// Prefix of server-created worker names (`<server_name>worker<id>`).
     pub const SERVER_NAME: &str = "taskqueue";
+    /// Log follow streams (StreamTaskLogs*) one replica serves at once: each costs a few tens of KiB
+    /// (a 64 KiB read page at most, plus transport buffers) and no database connection, so 20,000
+    /// stay under ~1 GiB even when every client stalls mid-replay.
+    pub const MAX_LOG_FOLLOWERS: usize = 20_000;
     /// The original's gRPC message limit (50 MiB): large submissions and log chunks fit.
     pub const MAX_MESSAGE_BYTES: usize = 50 << 20;
 }
@@ -116,6 +120,10 @@ pub struct ServeArgs {
     /// Deadline of a graceful shutdown [default: 15s].
     #[arg(long, env = "TASKQUEUE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Log follow streams (StreamTaskLogsOutput/Err) one replica serves at once; more are refused
+    /// with RESOURCE_EXHAUSTED [default: 20000].
+    #[arg(long, env = "TASKQUEUE_MAX_LOG_FOLLOWERS")]
+    pub max_log_followers: Option<usize>,
     /// Prefix of server-created worker names [default: taskqueue].
     #[arg(long, env = "TASKQUEUE_SERVER_NAME")]
     pub server_name: Option<String>,
@@ -217,6 +225,7 @@ pub struct Config {
     pub session_ttl: Duration,
     pub db_pool_size: usize,
     pub shutdown_grace: Duration,
+    pub max_log_followers: usize,
     pub server_name: String,
     pub server_fqdn: Option<String>,
     pub replica_name: String,
@@ -283,6 +292,7 @@ struct ScitqSection {
     db_pool_size: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_grace: Option<Duration>,
+    max_log_followers: Option<usize>,
     server_name: Option<String>,
     server_fqdn: Option<String>,
     replica_name: Option<String>,
@@ -498,6 +508,10 @@ impl Config {
                 .db_pool_size
                 .or(s.db_pool_size)
                 .unwrap_or(defaults::DB_POOL_SIZE),
+            max_log_followers: args
+                .max_log_followers
+                .or(s.max_log_followers)
+                .unwrap_or(defaults::MAX_LOG_FOLLOWERS),
             shutdown_grace: args
                 .shutdown_grace
                 .or(s.shutdown_grace)
@@ -538,6 +552,10 @@ impl Config {
             "--assign-shards must be at most 1024"
         );
         anyhow::ensure!(self.db_pool_size >= 2, "--db-pool-size must be at least 2");
+        anyhow::ensure!(
+            self.max_log_followers >= 1,
+            "--max-log-followers must be at least 1"
+        );
         anyhow::ensure!(
             self.leader_lease_ttl >= Duration::from_secs(2),
             "--leader-lease-ttl must be at least 2s (keep-alives run every TTL/3)"

@@ -9,6 +9,7 @@
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
+//! - [`logs`]: task log streams: batched ingest, live follow (LISTEN fan-out), and their bounds.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod logs;
 pub mod loops;
 pub mod proto;
 pub mod server;

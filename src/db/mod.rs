@@ -3,10 +3,12 @@
 
 pub mod dispatch;
 pub mod embedded;
+pub mod events;
 pub mod leader;
 pub mod locks;
 pub mod logs;
 pub mod migrate;
+pub mod notify;
 pub mod tasks;
 pub mod users;
 pub mod workers;
@@ -42,6 +44,8 @@ pub enum Op {
     Workflows,
     StepStats,
     Logs,
+    LogIngest,
+    LogFollow,
     Events,
     Jobs,
     Catalog,
@@ -70,6 +74,8 @@ impl Op {
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",
             Op::Logs => "logs",
+            Op::LogIngest => "log_ingest",
+            Op::LogFollow => "log_follow",
             Op::Events => "events",
             Op::Jobs => "jobs",
             Op::Catalog => "catalog",
@@ -93,6 +99,8 @@ pub type Client = deadpool_postgres::Client;
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// How the pool connects, kept for dedicated sessions (LISTEN, session locks).
+    pg: tokio_postgres::Config,
 }
 
 impl Db {
@@ -109,7 +117,7 @@ impl Db {
         }
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -123,7 +131,20 @@ impl Db {
             .build()
             .map_err(|e| Error::internal(format!("cannot build the database pool: {e}")))?;
         gauge!(m::DB_POOL_MAX).set(pool_size as f64);
-        Ok(Db { pool })
+        Ok(Db { pool, pg })
+    }
+
+    /// The connection settings of the pool, for a dedicated session outside it (the LISTEN
+    /// connection of `notify`), named `application_name` so it can be told apart.
+    pub fn session_config(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        pg.application_name(application_name);
+        pg
+    }
+
+    /// The pool's maximum size.
+    pub fn max_size(&self) -> usize {
+        self.pool.status().max_size
     }
 
     /// A pooled connection.

@@ -3,6 +3,8 @@
 
 pub mod credentials;
 pub mod dispatch;
+pub mod events;
+pub mod logs;
 pub mod status;
 pub mod tasks;
 

@@ -9,6 +9,7 @@ use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::dispatch::DispatchConfig;
+use crate::logs::LogService;
 
 pub struct AppState {
     pub db: Db,
@@ -18,6 +19,8 @@ pub struct AppState {
     pub dispatch: DispatchConfig,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
+    /// Task log ingest and follow streams (owns the replica's LISTEN session).
+    pub logs: LogService,
 }
 
 impl AppState {
@@ -31,12 +34,15 @@ impl AppState {
             shards: config.assign_shards,
             last_ping_write_interval: config.last_ping_write_interval(),
         };
+        let draining = CancellationToken::new();
+        let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
         AppState {
             db,
             config,
             auth,
             dispatch,
-            draining: CancellationToken::new(),
+            draining,
+            logs,
         }
     }
 }

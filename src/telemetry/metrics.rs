@@ -28,6 +28,17 @@ pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
 pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
 pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 
+// Task logs and worker events.
+pub const LOG_RECEIVED_BYTES: &str = "taskqueue_log_received_bytes_total";
+pub const LOG_RECEIVED_LINES: &str = "taskqueue_log_received_lines_total";
+pub const LOG_BATCHES_WRITTEN: &str = "taskqueue_log_batches_written_total";
+pub const LOG_STREAMS_ACTIVE: &str = "taskqueue_log_streams_active";
+pub const LOG_STREAMS_REFUSED: &str = "taskqueue_log_streams_refused_total";
+pub const LOG_FOLLOW_LAG_SECONDS: &str = "taskqueue_log_follow_lag_seconds";
+pub const WORKER_EVENTS_INSERTED: &str = "taskqueue_worker_events_inserted_total";
+pub const NOTIFY_LISTENING: &str = "taskqueue_notify_listening";
+pub const NOTIFY_RECONNECTS: &str = "taskqueue_notify_reconnects_total";
+
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
 
@@ -50,6 +61,7 @@ pub const COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1
 const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (TASK_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
     (TASKS_PER_PING, COUNT_BUCKETS),
+    (LOG_FOLLOW_LAG_SECONDS, LATENCY_BUCKETS),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -127,6 +139,38 @@ fn describe() {
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
     describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
+    describe_counter!(
+        LOG_RECEIVED_BYTES,
+        Unit::Bytes,
+        "Task log bytes received by SendTaskLogs and stored (each line counts its newline)"
+    );
+    describe_counter!(
+        LOG_RECEIVED_LINES,
+        "Task log lines received by SendTaskLogs and stored"
+    );
+    describe_counter!(LOG_BATCHES_WRITTEN, "Task log batches written");
+    describe_gauge!(
+        LOG_STREAMS_ACTIVE,
+        "Open log streams, by kind (send: SendTaskLogs, follow: StreamTaskLogs*)"
+    );
+    describe_counter!(
+        LOG_STREAMS_REFUSED,
+        "Follow streams refused because the replica already serves its maximum"
+    );
+    describe_histogram!(
+        LOG_FOLLOW_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from a log batch's commit to its last line being handed to a follower"
+    );
+    describe_counter!(WORKER_EVENTS_INSERTED, "Worker events stored, by level");
+    describe_gauge!(
+        NOTIFY_LISTENING,
+        "1 while the replica's LISTEN session (log follow wake-ups) is up"
+    );
+    describe_counter!(
+        NOTIFY_RECONNECTS,
+        "Times the LISTEN session was lost and reconnected"
+    );
     describe_counter!(
         CACHE_REQUESTS,
         "Cache lookups, by cache and result (hit, miss)"
