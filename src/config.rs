@@ -578,7 +578,10 @@ impl Config {
         );
         for (flag, interval) in [
             ("--watchdog-interval", self.watchdog_interval),
-            ("--dependency-sweep-interval", self.dependency_sweep_interval),
+            (
+                "--dependency-sweep-interval",
+                self.dependency_sweep_interval,
+            ),
         ] {
             anyhow::ensure!(
                 interval >= Duration::from_millis(10),

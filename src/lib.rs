@@ -8,12 +8,14 @@
 //! - [`api`]: gRPC adapters, one file per area; `api::rpcs` is the table of RPCs and access rules.
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
+//! - [`cluster`]: leadership — etcd election or Postgres lock, `Role`, fencing epochs.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -33,6 +33,9 @@ pub struct EtcdElection {
     candidate: String,
     lease: Option<Lease>,
     leader_key: Option<LeaderKey>,
+    /// Leases whose revocation failed (etcd unreachable): revoked before the next grant, so a key
+    /// they still hold does not delay the next election by a whole TTL.
+    orphans: Vec<i64>,
 }
 
 /// A granted lease and the task keeping it alive.
@@ -73,6 +76,7 @@ impl EtcdElection {
             candidate,
             lease: None,
             leader_key: None,
+            orphans: Vec::new(),
         })
     }
 
@@ -97,7 +101,11 @@ impl EtcdElection {
             clock: clock.clone(),
             _keeper: AbortOnDropHandle::new(keeper),
         });
-        tracing::debug!(lease = granted.id(), ttl = granted.ttl(), "etcd lease granted");
+        tracing::debug!(
+            lease = granted.id(),
+            ttl = granted.ttl(),
+            "etcd lease granted"
+        );
         Ok(clock)
     }
 }
@@ -112,6 +120,7 @@ impl Election for EtcdElection {
         if self.lease.is_some() || self.leader_key.is_some() {
             self.resign().await;
         }
+        self.revoke_orphans().await;
         let clock = self.grant().await?;
         let id = self.lease.as_ref().map(|l| l.id).unwrap_or_default();
         let mut session = self.session.clone();
@@ -150,9 +159,26 @@ impl Election for EtcdElection {
             lease.clock.end("resigned");
             drop(lease._keeper);
             if let Err(e) = self.client.lease_revoke(lease.id).await {
-                tracing::debug!(lease = lease.id, error = %e, "etcd lease revoke failed; it expires by itself");
+                tracing::debug!(lease = lease.id, error = %e, "etcd lease revoke failed; retried before the next campaign");
+                self.orphans.push(lease.id);
             }
         }
+    }
+}
+
+impl EtcdElection {
+    async fn revoke_orphans(&mut self) {
+        let mut left = Vec::new();
+        for id in std::mem::take(&mut self.orphans) {
+            match self.client.lease_revoke(id).await {
+                Ok(_) => tracing::debug!(lease = id, "revoked an earlier etcd lease"),
+                // Gone already (expired): nothing to do.
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {}
+                Err(e) if e.to_string().contains("lease not found") => {}
+                Err(_) => left.push(id),
+            }
+        }
+        self.orphans = left;
     }
 }
 
@@ -176,7 +202,9 @@ async fn keep_alive(session: Client, id: i64, ttl: Duration, clock: LeaseClock) 
                             stream = Some(pair);
                             Ok(Some(ttl.as_secs() as i64))
                         }
-                        Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                        Err(etcd_client::Error::LeaseKeepAliveError(m))
+                            if m.contains("not found") =>
+                        {
                             Ok(None)
                         }
                         Err(e) => Err(e),

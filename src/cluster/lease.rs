@@ -14,10 +14,7 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Validity {
     /// Trusted until `until`; `renewed_at` is when the last successful renewal was sent.
-    Until {
-        until: Instant,
-        renewed_at: Instant,
-    },
+    Until { until: Instant, renewed_at: Instant },
     /// Known to be gone, with the reason.
     Ended(String),
 }
@@ -118,7 +115,7 @@ impl LeaseClock {
         }
     }
 
-    /// Asks the renewing task for a renewal now, and waits for one sent at or after this call.
+    /// Asks the renewing task for a renewal now, and waits for one sent after this call.
     /// Returns false if the lease ended (or its deadline passed) first.
     pub async fn renew_fresh(&self) -> bool {
         let asked_at = Instant::now();
@@ -126,7 +123,7 @@ impl LeaseClock {
         let mut rx = self.inner.state.subscribe();
         tokio::select! {
             _ = self.lost() => false,
-            fresh = rx.wait_for(|v| matches!(v, Validity::Until { renewed_at, .. } if *renewed_at >= asked_at)) => fresh.is_ok(),
+            fresh = rx.wait_for(|v| matches!(v, Validity::Until { renewed_at, .. } if *renewed_at > asked_at)) => fresh.is_ok(),
         }
     }
 

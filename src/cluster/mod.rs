@@ -92,15 +92,13 @@ pub fn election_name(config: &Config) -> String {
 /// `database_url`. Returns at once; campaigning happens in the background.
 pub async fn start(membership: Membership, database_url: &str) -> anyhow::Result<Cluster> {
     let config = membership.config.clone();
+    metrics::gauge!(crate::telemetry::metrics::LEADER).set(0.0);
     let (status_tx, status) = watch::channel(Status::default());
     let stop = CancellationToken::new();
     let stop_deadline = Arc::new(OnceLock::new());
     let task = if config.etcd_endpoints.is_empty() {
-        let election = pg::PgLockElection::new(
-            database_url,
-            membership.db.clone(),
-            config.leader_lease_ttl,
-        )?;
+        let election =
+            pg::PgLockElection::new(database_url, membership.db.clone(), config.leader_lease_ttl)?;
         tokio::spawn(run(
             election,
             membership,

@@ -57,13 +57,11 @@ impl PgLockElection {
     }
 
     async fn open(&self) -> anyhow::Result<Session> {
-        let (client, connection) = tokio::time::timeout(
-            STATEMENT_TIMEOUT,
-            self.pg.connect(tokio_postgres::NoTls),
-        )
-        .await
-        .context("leadership session: connect timed out")?
-        .context("leadership session: connect")?;
+        let (client, connection) =
+            tokio::time::timeout(STATEMENT_TIMEOUT, self.pg.connect(tokio_postgres::NoTls))
+                .await
+                .context("leadership session: connect timed out")?
+                .context("leadership session: connect")?;
         let closed = CancellationToken::new();
         let on_close = closed.clone();
         let connection = tokio::spawn(async move {
@@ -82,7 +80,10 @@ impl PgLockElection {
         let idle = format!("{}ms", self.ttl.as_millis());
         if let Err(e) = session
             .client
-            .execute("SELECT set_config('idle_session_timeout', $1, false)", &[&idle])
+            .execute(
+                "SELECT set_config('idle_session_timeout', $1, false)",
+                &[&idle],
+            )
             .await
         {
             tracing::warn!(error = %e, "idle_session_timeout unsupported: a frozen leader keeps the lock until its connection closes");
@@ -92,7 +93,11 @@ impl PgLockElection {
 
     /// Tries the lock once; returns when this was sent and whether it was taken.
     async fn try_lock(&mut self) -> anyhow::Result<(Instant, bool)> {
-        if self.session.as_ref().is_none_or(|s| s.closed.is_cancelled()) {
+        if self
+            .session
+            .as_ref()
+            .is_none_or(|s| s.closed.is_cancelled())
+        {
             self.session = Some(self.open().await?);
         }
         let session = self.session.as_ref().expect("opened above");

@@ -100,7 +100,8 @@ pub enum OnCancel {
 }
 
 type TickFn = dyn Fn(LeaderContext) -> BoxFuture<'static, Result<()>> + Send + Sync;
-type RunFn = dyn Fn(LeaderContext, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync;
+type RunFn =
+    dyn Fn(LeaderContext, CancellationToken) -> BoxFuture<'static, Result<()>> + Send + Sync;
 
 #[derive(Clone)]
 enum Body {
@@ -319,8 +320,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn step_down_ends_the_loop_on_error() {
         let n = Arc::new(AtomicU32::new(0));
-        let spec =
-            counting(&n, 3, || Error::internal("broken")).on_error(OnError::StepDown);
+        let spec = counting(&n, 3, || Error::internal("broken")).on_error(OnError::StepDown);
         let mut set = JoinSet::new();
         spawn_loop(&mut set, ctx(), CancellationToken::new(), &spec);
         let (_, exit) = set.join_next().await.unwrap().unwrap();
@@ -332,12 +332,10 @@ mod tests {
     async fn a_fencing_refusal_always_ends_the_term() {
         let n = Arc::new(AtomicU32::new(0));
         let spec = counting(&n, 2, || {
-            Error::failed_precondition("no longer leader").with_source(
-                crate::db::leader::Deposed {
-                    ours: 7,
-                    recorded: Some(8),
-                },
-            )
+            Error::failed_precondition("no longer leader").with_source(crate::db::leader::Deposed {
+                ours: 7,
+                recorded: Some(8),
+            })
         });
         assert_eq!(spec.on_error, OnError::Continue);
         let mut set = JoinSet::new();
@@ -391,12 +389,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_running_loop_gets_the_cancellation_token() {
-        let spec = LeaderLoop::long_running("runner", Duration::from_secs(1), |_ctx, cancel| {
-            async move {
+        let spec = LeaderLoop::long_running(
+            "runner",
+            Duration::from_secs(1),
+            |_ctx, cancel| async move {
                 cancel.cancelled().await;
                 Ok(())
-            }
-        });
+            },
+        );
         let mut set = JoinSet::new();
         let cancel = CancellationToken::new();
         spawn_loop(&mut set, ctx(), cancel.clone(), &spec);
