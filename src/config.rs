@@ -31,9 +31,10 @@ pub mod defaults {
     pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
     /// Watchdog cadence: an offline worker is noticed within offline_timeout + this (design.md §5).
     pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
-    /// Dependency sweep cadence: a task whose prerequisites all succeeded becomes pending within
-    /// this; one indexed query when nothing waits.
-    pub const DEPENDENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+    /// Dependency sweep cadence: how soon the dependents of a task that failed for good fail too
+    /// (success promotes dependents at once, on the request path; the sweep is the safety net).
+    /// A pass between full ones is an index probe (~5 ms with 100k waiting tasks).
+    pub const DEPENDENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
     /// Session tokens live as long as the original's (365 days): scripts keep them in SCITQ_TOKEN.
     pub const SESSION_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Connections per replica; Postgres' default max_connections (100) fits three replicas.
@@ -119,7 +120,7 @@ pub struct ServeArgs {
     /// How often the leader's watchdog checks worker liveness and idleness [default: 5s].
     #[arg(long, env = "TASKQUEUE_WATCHDOG_INTERVAL", value_parser = humantime::parse_duration)]
     pub watchdog_interval: Option<Duration>,
-    /// How often the leader promotes or fails tasks waiting on prerequisites [default: 1s].
+    /// How often the leader promotes or fails tasks waiting on prerequisites [default: 2s].
     #[arg(long, env = "TASKQUEUE_DEPENDENCY_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
     pub dependency_sweep_interval: Option<Duration>,
     /// Lifetime of session tokens issued by Login [default: 365 days].
@@ -657,7 +658,7 @@ mod tests {
         assert_eq!(c.leader_lease_ttl, Duration::from_secs(10));
         assert_eq!(c.task_download_timeout, Duration::from_secs(600));
         assert_eq!(c.watchdog_interval, Duration::from_secs(5));
-        assert_eq!(c.dependency_sweep_interval, Duration::from_secs(1));
+        assert_eq!(c.dependency_sweep_interval, Duration::from_secs(2));
         assert_eq!(c.tls, TlsMode::Plain);
         assert!(c.database_url.is_none());
         assert!(c.etcd_endpoints.is_empty());

@@ -103,8 +103,35 @@ async fn graceful_shutdown_resigns_and_hands_over_at_once() {
     let url = postgres().await.fresh_db().await;
     // The default TTL (10 s): a successor that waited for the lease would take that long.
     let ttl = Duration::from_secs(10);
-    let mut replicas = start_replicas(&url, &["g1", "g2"], &etcd_args(&etcd, ttl)).await;
+    let mut replicas = start_replicas(&url, &["g1", "g2", "g3"], &etcd_args(&etcd, ttl)).await;
     let (leader, epoch) = wait_one_leader(&url, &replicas, Duration::from_secs(30)).await;
+    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let mut config = test_config(&url);
+    config.server_name = "taskqueue".into();
+    let prefix = cluster::election_name(&config);
+    let mut candidates = async || {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        etcd_client
+            .get(prefix.clone(), Some(options))
+            .await
+            .unwrap()
+            .kvs()
+            .len()
+    };
+    assert_eq!(candidates().await, 3);
+
+    // A follower that stops withdraws its candidacy: no dead key waits in line.
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        replicas[follower].terminate(Duration::from_secs(10)).await,
+        Some(0)
+    );
+    assert_eq!(candidates().await, 2);
+
     let stopping = Instant::now();
     let exit = replicas[leader].terminate(Duration::from_secs(10)).await;
     assert_eq!(exit, Some(0), "{}", replicas[leader].log_text());
@@ -117,6 +144,7 @@ async fn graceful_shutdown_resigns_and_hands_over_at_once() {
     assert!(handover < ttl / 2, "handover took {handover:?}");
     assert!(replicas[leader].log_text().contains("resigned leadership"));
     wait_one_leader(&url, &replicas, Duration::from_secs(10)).await;
+    assert_eq!(candidates().await, 1);
 }
 
 /// The value of `taskqueue_leader_transitions_total{to="<to>"}`.
@@ -176,6 +204,13 @@ async fn a_frozen_leader_is_replaced_and_steps_down_when_it_resumes() {
     assert!(transitions(&text, "follower") >= 1.0, "{text}");
     let log = replicas[frozen].log_text();
     assert!(log.contains("stepping down"), "{log}");
+    // Which came first on resuming: a refused fenced write, or the lease deadline.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("stepping down") || l.contains("leader write refused"))
+    {
+        eprintln!("frozen leader: {line}");
+    }
     // Exactly one leader afterwards, the successor, with its term recorded.
     for _ in 0..10 {
         assert_eq!(leaders(&replicas).await, vec![other]);

@@ -846,3 +846,38 @@ async fn the_leader_sweep_resolves_dependencies_end_to_end() {
     .await;
     r.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_incremental_sweep_looks_only_at_recently_settled_prerequisites() {
+    use taskqueue::db::dependencies::Scope;
+    let f = fixture().await;
+    let old = f.task("S", None, None).await;
+    let recent = f.task("F", None, Some(0)).await;
+    f.pg.execute(
+        "UPDATE task SET modified_at = now() - interval '1 hour' WHERE task_id = $1",
+        &[&old],
+    )
+    .await
+    .unwrap();
+    let behind_old = f.task("W", None, None).await;
+    f.depends(behind_old, old).await;
+    let chain = [f.task("W", None, None).await, f.task("W", None, None).await];
+    f.depends(chain[0], recent).await;
+    f.depends(chain[1], chain[0]).await;
+    let since = chrono::Utc::now() - chrono::Duration::minutes(5);
+
+    let (report, began) = dependencies::run_pass(&f.ctx, Scope::SettledSince(since))
+        .await
+        .unwrap();
+    assert!(
+        report.promoted.is_empty(),
+        "an old success is left to the full pass"
+    );
+    let failed: Vec<i32> = report.failed.iter().map(|d| d.task_id).collect();
+    assert_eq!(failed, chain, "the cascade follows within one pass");
+    assert!(began > since);
+    assert_eq!(f.task_row(behind_old).await.0, "W");
+
+    let full = dependencies::run_once(&f.ctx).await.unwrap();
+    assert_eq!(full.promoted, vec![behind_old]);
+}

@@ -152,6 +152,7 @@ impl Cluster {
             tracing::warn!("leadership did not shut down in time; aborting it");
             task.abort();
         }
+        metrics::gauge!(crate::telemetry::metrics::LEADER).set(0.0);
     }
 }
 
@@ -267,6 +268,9 @@ async fn run<E: Election>(
             }
         }
     }
+    // Stopped while campaigning: give up the candidacy too (an etcd key left behind would be
+    // elected after the leader and hold the office, idle, until its lease expired).
+    election.resign().await;
     role.step_down(Instant::now()).await;
     status.send_replace(Status::default());
 }
