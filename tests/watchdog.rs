@@ -32,9 +32,22 @@ async fn take_office(db: &Db, epoch: i64, holder: &str) -> bool {
     .unwrap()
 }
 
+/// The original's clocks (behavior.md §5.5): offline 30 s, idle 300 s, new-worker idle 900 s,
+/// lost 300 s, download grace 600 s.
+fn original_clocks(url: &str) -> Config {
+    use taskqueue::config::defaults;
+    let mut c = test_config(url);
+    c.offline_timeout = defaults::OFFLINE_TIMEOUT;
+    c.idle_timeout = defaults::IDLE_TIMEOUT;
+    c.new_worker_idle_timeout = defaults::NEW_WORKER_IDLE_TIMEOUT;
+    c.lost_timeout = defaults::LOST_TIMEOUT;
+    c.task_download_timeout = defaults::TASK_DOWNLOAD_TIMEOUT;
+    c
+}
+
 async fn fixture() -> Fixture {
     let url = postgres().await.fresh_db().await;
-    fixture_on(&url, test_config(&url)).await
+    fixture_on(&url, original_clocks(&url)).await
 }
 
 async fn fixture_on(url: &str, config: Config) -> Fixture {
@@ -698,7 +711,7 @@ async fn a_deposed_sweep_changes_nothing() {
 
 /// A leader replica (Postgres-lock mode) with short clocks.
 fn short_config(url: &str) -> Config {
-    let mut c = test_config(url);
+    let mut c = original_clocks(url);
     c.offline_timeout = Duration::from_secs(1);
     c.watchdog_interval = Duration::from_millis(100);
     c.dependency_sweep_interval = Duration::from_millis(100);

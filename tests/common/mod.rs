@@ -159,6 +159,10 @@ pub fn test_config(database_url: &str) -> Config {
     c.data_dir = tempdir();
     c.shutdown_grace = Duration::from_secs(5);
     c.db_pool_size = 10;
+    // Every replica runs the leader loops: keep the watchdog from deleting the idle workers of a
+    // long test. Tests of the watchdog set the clocks they need.
+    c.idle_timeout = Duration::from_secs(3600);
+    c.new_worker_idle_timeout = Duration::from_secs(3600);
     c
 }
 
