@@ -3,6 +3,8 @@
 //! loopback ports, and replicas started in-process on port 0 with authenticated clients.
 #![allow(dead_code)]
 
+pub mod leader;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
