@@ -29,6 +29,12 @@ pub mod defaults {
     pub const LOST_TIMEOUT: Duration = Duration::from_secs(300);
     /// The original's warm-worker extension of the idle timeout (task_download_timeout).
     pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this (design.md §5).
+    pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
+    /// Dependency sweep cadence: how soon the dependents of a task that failed for good fail too
+    /// (success promotes dependents at once, on the request path; the sweep is the safety net).
+    /// A pass between full ones is an index probe (~5 ms with 100k waiting tasks).
+    pub const DEPENDENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
     /// Session tokens live as long as the original's (365 days): scripts keep them in SCITQ_TOKEN.
     pub const SESSION_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
     /// Connections per replica; Postgres' default max_connections (100) fits three replicas.
@@ -111,6 +117,16 @@ pub struct ServeArgs {
     /// An offline non-permanent worker is deleted after this long [default: 300s].
     #[arg(long, env = "TASKQUEUE_LOST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub lost_timeout: Option<Duration>,
+    /// Extra idle time granted to a worker still holding assigned or downloading tasks
+    /// (at least this, or the longest download_timeout of those tasks) [default: 600s].
+    #[arg(long, env = "TASKQUEUE_TASK_DOWNLOAD_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub task_download_timeout: Option<Duration>,
+    /// How often the leader's watchdog checks worker liveness and idleness [default: 5s].
+    #[arg(long, env = "TASKQUEUE_WATCHDOG_INTERVAL", value_parser = humantime::parse_duration)]
+    pub watchdog_interval: Option<Duration>,
+    /// How often the leader promotes or fails tasks waiting on prerequisites [default: 2s].
+    #[arg(long, env = "TASKQUEUE_DEPENDENCY_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub dependency_sweep_interval: Option<Duration>,
     /// Lifetime of session tokens issued by Login [default: 365 days].
     #[arg(long, env = "TASKQUEUE_SESSION_TTL", value_parser = humantime::parse_duration)]
     pub session_ttl: Option<Duration>,
@@ -222,6 +238,8 @@ pub struct Config {
     pub new_worker_idle_timeout: Duration,
     pub lost_timeout: Duration,
     pub task_download_timeout: Duration,
+    pub watchdog_interval: Duration,
+    pub dependency_sweep_interval: Duration,
     pub session_ttl: Duration,
     pub db_pool_size: usize,
     pub shutdown_grace: Duration,
@@ -286,6 +304,10 @@ struct ScitqSection {
     lost_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     task_download_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    watchdog_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    dependency_sweep_interval: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     session_ttl: Option<Duration>,
     #[serde(alias = "max_db_concurrency")]
@@ -497,9 +519,18 @@ impl Config {
                 .lost_timeout
                 .or(s.lost_timeout)
                 .unwrap_or(defaults::LOST_TIMEOUT),
-            task_download_timeout: s
+            task_download_timeout: args
                 .task_download_timeout
+                .or(s.task_download_timeout)
                 .unwrap_or(defaults::TASK_DOWNLOAD_TIMEOUT),
+            watchdog_interval: args
+                .watchdog_interval
+                .or(s.watchdog_interval)
+                .unwrap_or(defaults::WATCHDOG_INTERVAL),
+            dependency_sweep_interval: args
+                .dependency_sweep_interval
+                .or(s.dependency_sweep_interval)
+                .unwrap_or(defaults::DEPENDENCY_SWEEP_INTERVAL),
             session_ttl: args
                 .session_ttl
                 .or(s.session_ttl)
@@ -564,6 +595,18 @@ impl Config {
             self.offline_timeout >= Duration::from_secs(1),
             "--offline-timeout must be at least 1s"
         );
+        for (flag, interval) in [
+            ("--watchdog-interval", self.watchdog_interval),
+            (
+                "--dependency-sweep-interval",
+                self.dependency_sweep_interval,
+            ),
+        ] {
+            anyhow::ensure!(
+                interval >= Duration::from_millis(10),
+                "{flag} must be at least 10ms"
+            );
+        }
         anyhow::ensure!(
             !self.admin_user.trim().is_empty(),
             "--admin-user must not be empty"
@@ -631,6 +674,9 @@ mod tests {
         assert_eq!(c.new_worker_idle_timeout, Duration::from_secs(900));
         assert_eq!(c.lost_timeout, Duration::from_secs(300));
         assert_eq!(c.leader_lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.task_download_timeout, Duration::from_secs(600));
+        assert_eq!(c.watchdog_interval, Duration::from_secs(5));
+        assert_eq!(c.dependency_sweep_interval, Duration::from_secs(2));
         assert_eq!(c.tls, TlsMode::Plain);
         assert!(c.database_url.is_none());
         assert!(c.etcd_endpoints.is_empty());

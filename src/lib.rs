@@ -8,6 +8,7 @@
 //! - [`api`]: gRPC adapters, one file per area; `api::rpcs` is the table of RPCs and access rules.
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
+//! - [`cluster`]: leadership — etcd election or Postgres lock, `Role`, fencing epochs.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
 //! - [`logs`]: task log streams: batched ingest, live follow (LISTEN fan-out), and their bounds.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod domain;

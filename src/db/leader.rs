@@ -1,9 +1,28 @@
 //! The leadership record (`cluster_leader`) and fencing (design.md §4): a leader writes its epoch
 //! on taking office; every leader-only mutation checks, in its own transaction, that the epoch is
 //! still its own, holding a share lock on the record so a new leader's takeover waits for it.
+//! Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
 
-use super::pg_error;
+use std::time::Duration;
+
+use scoped_futures::ScopedFutureExt as _;
+
+use super::{Db, Op, pg_error};
 use crate::error::{Error, Result};
+
+/// Marks a fencing refusal: the error's source when `assert_epoch` finds a newer term recorded.
+/// Loops recognise it with [`is_deposed`] and step down instead of retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("deposed: epoch {ours} is not the recorded epoch {recorded:?}")]
+pub struct Deposed {
+    pub ours: i64,
+    pub recorded: Option<i64>,
+}
+
+/// True when `e` is a fencing refusal: this replica's term is over.
+pub fn is_deposed(e: &Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<Deposed>())
+}
 
 /// Records `epoch` as the current term if it is newer than the recorded one. Returns false when a
 /// newer (or equal) epoch is already recorded: the caller is not the current leader.
@@ -24,8 +43,9 @@ pub async fn take_office(
     Ok(n == 1)
 }
 
-/// Fencing: fails with `FailedPrecondition` unless `epoch` is the recorded term. Call it first in
-/// every leader-only transaction; the share lock it takes is held to the end of the transaction.
+/// Fencing: fails with `FailedPrecondition` (source [`Deposed`]) unless `epoch` is the recorded
+/// term. Call it first in every leader-only transaction; the share lock it takes is held to the
+/// end of the transaction.
 pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -> Result<()> {
     let stmt = tx
         .prepare_cached("SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE")
@@ -38,9 +58,80 @@ pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -
         .map(|r| r.get(0));
     match current {
         Some(e) if e == epoch => Ok(()),
-        other => Err(Error::failed_precondition(format!(
+        recorded => Err(Error::failed_precondition(format!(
             "no longer leader: this replica's epoch is {epoch}, the recorded one is {}",
-            other.map_or("none".to_string(), |e| e.to_string())
-        ))),
+            recorded.map_or("none".to_string(), |e| e.to_string())
+        ))
+        .with_source(Deposed {
+            ours: epoch,
+            recorded,
+        })),
     }
+}
+
+/// Bounds how long this transaction may sit idle between statements: Postgres ends the session
+/// after `limit`. A leader frozen mid-transaction (SIGSTOP, VM pause) would otherwise hold the
+/// share lock of [`assert_epoch`] forever and block its successor's [`take_office`].
+pub async fn limit_idle_in_transaction(
+    tx: &deadpool_postgres::Transaction<'_>,
+    limit: Duration,
+) -> Result<()> {
+    let millis = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
+    let stmt = tx
+        .prepare_cached("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+        .await
+        .map_err(pg_error)?;
+    tx.execute(&stmt, &[&millis]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// A new epoch for the Postgres-lock mode, newer than any recorded term (even one recorded by an
+/// etcd-mode cluster on the same database). Call it only while holding the leadership lock.
+pub async fn next_local_epoch(db: &Db) -> Result<i64> {
+    db.run(Op::Leader, |c| {
+        async move {
+            let row = c
+                .query_one(
+                    "SELECT setval('cluster_epoch_seq', greatest(
+                         nextval('cluster_epoch_seq'),
+                         coalesce((SELECT epoch + 1 FROM cluster_leader WHERE id = 1), 1)))",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.get::<_, i64>(0))
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
+/// The recorded term: epoch, holder (replica name) and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Office {
+    pub epoch: i64,
+    pub holder: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads the recorded term, if any leader ever took office.
+pub async fn current(db: &Db) -> Result<Option<Office>> {
+    db.run(Op::Leader, |c| {
+        async move {
+            let row = c
+                .query_opt(
+                    "SELECT epoch, holder, since FROM cluster_leader WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|r| Office {
+                epoch: r.get(0),
+                holder: r.get(1),
+                since: r.get(2),
+            }))
+        }
+        .scope_boxed()
+    })
+    .await
 }

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dispatch",
         sql: include_str!("../../schema/0002_dispatch.sql"),
     },
+    Migration {
+        version: 3,
+        name: "leadership",
+        sql: include_str!("../../schema/0003_leadership.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -1,6 +1,7 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod dependencies;
 pub mod dispatch;
 pub mod embedded;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod migrate;
 pub mod notify;
 pub mod tasks;
 pub mod users;
+pub mod watchdog;
 pub mod workers;
 pub mod workflows;
 

@@ -1,8 +1,9 @@
 //! `run(config, listeners, shutdown)`: wires a replica together — database (external or embedded),
 //! migrations, first-start bootstrap, the TaskQueue service behind the auth and metrics layers,
-//! health, reflection, the /metrics endpoint — and shuts it down in order under one deadline:
-//! health NOT_SERVING → stop accepting → drain in-flight RPCs → close the pool → stop the embedded
-//! database.
+//! health, reflection, the /metrics endpoint, and its membership in the leader election (started
+//! once the server serves) — and shuts it down in order under one deadline: health NOT_SERVING →
+//! stop accepting → drain in-flight RPCs → resign leadership → cancel the leader loops → close the
+//! pool → stop the embedded database.
 
 pub mod auth;
 pub mod state;
@@ -176,13 +177,28 @@ async fn serve(
     let server = router.serve_with_incoming_shutdown(incoming, stop_signal);
     tokio::pin!(server);
 
+    // The listener is bound and the service is ready: join the leader election. Campaigning runs
+    // in the background and never holds up requests (etcd may well be down).
+    let cluster = crate::cluster::start(
+        crate::cluster::Membership {
+            db: db.clone(),
+            config: config.clone(),
+            loops: crate::loops::leader_loops(&config),
+        },
+        database_url,
+    )
+    .await
+    .context("cannot join the leader election")?;
+
     // Serve until the signal; after it, give the drain what is left of the grace period.
     let mut stop_rx = stop_rx;
+    let mut deadline = None;
     let served = tokio::select! {
         r = &mut server => r.map_err(anyhow::Error::from),
         started = &mut stop_rx => {
-            let deadline = started.unwrap_or_else(|_| Instant::now()) + config.shutdown_grace;
-            match tokio::time::timeout_at(deadline.into(), &mut server).await {
+            let until = started.unwrap_or_else(|_| Instant::now()) + config.shutdown_grace;
+            deadline = Some(until);
+            match tokio::time::timeout_at(until.into(), &mut server).await {
                 Ok(r) => r.map_err(anyhow::Error::from),
                 Err(_) => {
                     tracing::warn!(grace = ?config.shutdown_grace, "drain deadline passed; abandoning open RPCs");
@@ -192,7 +208,10 @@ async fn serve(
         }
     };
 
-    // Remaining steps: metrics endpoint, pool.
+    // Remaining steps, against the same deadline: resign and stop the leader loops, then the
+    // metrics endpoint and the pool.
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_grace);
+    cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -42,6 +42,17 @@ pub const NOTIFY_RECONNECTS: &str = "taskqueue_notify_reconnects_total";
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
 
+// Leadership and leader-only loops (label `loop` is a registered loop name: a closed set).
+pub const LEADER: &str = "taskqueue_leader";
+pub const LEADER_EPOCH: &str = "taskqueue_leader_epoch";
+pub const LEADER_TRANSITIONS: &str = "taskqueue_leader_transitions_total";
+pub const LEADER_LOOP_SECONDS: &str = "taskqueue_leader_loop_duration_seconds";
+pub const LEADER_LOOP_ERRORS: &str = "taskqueue_leader_loop_errors_total";
+pub const WATCHDOG_TRANSITIONS: &str = "taskqueue_watchdog_transitions_total";
+pub const WATCHDOG_DELETIONS: &str = "taskqueue_watchdog_deletions_total";
+pub const DEPENDENCY_PROMOTED: &str = "taskqueue_dependency_promoted_total";
+pub const DEPENDENCY_FAILED: &str = "taskqueue_dependency_failed_total";
+
 // Process.
 pub const BUILD_INFO: &str = "taskqueue_build_info";
 pub const DRAINING: &str = "taskqueue_draining";
@@ -174,6 +185,43 @@ fn describe() {
     describe_counter!(
         CACHE_REQUESTS,
         "Cache lookups, by cache and result (hit, miss)"
+    );
+    describe_gauge!(
+        LEADER,
+        "1 while this replica holds leadership and runs the leader loops, else 0"
+    );
+    describe_gauge!(
+        LEADER_EPOCH,
+        "Epoch of this replica's current leadership term (0 when not leader)"
+    );
+    describe_counter!(
+        LEADER_TRANSITIONS,
+        "Leadership changes of this replica, by new role (leader, follower)"
+    );
+    describe_histogram!(
+        LEADER_LOOP_SECONDS,
+        Unit::Seconds,
+        "Time of one iteration of a leader loop, by loop"
+    );
+    describe_counter!(
+        LEADER_LOOP_ERRORS,
+        "Failed iterations of a leader loop, by loop"
+    );
+    describe_counter!(
+        WATCHDOG_TRANSITIONS,
+        "Workers the watchdog moved to an offline status, by new status (O, Q, L)"
+    );
+    describe_counter!(
+        WATCHDOG_DELETIONS,
+        "Workers due for deletion, by reason (idle, lost) and outcome (deleted, deferred)"
+    );
+    describe_counter!(
+        DEPENDENCY_PROMOTED,
+        "Waiting tasks made pending because all their prerequisites succeeded"
+    );
+    describe_counter!(
+        DEPENDENCY_FAILED,
+        "Waiting tasks failed because a prerequisite failed for good"
     );
     describe_gauge!(BUILD_INFO, "Build information (always 1)");
     describe_gauge!(DRAINING, "1 while the replica is shutting down");

@@ -1,0 +1,254 @@
+//! The watchdog's queries (design.md §5, behavior.md §5.5), all decided from timestamps in the
+//! database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker accepted
+//! or finished), `created_at` and `offline_since` (set here). Run inside the leader's fenced
+//! transactions. Not here: the cadence and the choice of how a worker is deleted (`loops::watchdog`).
+//!
+//! Pings hold `pg_advisory_xact_lock(NS_WORKER, worker_id)` while they write; the offline
+//! transition skips a worker whose ping is in flight (it is alive), and deletion waits for it.
+
+use std::time::Duration;
+
+use super::locks::NS_WORKER;
+use super::pg_error;
+use crate::config::Config;
+use crate::error::Result;
+
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// The watchdog's clocks (behavior.md §5.5 defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// R→O, P→Q, F→L after this long without a ping.
+    pub offline: Duration,
+    /// Idle non-permanent workers are deleted this long after their last activity…
+    pub idle: Duration,
+    /// …or this long after their creation if they never had any; also how long a worker may
+    /// stay installing (I) without a ping before it is marked offline.
+    pub new_worker_idle: Duration,
+    /// Offline non-permanent workers are deleted after this long offline.
+    pub lost: Duration,
+    /// Extra idle time for a worker still holding tasks in A/C/D/O (at least this, or the longest
+    /// `download_timeout` of those tasks): they may still be downloading.
+    pub download_grace: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(c: &Config) -> Timeouts {
+        Timeouts {
+            offline: c.offline_timeout,
+            idle: c.idle_timeout,
+            new_worker_idle: c.new_worker_idle_timeout,
+            lost: c.lost_timeout,
+            download_grace: c.task_download_timeout,
+        }
+    }
+}
+
+/// A worker the watchdog moved to an offline status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WentOffline {
+    pub worker_id: i32,
+    pub worker_name: String,
+    pub from: String,
+    pub to: String,
+}
+
+// The workers that stopped pinging, whose ping is not in flight (try-lock, after selecting, so only
+// candidates are locked), moved to the offline form of their status; the UPDATE re-checks the
+// clock on the current row. An operator's pause survives: P→Q (a ping brings back P), never P→O.
+// Installing workers (I, a VM being deployed) get the new-worker clock instead of the offline one.
+const MARK_OFFLINE: &str = "
+    WITH stale AS MATERIALIZED (
+        SELECT worker_id, status FROM worker
+         WHERE status IN ('R', 'P', 'F', 'I')
+           AND COALESCE(last_ping_at, created_at)
+               < now() - make_interval(secs => CASE WHEN status = 'I' THEN $2::float8 ELSE $1::float8 END)
+         ORDER BY worker_id
+         LIMIT $3::bigint
+    ), unlocked AS MATERIALIZED (
+        SELECT worker_id, status FROM stale WHERE pg_try_advisory_xact_lock($4::integer, worker_id)
+    )
+    UPDATE worker w
+       SET status = CASE w.status WHEN 'R' THEN 'O' WHEN 'P' THEN 'Q' WHEN 'F' THEN 'L' ELSE 'O' END,
+           offline_since = now()
+      FROM unlocked u
+     WHERE w.worker_id = u.worker_id
+       AND w.status IN ('R', 'P', 'F', 'I')
+       AND COALESCE(w.last_ping_at, w.created_at)
+           < now() - make_interval(secs => CASE WHEN w.status = 'I' THEN $2::float8 ELSE $1::float8 END)
+    RETURNING w.worker_id, w.worker_name, u.status AS old_status, w.status";
+
+/// Moves up to `limit` workers that stopped pinging to O/Q/L and stamps `offline_since`.
+pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<WentOffline>> {
+    let stmt = tx.prepare_cached(MARK_OFFLINE).await.map_err(pg_error)?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &t.offline.as_secs_f64(),
+                &t.new_worker_idle.as_secs_f64(),
+                &limit,
+                &NS_WORKER,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| WentOffline {
+            worker_id: r.get(0),
+            worker_name: r.get(1),
+            from: r.get::<_, String>(2).trim().to_string(),
+            to: r.get::<_, String>(3).trim().to_string(),
+        })
+        .collect())
+}
+
+/// Why a worker is due for deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueReason {
+    /// No running task and no activity for the idle timeout (new-worker timeout if it never had
+    /// any; longer while it holds tasks it may still be downloading).
+    Idle,
+    /// Offline for longer than the lost timeout.
+    Lost,
+}
+
+impl DueReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DueReason::Idle => "idle",
+            DueReason::Lost => "lost",
+        }
+    }
+}
+
+/// A non-permanent worker due for deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub worker_id: i32,
+    pub worker_name: String,
+    pub reason: DueReason,
+    /// Its provider's name (`local`, `azure` …) through its region or flavor; `None` for a manual
+    /// worker registered without either.
+    pub provider: Option<String>,
+}
+
+impl Due {
+    /// Deleting it needs no provider call: the local provider, or a manually started worker.
+    pub fn is_local(&self) -> bool {
+        self.provider.as_deref().is_none_or(|p| p == "local")
+    }
+}
+
+// Tasks of a worker: busy = running or uploading (never idle); warm = assigned, accepted,
+// downloading or waiting for a slot (idle, with a longer threshold).
+const DUE_FOR_DELETION: &str = "
+    SELECT w.worker_id, w.worker_name, p.provider_name,
+           (w.status IN ('O', 'Q', 'L')
+            AND COALESCE(w.offline_since, w.last_ping_at, w.created_at) < now() - make_interval(secs => $5::float8)) AS lost
+      FROM worker w
+      LEFT JOIN region r ON r.region_id = w.region_id
+      LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
+      LEFT JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
+     CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE t.status IN ('R', 'U', 'V')) AS busy,
+               count(*) FILTER (WHERE t.status IN ('A', 'C', 'D', 'O')) AS warm,
+               COALESCE(max(t.download_timeout) FILTER (WHERE t.status IN ('A', 'C', 'D', 'O')), 0) AS longest_download
+          FROM task t
+         WHERE t.worker_id = w.worker_id AND NOT t.hidden
+           AND t.status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V')
+     ) held
+     WHERE NOT w.is_permanent AND w.status <> 'D'
+       AND ($6::integer IS NULL OR w.worker_id = $6)
+       AND ((w.status IN ('O', 'Q', 'L')
+             AND COALESCE(w.offline_since, w.last_ping_at, w.created_at) < now() - make_interval(secs => $5::float8))
+         OR (held.busy = 0
+             AND COALESCE(w.last_activity_at, w.created_at) < now() - make_interval(secs =>
+                   CASE WHEN w.last_activity_at IS NULL THEN $2::float8 ELSE $1::float8 END
+                 + CASE WHEN held.warm > 0 THEN greatest($3::float8, held.longest_download) ELSE 0 END)))
+     ORDER BY w.worker_id
+     LIMIT $4::bigint";
+
+/// Non-permanent workers due for deletion (all, or only `only`), at most `limit`.
+pub async fn due_for_deletion(
+    tx: &Tx<'_>,
+    t: &Timeouts,
+    only: Option<i32>,
+    limit: i64,
+) -> Result<Vec<Due>> {
+    let stmt = tx
+        .prepare_cached(DUE_FOR_DELETION)
+        .await
+        .map_err(pg_error)?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &t.idle.as_secs_f64(),
+                &t.new_worker_idle.as_secs_f64(),
+                &t.download_grace.as_secs_f64(),
+                &limit,
+                &t.lost.as_secs_f64(),
+                &only,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| Due {
+            worker_id: r.get(0),
+            worker_name: r.get(1),
+            provider: r.get(2),
+            reason: if r.get::<_, bool>(3) {
+                DueReason::Lost
+            } else {
+                DueReason::Idle
+            },
+        })
+        .collect())
+}
+
+/// Waits for an in-flight ping of the worker and keeps the next ones out until commit.
+pub async fn lock_worker(tx: &Tx<'_>, worker_id: i32) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&NS_WORKER, &worker_id],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// The unfinished tasks a worker holds (A, C, D, O, R, U, V; not hidden).
+pub async fn held_tasks(tx: &Tx<'_>, worker_id: i32) -> Result<Vec<i32>> {
+    let rows = tx
+        .query(
+            "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
+                AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
+            &[&worker_id],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes the worker row, leaving a worker event that says why (the event outlives the row).
+pub async fn delete_row(tx: &Tx<'_>, due: &Due, message: &str) -> Result<()> {
+    tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&due.worker_id])
+        .await
+        .map_err(pg_error)?;
+    let level = match due.reason {
+        DueReason::Idle => "I",
+        DueReason::Lost => "W",
+    };
+    tx.execute(
+        "INSERT INTO worker_event (worker_id, worker_name, level, event_class, message, details_json)
+         VALUES (NULL, $1, $2, 'watchdog', $3, jsonb_build_object('worker_id', $4::integer, 'reason', $5::text))",
+        &[&due.worker_name, &level, &message, &due.worker_id, &due.reason.label()],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
