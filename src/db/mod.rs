@@ -1,6 +1,7 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod catalog;
 pub mod embedded;
 pub mod leader;
 pub mod locks;
@@ -46,6 +47,8 @@ pub enum Op {
     Leader,
     Watchdog,
     DependencySweep,
+    JobRunner,
+    RecruiterCycle,
 }
 
 impl Op {
@@ -74,6 +77,8 @@ impl Op {
             Op::Leader => "leader",
             Op::Watchdog => "watchdog",
             Op::DependencySweep => "dependency_sweep",
+            Op::JobRunner => "job_runner",
+            Op::RecruiterCycle => "recruiter_cycle",
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Pure types and rules: status alphabets and transitions, capacity, credentials. No tonic, no SQL,
-//! no I/O — everything here is property-tested and benchable.
+//! Pure types and rules: status alphabets and transitions, capacity, credentials, protofilter,
+//! quotas, recruiter decisions. No tonic, no SQL, no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
+pub mod protofilter;
+pub mod quota;
+pub mod recruitment;
 pub mod status;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
