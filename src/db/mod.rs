@@ -2,12 +2,16 @@
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
 pub mod catalog;
+pub mod dispatch;
 pub mod embedded;
 pub mod leader;
 pub mod locks;
 pub mod logs;
 pub mod migrate;
+pub mod tasks;
 pub mod users;
+pub mod workers;
+pub mod workflows;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

@@ -2,10 +2,12 @@
 //! quotas, recruiter decisions. No tonic, no SQL, no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
+pub mod dispatch;
 pub mod protofilter;
 pub mod quota;
 pub mod recruitment;
 pub mod status;
+pub mod tasks;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
