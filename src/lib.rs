@@ -9,6 +9,7 @@
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
+//! - [`providers`]: sources of worker machines (`local` processes, `fake` simulated VMs) and worker secrets.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
@@ -20,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod loops;
 pub mod proto;
+pub mod providers;
 pub mod server;
 pub mod telemetry;
 

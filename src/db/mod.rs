@@ -4,10 +4,12 @@
 pub mod catalog;
 pub mod dispatch;
 pub mod embedded;
+pub mod jobs;
 pub mod leader;
 pub mod locks;
 pub mod logs;
 pub mod migrate;
+pub mod recruiters;
 pub mod tasks;
 pub mod users;
 pub mod workers;

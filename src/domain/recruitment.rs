@@ -142,6 +142,31 @@ impl Sizing {
     }
 }
 
+/// All of a recruiter's settings (CreateRecruiter, and UpdateRecruiter's result): rounds > 0,
+/// non-negative timeout and maximum, a valid sizing, and a protofilter that parses.
+pub fn validate_settings(
+    protofilter: &str,
+    rounds: i32,
+    timeout: i32,
+    max_workers: Option<i32>,
+    sizing: &Sizing,
+) -> Result<()> {
+    if rounds <= 0 {
+        return Err(Error::Invalid(format!(
+            "rounds must be greater than 0 (got {rounds})"
+        )));
+    }
+    if timeout < 0 {
+        return Err(Error::Invalid("timeout must not be negative".into()));
+    }
+    if max_workers.is_some_and(|m| m < 0) {
+        return Err(Error::Invalid("max_workers must not be negative".into()));
+    }
+    sizing.validate()?;
+    super::protofilter::parse(protofilter)?;
+    Ok(())
+}
+
 /// Tasks a recruiter wants running at once: its step's pending tasks spread over `rounds`.
 pub fn target_taskrate(pending: i64, rounds: i32) -> i64 {
     let rounds = i64::from(rounds.max(1));

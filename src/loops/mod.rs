@@ -1,6 +1,10 @@
 //! Leader-only background loops (watchdog, dependency sweep, jobs, recruiter …). They run only while
 //! this replica holds office, and every mutation they make is fenced by the leadership epoch.
 
+pub mod catalog;
+pub mod jobs;
+pub mod recruiter;
+
 use std::sync::Arc;
 
 use scoped_futures::ScopedBoxFuture;

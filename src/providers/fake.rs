@@ -157,7 +157,11 @@ fn rate(v: Option<f64>, key: &str) -> anyhow::Result<f64> {
 }
 
 impl FakeProvider {
-    pub fn from_config(name: &str, cfg: &ProviderConfig, env: &Environment) -> anyhow::Result<Self> {
+    pub fn from_config(
+        name: &str,
+        cfg: &ProviderConfig,
+        env: &Environment,
+    ) -> anyhow::Result<Self> {
         let full_name = format!("fake.{name}");
         let ctx = |e: anyhow::Error| anyhow::anyhow!("providers.fake.{name}.{e}");
         let create_delay = match cfg.extra.get("delayed_deploy") {
@@ -176,8 +180,11 @@ impl FakeProvider {
         if let Some(d) = extra_duration(cfg, "task_duration").map_err(ctx)? {
             worker.task_duration = d;
         }
-        worker.task_failure_rate =
-            rate(extra_f64(cfg, "task_failure_rate").map_err(ctx)?, "task_failure_rate").map_err(ctx)?;
+        worker.task_failure_rate = rate(
+            extra_f64(cfg, "task_failure_rate").map_err(ctx)?,
+            "task_failure_rate",
+        )
+        .map_err(ctx)?;
         let settings = FakeSettings {
             create_delay,
             delete_delay: extra_duration(cfg, "delete_delay")
@@ -193,7 +200,9 @@ impl FakeProvider {
                 "delete_failure_rate",
             )
             .map_err(ctx)?,
-            auto_launch: extra_bool(cfg, "auto_launch").map_err(ctx)?.unwrap_or(false),
+            auto_launch: extra_bool(cfg, "auto_launch")
+                .map_err(ctx)?
+                .unwrap_or(false),
             servers: extra_strings(cfg, "server_addr")
                 .map_err(ctx)?
                 .unwrap_or_else(|| vec![env.server_url.clone()]),
@@ -229,7 +238,13 @@ impl FakeProvider {
                 has_quick_disks: f.has_quick_disks,
             })
             .collect();
-        Ok(FakeProvider::new(full_name, settings, catalog, cloud(&cloud_id), &env.worker_token))
+        Ok(FakeProvider::new(
+            full_name,
+            settings,
+            catalog,
+            cloud(&cloud_id),
+            &env.worker_token,
+        ))
     }
 
     pub fn new(
@@ -424,7 +439,8 @@ mod tests {
             create_delay: Duration::from_secs(30),
             ..FakeSettings::default()
         });
-        let (a, b) = tokio::join!(p.create(&spec("w1")), p.create(&spec("w1")));
+        let w1 = spec("w1");
+        let (a, b) = tokio::join!(p.create(&w1), p.create(&w1));
         assert_eq!(a.unwrap(), b.unwrap());
         assert_eq!(p.cloud.stats.vms_created.load(Ordering::SeqCst), 1);
         assert_eq!(p.cloud.stats.create_calls.load(Ordering::SeqCst), 2);
@@ -461,7 +477,8 @@ mod tests {
             create_delay: Duration::from_secs(10),
             ..FakeSettings::default()
         });
-        let (created, ()) = tokio::join!(p.create(&spec("w2")), async {
+        let w2 = spec("w2");
+        let (created, ()) = tokio::join!(p.create(&w2), async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             p.delete("w2", "r1").await.unwrap();
         });

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::{Environment, Provider, ProviderError, ProviderResult, Vm, VmSpec, extra_duration, extra_strings};
+use super::{
+    Environment, Provider, ProviderError, ProviderResult, Vm, VmSpec, extra_duration, extra_strings,
+};
 use crate::config::ProviderConfig;
 
 /// How long a stopped worker gets to exit before it is killed.
@@ -79,7 +81,9 @@ fn alive(pid: i32, name: &str) -> bool {
     }
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat"))
-        && let Some(state) = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next())
+        && let Some(state) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
         && state == 'Z'
     {
         return false;
@@ -179,9 +183,7 @@ impl LocalProvider {
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::info!(pid, status = ?status.ok(), "local worker process exited");
-            if std::fs::read_to_string(&pid_file)
-                .is_ok_and(|p| p.trim() == pid.to_string())
-            {
+            if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid.to_string()) {
                 let _ = std::fs::remove_file(&pid_file);
             }
         });
@@ -257,7 +259,9 @@ impl Provider for LocalProvider {
         let argv: Vec<String> = std::fs::read_to_string(self.argv_file(name))
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok())
-            .ok_or_else(|| ProviderError::Failed(format!("no local worker named {name} to restart")))?;
+            .ok_or_else(|| {
+                ProviderError::Failed(format!("no local worker named {name} to restart"))
+            })?;
         self.stop(name).await?;
         self.spawn(name, &argv)?;
         Ok(())

@@ -9,6 +9,7 @@
 
 pub mod fake;
 pub mod local;
+pub mod secrets;
 pub mod simworker;
 
 use std::collections::HashMap;
@@ -135,7 +136,9 @@ impl Providers {
         for (class, configs) in &config.providers {
             for (name, cfg) in configs {
                 match class.as_str() {
-                    "local" => providers.insert(Arc::new(local::LocalProvider::from_config(cfg, env)?)),
+                    "local" => {
+                        providers.insert(Arc::new(local::LocalProvider::from_config(cfg, env)?))
+                    }
                     "fake" => {
                         providers.insert(Arc::new(fake::FakeProvider::from_config(name, cfg, env)?))
                     }
@@ -204,7 +207,10 @@ pub(crate) fn extra_bool(cfg: &ProviderConfig, key: &str) -> anyhow::Result<Opti
 }
 
 /// A string or a list of strings.
-pub(crate) fn extra_strings(cfg: &ProviderConfig, key: &str) -> anyhow::Result<Option<Vec<String>>> {
+pub(crate) fn extra_strings(
+    cfg: &ProviderConfig,
+    key: &str,
+) -> anyhow::Result<Option<Vec<String>>> {
     match cfg.extra.get(key) {
         None | Some(serde_yaml::Value::Null) => Ok(None),
         Some(serde_yaml::Value::String(s)) => Ok(Some(vec![s.clone()])),

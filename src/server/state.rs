@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::DispatchConfig;
+use crate::providers::secrets::Secrets;
 
 pub struct AppState {
     pub db: Db,
@@ -16,6 +18,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings of ping-and-assign.
     pub dispatch: DispatchConfig,
+    /// ListFlavors answers (a few seconds stale at most; see `FlavorCache`).
+    pub flavors: FlavorCache,
+    /// Rclone remotes, docker credentials and workspace roots from the configuration.
+    pub secrets: Secrets,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
 }
@@ -31,11 +37,14 @@ impl AppState {
             shards: config.assign_shards,
             last_ping_write_interval: config.last_ping_write_interval(),
         };
+        let secrets = Secrets::new(config.clone());
         AppState {
             db,
             config,
             auth,
             dispatch,
+            flavors: FlavorCache::default(),
+            secrets,
             draining: CancellationToken::new(),
         }
     }
