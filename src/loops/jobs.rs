@@ -17,7 +17,6 @@ use metrics::{counter, gauge, histogram};
 use scoped_futures::ScopedFutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use super::LeaderContext;
 use crate::db::Op;
@@ -160,21 +159,13 @@ async fn execute(
 ) {
     let started = Instant::now();
     let action = job.action.letter();
-    let lost = CancellationToken::new();
-    let keeper = tokio::spawn(keep_lease(
-        ctx.clone(),
-        job.job_id,
-        job.attempt,
-        settings.lease,
-        lost.clone(),
-    ));
+    // The lease keeper runs in this task, so it stops with it (a dropped runner renews nothing).
     let outcome = tokio::select! {
-        _ = lost.cancelled() => None,
+        () = keep_lease(&ctx, job.job_id, job.attempt, settings.lease) => None,
         o = tokio::time::timeout(settings.timeout, perform(&providers, &job)) => Some(o.unwrap_or_else(|_| {
             Outcome::Failed(format!("the provider call timed out after {}", humantime::format_duration(settings.timeout)))
         })),
     };
-    keeper.abort();
     histogram!(m::JOB_DURATION_SECONDS, "action" => action).record(started.elapsed().as_secs_f64());
     let Some(outcome) = outcome else {
         tracing::info!(
@@ -221,14 +212,9 @@ async fn execute(
     counter!(m::JOBS_FINISHED, "action" => action, "status" => status).increment(1);
 }
 
-/// Renews the job's lease every third of it; cancels `lost` when the job is no longer ours.
-async fn keep_lease(
-    ctx: LeaderContext,
-    job_id: i32,
-    attempt: i32,
-    lease: Duration,
-    lost: CancellationToken,
-) {
+/// Renews the job's lease every third of it; returns when the job is no longer ours (taken over,
+/// canceled, finished by its worker, deleted, or this term is over).
+async fn keep_lease(ctx: &LeaderContext, job_id: i32, attempt: i32, lease: Duration) {
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -239,8 +225,8 @@ async fn keep_lease(
             .await;
         match renewed {
             Ok(true) => {}
-            Ok(false) => return lost.cancel(),
-            Err(e) if e.code == Code::FailedPrecondition => return lost.cancel(),
+            Ok(false) => return,
+            Err(e) if e.code == Code::FailedPrecondition => return,
             Err(e) => tracing::warn!(job_id, error = %e, "cannot renew a job lease"),
         }
     }
