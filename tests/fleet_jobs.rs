@@ -308,7 +308,7 @@ async fn create_worker_bad_input_changes_nothing() {
         (request(f.small, f.r1, 3), Code::ResourceExhausted),
     ];
     for (req, code) in cases {
-        let e = c.create_worker(req.clone()).await.unwrap_err();
+        let e = c.create_worker(req).await.unwrap_err();
         assert_eq!(e.code(), code, "{req:?}: {}", e.message());
         if code == Code::ResourceExhausted {
             assert!(e.message().contains("quota"), "{}", e.message());
