@@ -179,6 +179,10 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
         || async { count(&db, &done).await == TASKS as i64 },
     )
     .await;
+    eprintln!(
+        "step one: {TASKS} tasks run by simulated workers in {:?}",
+        started.elapsed()
+    );
     let cloud = taskqueue::providers::fake::cloud(&cloud_id);
     assert_eq!(
         max_workers.load(Ordering::SeqCst),
@@ -256,5 +260,107 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
 
     stop.store(true, Ordering::SeqCst);
     driver.await.unwrap();
+    cloud.shutdown();
+}
+
+/// The fake provider at fleet scale: a thousand workers created through CreateWorker and the job
+/// runner, each machine running a simulated worker that registers and pings over one channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_simulated_machines_deploy_register_and_ping() {
+    const N: i32 = 1_000;
+    let cloud_id = unique_cloud("scale");
+    let yaml = format!(
+        "fake:\n  scale:\n    cloud: {cloud_id}\n    regions: [r1]\n    auto_launch: true\n    ping_interval: 3s\n"
+    );
+    let (r, ctx) = fleet_support::fleet_replica_with(&yaml, |c| c.db_pool_size = 20).await;
+    let mut admin = r.admin().await;
+    let flavor_id = admin
+        .create_flavor(pb::FlavorCreateRequest {
+            provider_name: "fake".into(),
+            config_name: "scale".into(),
+            flavor_name: "tiny".into(),
+            cpu: 1,
+            memory: 1.0,
+            region_names: vec!["r1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flavor_id;
+    let region_id = admin
+        .list_regions(())
+        .await
+        .unwrap()
+        .into_inner()
+        .regions
+        .into_iter()
+        .find(|r| r.region_name == "r1")
+        .unwrap()
+        .region_id;
+    let started = std::time::Instant::now();
+    let created = admin
+        .create_worker(pb::WorkerRequest {
+            flavor_id,
+            region_id,
+            number: N,
+            concurrency: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workers_details;
+    assert_eq!(created.len(), N as usize);
+    let runner = JobRunner::new(
+        fleet_support::providers_of(&r),
+        JobSettings {
+            lease: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            max_running: 10,
+            backoff: Duration::from_millis(100),
+        },
+    );
+    let cloud = taskqueue::providers::fake::cloud(&cloud_id);
+    wait_until(
+        Duration::from_secs(240),
+        "every machine to be created",
+        || async {
+            runner.run_once(&ctx).await.unwrap();
+            cloud.stats.vms_created.load(Ordering::SeqCst) == N as u64
+        },
+    )
+    .await;
+    runner.wait_idle().await;
+    let deployed = started.elapsed();
+    wait_until(
+        Duration::from_secs(120),
+        "every simulated worker to register",
+        || async { cloud.workers.registered.load(Ordering::SeqCst) == N as u64 },
+    )
+    .await;
+    wait_until(Duration::from_secs(120), "two pings per worker", || async {
+        cloud.workers.pings.load(Ordering::SeqCst) >= 2 * N as u64
+    })
+    .await;
+    eprintln!(
+        "{N} machines created through jobs in {deployed:?}; all registered and pinging after {:?}",
+        started.elapsed()
+    );
+    let db = postgres().await.connect(r.database_url()).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM worker WHERE status = 'R'").await,
+        N as i64
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM job WHERE status = 'S'").await,
+        N as i64
+    );
+    assert_eq!(
+        cloud.workers.errors.load(Ordering::SeqCst),
+        0,
+        "{:?}",
+        cloud.workers.last_error.lock().unwrap()
+    );
     cloud.shutdown();
 }

@@ -148,6 +148,8 @@ pub struct FakeProvider {
     catalog: Vec<CatalogFlavor>,
     cloud: Arc<FakeCloud>,
     token: String,
+    /// The channel of this provider's simulated workers, made on the first launch.
+    channel: OnceLock<tonic::transport::Channel>,
 }
 
 fn rate(v: Option<f64>, key: &str) -> anyhow::Result<f64> {
@@ -260,6 +262,7 @@ impl FakeProvider {
             catalog,
             cloud,
             token: token.to_string(),
+            channel: OnceLock::new(),
         }
     }
 
@@ -273,6 +276,18 @@ impl FakeProvider {
 
     fn launch(&self, spec: &VmSpec) -> CancellationToken {
         let cancel = CancellationToken::new();
+        let channel = match self.channel.get() {
+            Some(c) => Ok(c.clone()),
+            None => super::simworker::channel(&self.settings.servers)
+                .map(|c| self.channel.get_or_init(|| c).clone()),
+        };
+        let client = match channel.and_then(|c| crate::client::with_token(c, Some(&self.token))) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(worker = %spec.worker_name, error = %e, "cannot launch a simulated worker");
+                return cancel;
+            }
+        };
         let worker = SimWorker {
             name: spec.worker_name.clone(),
             provider: spec.provider.clone(),
@@ -285,8 +300,7 @@ impl FakeProvider {
         tokio::spawn(super::simworker::run(
             worker,
             self.settings.worker.clone(),
-            self.settings.servers.clone(),
-            self.token.clone(),
+            client,
             self.cloud.workers.clone(),
             cancel.clone(),
         ));

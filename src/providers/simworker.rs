@@ -3,18 +3,18 @@
 //! is given and plays them through C → R → U → S (or V → F at `task_failure_rate`), each lasting
 //! `task_duration`, at most `concurrency` at once (the concurrency the server sends in each ping
 //! answer). It is cheap — one tokio task plus one per running task — so thousands can run at once
-//! over one shared gRPC channel per process.
+//! over one shared gRPC channel.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::{self, Client, Target};
+use crate::client::{Client, Target};
 use crate::proto as pb;
 
 /// Who the simulated worker is.
@@ -70,15 +70,10 @@ impl SimStats {
     }
 }
 
-/// One channel per set of server addresses, shared by every simulated worker of the process.
-fn channel(servers: &[String]) -> anyhow::Result<Channel> {
-    static CHANNELS: OnceLock<Mutex<std::collections::HashMap<Vec<String>, Channel>>> =
-        OnceLock::new();
-    let mut channels = CHANNELS.get_or_init(Default::default).lock().unwrap();
-    if let Some(c) = channels.get(servers) {
-        return Ok(c.clone());
-    }
-    let channel = match servers {
+/// A channel to the servers: one address, or several balanced (a load balancer's job in production).
+/// Build one per provider and share it: every simulated worker's calls go over it.
+pub fn channel(servers: &[String]) -> anyhow::Result<Channel> {
+    Ok(match servers {
         [] => anyhow::bail!("no server address for simulated workers"),
         [one] => Target::new(one.clone()).channel()?,
         many => {
@@ -92,9 +87,7 @@ fn channel(servers: &[String]) -> anyhow::Result<Channel> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Channel::balance_list(endpoints.into_iter())
         }
-    };
-    channels.insert(servers.to_vec(), channel.clone());
-    Ok(channel)
+    })
 }
 
 async fn update(client: &mut Client, task_id: i32, status: &str, duration: Option<i32>) -> bool {
@@ -139,22 +132,14 @@ async fn execute(
     let _ = done.send(task_id);
 }
 
-/// Runs a simulated worker until `cancel` (its VM is deleted).
+/// Runs a simulated worker until `cancel` (its VM is deleted), calling the server through `client`.
 pub async fn run(
     worker: SimWorker,
     settings: SimWorkerSettings,
-    servers: Vec<String>,
-    token: String,
+    client: Client,
     stats: Arc<SimStats>,
     cancel: CancellationToken,
 ) {
-    let client = match channel(&servers).and_then(|c| client::with_token(c, Some(&token))) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(worker = %worker.name, error = %e, "simulated worker cannot start");
-            return;
-        }
-    };
     let pause = |d: Duration| {
         let cancel = cancel.clone();
         async move {
