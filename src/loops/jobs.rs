@@ -30,6 +30,8 @@ use crate::telemetry::metrics as m;
 pub const MAX_RUNNING_JOBS: usize = 10;
 /// How often the leader looks for runnable jobs.
 pub const JOB_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the leader publishes the open-job gauges.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause before a failed attempt is tried again.
 pub const RETRY_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -59,6 +61,8 @@ pub struct JobRunner {
     settings: JobSettings,
     slots: Arc<Semaphore>,
     running: Mutex<JoinSet<()>>,
+    /// When the open-job gauges were last published.
+    gauges_at: Mutex<Option<Instant>>,
 }
 
 impl JobRunner {
@@ -68,6 +72,7 @@ impl JobRunner {
             slots: Arc::new(Semaphore::new(settings.max_running)),
             settings,
             running: Mutex::new(JoinSet::new()),
+            gauges_at: Mutex::new(None),
         }
     }
 
@@ -82,6 +87,17 @@ impl JobRunner {
         {
             let mut running = self.running.lock().unwrap();
             while running.try_join_next().is_some() {}
+        }
+        let publish = {
+            let mut at = self.gauges_at.lock().unwrap();
+            let due = at.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if publish {
+            record_gauges(ctx).await?;
         }
         let free = self.slots.available_permits();
         if free == 0 {
