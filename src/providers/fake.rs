@@ -38,6 +38,8 @@ pub struct FakeVm {
     pub region: String,
     pub ip: Ipv4Addr,
     pub ready_at: Instant,
+    /// What it was created for (a restart launches its simulated worker again from it).
+    spec: VmSpec,
     /// Stops its simulated worker, if one runs.
     worker: Option<CancellationToken>,
 }
@@ -353,6 +355,7 @@ impl Provider for FakeProvider {
                         region: spec.region.clone(),
                         ip: self.cloud.allocate_ip(),
                         ready_at: Instant::now() + self.settings.create_delay,
+                        spec: spec.clone(),
                         worker: None,
                     };
                     stats.vms_created.fetch_add(1, Ordering::SeqCst);
@@ -403,9 +406,12 @@ impl Provider for FakeProvider {
         let vm = vms
             .get_mut(worker_name)
             .ok_or_else(|| ProviderError::Failed(format!("no VM named {worker_name}")))?;
-        // A restarted VM's worker process dies; an auto-launched one comes back on the next create.
+        // The VM's worker process dies and, with auto_launch, starts again (and registers again).
         if let Some(w) = vm.worker.take() {
             w.cancel();
+        }
+        if self.settings.auto_launch {
+            vm.worker = Some(self.launch(&vm.spec.clone()));
         }
         Ok(())
     }
