@@ -708,8 +708,9 @@ pub async fn finish(
                     &job.job_id,
                     &backoff.as_secs_f64(),
                     &format!(
-                        "attempt {} failed: {why}; retrying ({} left)",
-                        job.attempt, job.retry
+                        "attempt {} failed: {why}; retrying ({} retries left after this one)",
+                        job.attempt,
+                        job.retry - 1
                     ),
                 ],
             )
