@@ -232,21 +232,24 @@ CREATE TABLE recruiter (
     step_id             integer NOT NULL REFERENCES step (step_id) ON DELETE CASCADE,
     rank                integer NOT NULL DEFAULT 1,
     timeout             integer NOT NULL DEFAULT 0 CHECK (timeout >= 0),
+    -- Flavor selection (behavior.md §4.8); compiled to whitelisted columns and bound values.
     protofilter         text NOT NULL,
-    worker_concurrency  integer,
-    worker_prefetch     integer,
-    maximum_workers     integer,
+    worker_concurrency  integer CHECK (worker_concurrency IS NULL OR worker_concurrency >= 0),
+    worker_prefetch     integer CHECK (worker_prefetch IS NULL OR worker_prefetch >= 0),
+    maximum_workers     integer CHECK (maximum_workers IS NULL OR maximum_workers >= 0),
     rounds              integer NOT NULL DEFAULT 1 CHECK (rounds > 0),
-    cpu_per_task        integer,
-    memory_per_task     double precision,
-    disk_per_task       double precision,
-    prefetch_percent    integer,
-    concurrency_min     integer,
-    concurrency_max     integer,
-    -- Timers (design.md §2): when the recruiter was first seen active, and its last deployment.
+    cpu_per_task        integer CHECK (cpu_per_task IS NULL OR cpu_per_task >= 0),
+    memory_per_task     double precision CHECK (memory_per_task IS NULL OR memory_per_task >= 0),
+    disk_per_task       double precision CHECK (disk_per_task IS NULL OR disk_per_task >= 0),
+    prefetch_percent    integer CHECK (prefetch_percent IS NULL OR prefetch_percent >= 0),
+    concurrency_min     integer CHECK (concurrency_min IS NULL OR concurrency_min >= 0),
+    concurrency_max     integer CHECK (concurrency_max IS NULL OR concurrency_max >= 0),
+    -- Timers (design.md §2): since when the recruiter is continuously active (NULL while inactive),
+    -- and its last deployment attempt. Deployment waits `timeout` s after the later of the two.
     active_since        timestamptz,
     last_deploy_at      timestamptz,
     -- Set when the recruiter cannot run (e.g. its protofilter does not parse); NULL = enabled.
+    -- Cleared when the recruiter is updated.
     disabled_reason     text,
     PRIMARY KEY (step_id, rank)
 );
@@ -259,15 +262,21 @@ CREATE TABLE job (
     action       char(1) NOT NULL DEFAULT 'C' CHECK (action IN ('C', 'D', 'R', 'U')),
     flavor_id    integer REFERENCES flavor (flavor_id) ON DELETE SET NULL,
     region_id    integer REFERENCES region (region_id) ON DELETE SET NULL,
-    retry        integer NOT NULL DEFAULT 0,
+    -- Attempts left after the current one fails (the original starts at 3).
+    retry        integer NOT NULL DEFAULT 0 CHECK (retry >= 0),
     status       char(1) NOT NULL DEFAULT 'P' CHECK (status IN ('P', 'R', 'S', 'F', 'X')),
     log          text NOT NULL DEFAULT '',
     created_at   timestamptz NOT NULL DEFAULT now(),
     modified_at  timestamptz NOT NULL DEFAULT now(),
-    progression  smallint NOT NULL DEFAULT 0 CHECK (progression <= 100),
-    -- A running job belongs to its runner until this instant; after it, any leader may take it over.
+    progression  smallint NOT NULL DEFAULT 0 CHECK (progression BETWEEN 0 AND 100),
+    -- Status R: the runner that claimed the job owns it until this instant; after it (the runner's
+    -- replica died or lost office) any leader may claim it again. Status P: not to be run before
+    -- this instant (back-off between attempts); NULL = at once.
     lease_until  timestamptz,
-    claimed_by   text
+    claimed_by   text,
+    -- Claim generation, bumped by every claim: a runner records its result only while the job is
+    -- still R with the generation it claimed, so a job taken over after a lease expiry completes once.
+    attempt      integer NOT NULL DEFAULT 0
 );
 CREATE INDEX job_open_idx ON job (job_id) WHERE status IN ('P', 'R');
 CREATE INDEX job_worker_id_idx ON job (worker_id);

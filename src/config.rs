@@ -43,6 +43,11 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
     /// The original's recruiter cadence.
     pub const RECRUITER_INTERVAL: Duration = Duration::from_secs(5);
+    /// A running provider job's lease, renewed every third of it: a job whose replica died is
+    /// taken over by the leader within about this long.
+    pub const JOB_LEASE: Duration = Duration::from_secs(60);
+    /// The original's limit on one provider call (creating a VM can take minutes).
+    pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
     /// The original's template script timeout (grpc_dsl_timeout).
     pub const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(1800);
     /// Prefix of server-created worker names (`<server_name>worker<id>`).
@@ -143,6 +148,12 @@ pub struct ServeArgs {
     /// Prefix of server-created worker names [default: taskqueue].
     #[arg(long, env = "TASKQUEUE_SERVER_NAME")]
     pub server_name: Option<String>,
+    /// Lease of a running provider job; a job whose replica died is taken over after it [default: 60s].
+    #[arg(long, env = "TASKQUEUE_JOB_LEASE", value_parser = humantime::parse_duration)]
+    pub job_lease: Option<Duration>,
+    /// Limit on one provider call (create, delete, restart a machine) [default: 600s].
+    #[arg(long, env = "TASKQUEUE_JOB_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub job_timeout: Option<Duration>,
     /// Name this replica gives itself in leadership records and logs [default: host:pid].
     #[arg(long, env = "TASKQUEUE_REPLICA_NAME")]
     pub replica_name: Option<String>,
@@ -248,6 +259,8 @@ pub struct Config {
     pub server_fqdn: Option<String>,
     pub replica_name: String,
     pub recruiter_interval: Duration,
+    pub job_lease: Duration,
+    pub job_timeout: Duration,
     pub template_timeout: Duration,
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
@@ -320,6 +333,10 @@ struct ScitqSection {
     replica_name: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     recruiter_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    job_lease: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    job_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration", alias = "grpc_dsl_timeout")]
     template_timeout: Option<Duration>,
     #[serde(default)]
@@ -555,6 +572,14 @@ impl Config {
             server_fqdn: s.server_fqdn,
             replica_name,
             recruiter_interval: s.recruiter_interval.unwrap_or(defaults::RECRUITER_INTERVAL),
+            job_lease: args
+                .job_lease
+                .or(s.job_lease)
+                .unwrap_or(defaults::JOB_LEASE),
+            job_timeout: args
+                .job_timeout
+                .or(s.job_timeout)
+                .unwrap_or(defaults::JOB_TIMEOUT),
             template_timeout: s.template_timeout.unwrap_or(defaults::TEMPLATE_TIMEOUT),
             docker_credentials,
             providers: file.providers,
@@ -607,6 +632,14 @@ impl Config {
                 "{flag} must be at least 10ms"
             );
         }
+        anyhow::ensure!(
+            self.job_lease >= Duration::from_millis(300),
+            "--job-lease must be at least 300ms (it is renewed every third of it)"
+        );
+        anyhow::ensure!(
+            !self.job_timeout.is_zero(),
+            "--job-timeout must be positive"
+        );
         anyhow::ensure!(
             !self.admin_user.trim().is_empty(),
             "--admin-user must not be empty"

@@ -11,6 +11,7 @@
 //! - [`cluster`]: leadership — etcd election or Postgres lock, `Role`, fencing epochs.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
 //! - [`logs`]: task log streams: batched ingest, live follow (LISTEN fan-out), and their bounds.
+//! - [`providers`]: sources of worker machines (`local` processes, `fake` simulated VMs) and worker secrets.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod logs;
 pub mod loops;
 pub mod proto;
+pub mod providers;
 pub mod server;
 pub mod telemetry;
 

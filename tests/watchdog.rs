@@ -105,7 +105,7 @@ async fn workers_that_stop_pinging_go_offline_and_an_operator_pause_survives() {
         .unwrap()
         .get(0);
     assert_eq!(stamped, 5, "offline_since set by this pass");
-    assert!(report.deleted.is_empty() && report.deferred.is_empty());
+    assert!(report.deleted.is_empty() && report.scheduled.is_empty());
 
     // A second pass finds nothing new.
     let again = watchdog::run_once(&f.ctx).await.unwrap();
@@ -117,7 +117,8 @@ async fn idle_workers_are_deleted_and_busy_warm_or_permanent_ones_kept() {
     let f = fixture().await;
     let local = f.provider("local").await;
     let idle = Some(400.0); // idle timeout 300 s
-    // Deleted: idle manual worker; idle local worker; never active for > 900 s.
+    // Deleted: idle manual worker; never active for > 900 s. Idle worker on a provider machine
+    // (local): a delete job is scheduled instead.
     let manual = f
         .worker(W {
             activity: idle,
@@ -186,8 +187,8 @@ async fn idle_workers_are_deleted_and_busy_warm_or_permanent_ones_kept() {
     let report = watchdog::run_once(&f.ctx).await.unwrap();
     let mut deleted: Vec<i32> = report.deleted.iter().map(|(d, _)| d.worker_id).collect();
     deleted.sort();
-    assert_eq!(deleted, vec![manual, local_idle, born_idle_old, cold]);
-    for id in [manual, local_idle, born_idle_old, cold] {
+    assert_eq!(deleted, vec![manual, born_idle_old, cold]);
+    for id in [manual, born_idle_old, cold] {
         assert_eq!(f.worker_status(id).await, None, "worker {id} deleted");
     }
     for id in [recent, born_young, permanent, busy, warm] {
@@ -199,6 +200,20 @@ async fn idle_workers_are_deleted_and_busy_warm_or_permanent_ones_kept() {
     }
     assert_eq!(f.task_row(running).await.0, "R");
     assert_eq!(f.task_row(accepted).await.0, "C");
+    assert_eq!(report.scheduled.len(), 1);
+    assert_eq!(report.scheduled[0].0.worker_id, local_idle);
+    assert_eq!(f.worker_status(local_idle).await.as_deref(), Some("D"));
+    let job: (String, String) = {
+        let row =
+            f.pg.query_one(
+                "SELECT action, status FROM job WHERE job_id = $1",
+                &[&report.scheduled[0].1],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(job, ("D".to_string(), "P".to_string()));
 
     // The stranded task: failed with a free retry (budget kept), a clone pending, a log line.
     assert_eq!(f.task_row(stranded).await, ("F".into(), true, Some(2)));
@@ -227,7 +242,7 @@ async fn idle_workers_are_deleted_and_busy_warm_or_permanent_ones_kept() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(events, 4, "one worker event per deletion");
+    assert_eq!(events, 3, "one worker event per deletion");
 }
 
 #[tokio::test]
@@ -328,7 +343,7 @@ async fn lost_workers_are_deleted_and_their_running_tasks_retried_for_free() {
 }
 
 #[tokio::test]
-async fn cloud_workers_due_for_deletion_are_left_for_the_job_path() {
+async fn cloud_workers_due_for_deletion_get_a_delete_job() {
     let f = fixture().await;
     let azure = f.provider("azure").await;
     let cloud = f
@@ -347,14 +362,32 @@ async fn cloud_workers_due_for_deletion_are_left_for_the_job_path() {
     .unwrap();
     let report = watchdog::run_once(&f.ctx).await.unwrap();
     assert!(report.deleted.is_empty());
-    assert_eq!(report.deferred.len(), 1);
-    assert_eq!(report.deferred[0].provider.as_deref(), Some("azure"));
-    assert_eq!(f.worker_status(cloud).await.as_deref(), Some("R"));
+    assert_eq!(report.scheduled.len(), 1);
+    let (due, job_id) = &report.scheduled[0];
+    assert_eq!(due.provider.as_deref(), Some("azure"));
+    assert_eq!(
+        f.worker_status(cloud).await.as_deref(),
+        Some("D"),
+        "the job runner stops the machine, then removes the row"
+    );
+    let row =
+        f.pg.query_one(
+            "SELECT action, status, worker_id FROM job WHERE job_id = $1",
+            &[job_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "D");
+    assert_eq!(row.get::<_, String>(1), "P");
+    assert_eq!(row.get::<_, Option<i32>>(2), Some(cloud));
     assert_eq!(
         f.task_row(task).await.0,
-        "A",
-        "its tasks are left alone too"
+        "F",
+        "its unfinished task is failed with a free retry"
     );
+    // A second pass does not schedule it again: a D worker is not due.
+    let again = watchdog::run_once(&f.ctx).await.unwrap();
+    assert!(again.scheduled.is_empty() && again.deleted.is_empty());
 }
 
 #[tokio::test]

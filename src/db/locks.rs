@@ -13,3 +13,8 @@ pub const NS_SHARD: i32 = 0x7471_0004;
 pub const NS_LEADER: i32 = 0x7471_0005;
 /// Appends to one task's log (key = task_id): batch sequence numbers follow commit order.
 pub const NS_TASK_LOG: i32 = 0x7471_0006;
+/// Catalog synchronisation and catalogue refresh (key 0): two replicas never interleave them.
+pub const NS_CATALOG: i32 = 0x7471_0007;
+/// Quota check and worker insertion of one region (key = region_id): two deployments in a region
+/// cannot both pass the check on the same usage.
+pub const NS_QUOTA: i32 = 0x7471_0008;

@@ -1,15 +1,18 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod catalog;
 pub mod dependencies;
 pub mod dispatch;
 pub mod embedded;
 pub mod events;
+pub mod jobs;
 pub mod leader;
 pub mod locks;
 pub mod logs;
 pub mod migrate;
 pub mod notify;
+pub mod recruiters;
 pub mod tasks;
 pub mod users;
 pub mod watchdog;
@@ -56,6 +59,8 @@ pub enum Op {
     Leader,
     Watchdog,
     DependencySweep,
+    JobRunner,
+    RecruiterCycle,
 }
 
 impl Op {
@@ -86,6 +91,8 @@ impl Op {
             Op::Leader => "leader",
             Op::Watchdog => "watchdog",
             Op::DependencySweep => "dependency_sweep",
+            Op::JobRunner => "job_runner",
+            Op::RecruiterCycle => "recruiter_cycle",
         }
     }
 }

@@ -134,13 +134,6 @@ pub struct Due {
     pub provider: Option<String>,
 }
 
-impl Due {
-    /// Deleting it needs no provider call: the local provider, or a manually started worker.
-    pub fn is_local(&self) -> bool {
-        self.provider.as_deref().is_none_or(|p| p == "local")
-    }
-}
-
 // Tasks of a worker: busy = running or uploading (never idle); warm = assigned, accepted,
 // downloading or waiting for a slot (idle, with a longer threshold).
 const DUE_FOR_DELETION: &str = "

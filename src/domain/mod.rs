@@ -1,10 +1,13 @@
-//! Pure types and rules: status alphabets and transitions, capacity, credentials. No tonic, no SQL,
-//! no I/O — everything here is property-tested and benchable.
+//! Pure types and rules: status alphabets and transitions, capacity, credentials, protofilter,
+//! quotas, recruiter decisions. No tonic, no SQL, no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
 pub mod dispatch;
 pub mod events;
 pub mod logs;
+pub mod protofilter;
+pub mod quota;
+pub mod recruitment;
 pub mod status;
 pub mod tasks;
 

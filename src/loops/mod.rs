@@ -1,4 +1,5 @@
-//! Leader-only background loops (watchdog, dependency sweep; later jobs, recruiter, catalog sync).
+//! Leader-only background loops: watchdog, dependency sweep, catalogue sync, provider job runner,
+//! recruiter.
 //! They run only while this replica holds office (`cluster::Role::Leader` owns them), and every
 //! mutation they make goes through [`LeaderContext::fenced_tx`], so a deposed leader's write is
 //! refused by SQL. No loop asks "am I leader?": losing office cancels it.
@@ -8,7 +9,10 @@
 //! duration histogram and an error counter labelled with the loop's name, and the declared
 //! [`OnError`] / [`OnCancel`] behaviour. A fencing refusal always ends the term.
 
+pub mod catalog;
 pub mod dependencies;
+pub mod jobs;
+pub mod recruiter;
 pub mod watchdog;
 
 use std::future::Future;
@@ -28,13 +32,18 @@ use tracing::Instrument as _;
 use crate::config::Config;
 use crate::db::{Db, Op};
 use crate::error::{Error, Result};
+use crate::providers::Providers;
 use crate::telemetry::metrics as m;
 
 /// The leader loops of a replica, in start order. Register a new loop here, one line each.
-pub fn leader_loops(config: &Config) -> Vec<LeaderLoop> {
+/// `providers` are the machine sources the job runner and the catalogue refresher call.
+pub fn leader_loops(config: &Config, providers: Providers) -> Vec<LeaderLoop> {
     vec![
         watchdog::leader_loop(config),
         dependencies::leader_loop(config),
+        catalog::leader_loop(providers.clone()),
+        jobs::leader_loop(config, providers),
+        recruiter::leader_loop(config),
     ]
 }
 

@@ -6,16 +6,13 @@
 //!
 //! Deletion goes through [`delete_worker`], the one place that decides how a worker is removed.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-
 use metrics::counter;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::{LeaderContext, LeaderLoop};
 use crate::config::Config;
-use crate::db::Op;
 use crate::db::watchdog::{self as sql, Due, Timeouts, WentOffline};
+use crate::db::{Op, jobs};
 use crate::error::Result;
 use crate::telemetry::metrics as m;
 
@@ -25,28 +22,14 @@ const OFFLINE_BATCH: i64 = 1000;
 const DELETE_BATCH: i64 = 100;
 
 pub fn leader_loop(config: &Config) -> LeaderLoop {
-    // Cloud workers already reported as due but left alone, so they are logged once, not every tick.
-    let reported: Arc<Mutex<HashSet<i32>>> = Arc::default();
-    LeaderLoop::every("watchdog", config.watchdog_interval, move |ctx| {
-        let reported = reported.clone();
-        async move {
-            let report = run_once(&ctx).await?;
-            let mut reported = reported.lock().unwrap_or_else(|e| e.into_inner());
-            reported.retain(|id| report.deferred.iter().any(|d| d.worker_id == *id));
-            for due in &report.deferred {
-                if reported.insert(due.worker_id) {
-                    tracing::info!(
-                        worker_id = due.worker_id,
-                        worker = %due.worker_name,
-                        provider = due.provider.as_deref().unwrap_or(""),
-                        reason = due.reason.label(),
-                        "cloud worker due for deletion left alone: provider deletions need the job path"
-                    );
-                }
-            }
+    LeaderLoop::every(
+        "watchdog",
+        config.watchdog_interval,
+        move |ctx| async move {
+            run_once(&ctx).await?;
             Ok(())
-        }
-    })
+        },
+    )
 }
 
 /// What one watchdog pass did.
@@ -55,8 +38,9 @@ pub struct Report {
     pub went_offline: Vec<WentOffline>,
     /// Deleted workers, with the tasks failed (free retry) with them.
     pub deleted: Vec<(Due, Vec<i32>)>,
-    /// Due for deletion but left alone (cloud workers, until the job path exists).
-    pub deferred: Vec<Due>,
+    /// Provider machines due for deletion: a delete job (D) was scheduled (the job runner stops
+    /// the machine, then removes the row), with its id; their tasks were failed with a free retry.
+    pub scheduled: Vec<(Due, i32)>,
 }
 
 /// One watchdog pass, fenced by the term of `ctx`.
@@ -88,10 +72,11 @@ pub async fn run_once(ctx: &LeaderContext) -> Result<Report> {
                 tracing::info!(worker_id = due.worker_id, worker = %due.worker_name, reason = due.reason.label(), failed_tasks = ?tasks, "deleted worker");
                 report.deleted.push((due, tasks));
             }
-            Deletion::Deferred(due) => {
-                counter!(m::WATCHDOG_DELETIONS, "reason" => due.reason.label(), "outcome" => "deferred")
+            Deletion::Scheduled(due, job_id) => {
+                counter!(m::WATCHDOG_DELETIONS, "reason" => due.reason.label(), "outcome" => "scheduled")
                     .increment(1);
-                report.deferred.push(due);
+                tracing::info!(worker_id = due.worker_id, worker = %due.worker_name, provider = due.provider.as_deref().unwrap_or(""), reason = due.reason.label(), job_id, "delete job scheduled for worker");
+                report.scheduled.push((due, job_id));
             }
             Deletion::NoLongerDue => {}
         }
@@ -104,8 +89,9 @@ pub async fn run_once(ctx: &LeaderContext) -> Result<Report> {
 pub enum Deletion {
     /// The worker row is gone; its unfinished tasks were failed with a free retry.
     Deleted(Due, Vec<i32>),
-    /// Left alone: deleting it needs a provider call.
-    Deferred(Due),
+    /// Its machine belongs to a provider: a delete job (D) was scheduled (or was already open),
+    /// with this id.
+    Scheduled(Due, i32),
     /// A ping or an operator change made it not due any more.
     NoLongerDue,
 }
@@ -113,10 +99,11 @@ pub enum Deletion {
 /// Deletes a worker the watchdog found idle or lost, in one fenced transaction, after waiting for
 /// an in-flight ping of it and checking again that it is due.
 ///
-/// Until the fleet work provides provider jobs, only workers that need no provider call are
-/// deleted here (provider `local`, or a manual worker without region and flavor): their unfinished
-/// tasks are failed with a free retry and the row is removed. Cloud workers are left alone
-/// ([`Deletion::Deferred`]). Switching to the job path (schedule a `D` job) happens here only.
+/// A worker started by hand (no region, so no provider machine) is deleted here: its unfinished
+/// tasks are failed with a free retry and the row is removed. A worker on a provider's machine
+/// (cloud or `local`) goes through the job path: a delete job is scheduled in the same
+/// transaction (`db::jobs::schedule_worker_deletion`: the worker becomes D, its tasks are failed
+/// with a free retry) and the job runner stops the machine.
 pub async fn delete_worker(ctx: &LeaderContext, worker_id: i32) -> Result<Deletion> {
     let timeouts = Timeouts::from_config(&ctx.config);
     let shards = ctx.config.assign_shards;
@@ -129,13 +116,24 @@ pub async fn delete_worker(ctx: &LeaderContext, worker_id: i32) -> Result<Deleti
             else {
                 return Ok(Deletion::NoLongerDue);
             };
-            if !due.is_local() {
-                return Ok(Deletion::Deferred(due));
-            }
             let why = match due.reason {
                 sql::DueReason::Idle => "idle",
                 sql::DueReason::Lost => "lost (offline too long)",
             };
+            if due.provider.is_some() {
+                let reason = format!(
+                    "taskqueue: worker {} is being deleted by the watchdog: {why}",
+                    due.worker_name
+                );
+                let job_id =
+                    match jobs::schedule_worker_deletion(tx, shards, worker_id, &reason).await? {
+                        jobs::Deletion::Scheduled { job_id }
+                        | jobs::Deletion::AlreadyScheduled { job_id } => job_id,
+                        // Permanent workers are never due; should one be, it is gone now.
+                        jobs::Deletion::Deleted => 0,
+                    };
+                return Ok(Deletion::Scheduled(due, job_id));
+            }
             let message = format!(
                 "taskqueue: worker {} deleted by the watchdog: {why}",
                 due.worker_name

@@ -112,6 +112,11 @@ async fn serve(
     tracing::info!(applied = ?report.applied, schema_version = report.current, "schema is current");
     bootstrap_admin(&db, &config).await?;
     let worker_token = resolve_worker_token(&config)?;
+    let providers = crate::providers::Providers::from_config(
+        &config,
+        &crate::providers::Environment::for_replica(&config, grpc_addr, &worker_token),
+    )
+    .context("invalid provider configuration")?;
 
     let state = Arc::new(AppState::new(db.clone(), config.clone(), worker_token));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -183,7 +188,7 @@ async fn serve(
         crate::cluster::Membership {
             db: db.clone(),
             config: config.clone(),
-            loops: crate::loops::leader_loops(&config),
+            loops: crate::loops::leader_loops(&config, providers),
         },
         database_url,
     )

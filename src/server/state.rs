@@ -8,8 +8,10 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::DispatchConfig;
 use crate::logs::LogService;
+use crate::providers::secrets::Secrets;
 
 pub struct AppState {
     pub db: Db,
@@ -17,6 +19,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Settings of ping-and-assign.
     pub dispatch: DispatchConfig,
+    /// ListFlavors answers (a few seconds stale at most; see `FlavorCache`).
+    pub flavors: FlavorCache,
+    /// Rclone remotes, docker credentials and workspace roots from the configuration.
+    pub secrets: Secrets,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
     /// Task log ingest and follow streams (owns the replica's LISTEN session).
@@ -36,11 +42,14 @@ impl AppState {
         };
         let draining = CancellationToken::new();
         let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
+        let secrets = Secrets::new(config.clone());
         AppState {
             db,
             config,
             auth,
             dispatch,
+            flavors: FlavorCache::default(),
+            secrets,
             draining,
             logs,
         }

@@ -38,6 +38,13 @@ pub const LOG_FOLLOW_LAG_SECONDS: &str = "taskqueue_log_follow_lag_seconds";
 pub const WORKER_EVENTS_INSERTED: &str = "taskqueue_worker_events_inserted_total";
 pub const NOTIFY_LISTENING: &str = "taskqueue_notify_listening";
 pub const NOTIFY_RECONNECTS: &str = "taskqueue_notify_reconnects_total";
+// Fleet: provider jobs, workers, recruiters.
+pub const JOBS_FINISHED: &str = "taskqueue_jobs_total";
+pub const JOB_DURATION_SECONDS: &str = "taskqueue_job_duration_seconds";
+pub const JOBS_OPEN: &str = "taskqueue_jobs_open";
+pub const WORKERS: &str = "taskqueue_workers";
+pub const RECRUITER_DEPLOYMENTS: &str = "taskqueue_recruiter_deployments_total";
+pub const RECRUITER_RECYCLES: &str = "taskqueue_recruiter_recycles_total";
 
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
@@ -65,6 +72,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
 ];
+/// Provider job buckets (seconds): a local process starts in milliseconds, a cloud VM in minutes;
+/// the job timeout is 10 minutes.
+pub const JOB_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+];
 /// Count buckets (tasks per ping).
 pub const COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
@@ -73,6 +85,7 @@ const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (TASK_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
     (TASKS_PER_PING, COUNT_BUCKETS),
     (LOG_FOLLOW_LAG_SECONDS, LATENCY_BUCKETS),
+    (JOB_DURATION_SECONDS, JOB_BUCKETS),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -183,6 +196,28 @@ fn describe() {
         "Times the LISTEN session was lost and reconnected"
     );
     describe_counter!(
+        JOBS_FINISHED,
+        "Provider job attempts that ended, by action (C, D, R, U) and result (S, F, retry, lost)"
+    );
+    describe_histogram!(
+        JOB_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time of one provider job attempt, by action"
+    );
+    describe_gauge!(
+        JOBS_OPEN,
+        "Provider jobs pending or running, by action and status (set by the leader)"
+    );
+    describe_gauge!(
+        WORKERS,
+        "Workers by status and provider (set by the leader; query with max by (status, provider))"
+    );
+    describe_counter!(RECRUITER_DEPLOYMENTS, "Workers deployed by recruiters");
+    describe_counter!(
+        RECRUITER_RECYCLES,
+        "Idle workers recycled by recruiters to another step"
+    );
+    describe_counter!(
         CACHE_REQUESTS,
         "Cache lookups, by cache and result (hit, miss)"
     );
@@ -213,7 +248,7 @@ fn describe() {
     );
     describe_counter!(
         WATCHDOG_DELETIONS,
-        "Workers due for deletion, by reason (idle, lost) and outcome (deleted, deferred)"
+        "Workers due for deletion, by reason (idle, lost) and outcome (deleted, scheduled: a delete job)"
     );
     describe_counter!(
         DEPENDENCY_PROMOTED,
