@@ -10,9 +10,13 @@
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
 //! - [`loops`]: leader-only background loops and their fenced transactions.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
+//! - [`storage`]: the one storage layer (local, file://, http, rclone remotes over opendal).
+//! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
+//! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
@@ -21,6 +25,8 @@ pub mod error;
 pub mod loops;
 pub mod proto;
 pub mod server;
+pub mod storage;
 pub mod telemetry;
+pub mod worker;
 
 pub use error::{Error, Result};
