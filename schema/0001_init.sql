@@ -155,8 +155,9 @@ CREATE TABLE task (
     assigned_at           timestamptz,
     input_hash            uuid
 );
--- The claim: oldest pending task of a step's shard, one index probe (design.md §3).
-CREATE INDEX task_pending_idx ON task (step_id, shard, task_id) WHERE status = 'P';
+-- The claim: oldest pending task of a step's shard, one index probe (design.md §3). Step-less
+-- tasks are keyed 0 (step ids start at 1).
+CREATE INDEX task_pending_idx ON task ((COALESCE(step_id, 0)), shard, task_id) WHERE status = 'P';
 -- A ping reads the tasks its worker holds.
 CREATE INDEX task_worker_active_idx ON task (worker_id)
     WHERE status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V');

@@ -2,54 +2,109 @@
 
 use tonic::Request;
 
+use super::tasks::{non_negative, positive};
+use crate::db::workflows::{self, WorkflowRef};
+use crate::domain::status::RunStrategy;
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::server::state::AppState;
 
-const AREA: &str = "workflows and steps (hot-path issue)";
+const ACK: pb::Ack = pb::Ack { success: true };
 
 pub async fn list_workflows(
-    _state: &AppState,
-    _request: Request<pb::WorkflowFilter>,
+    state: &AppState,
+    request: Request<pb::WorkflowFilter>,
 ) -> Result<pb::WorkflowList> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    let (limit, offset) = (
+        positive("limit", r.limit)?,
+        non_negative("offset", r.offset)?,
+    );
+    let name = r.name_like.filter(|s| !s.is_empty());
+    Ok(pb::WorkflowList {
+        workflows: workflows::list_workflows(&state.db, name.as_deref(), limit, offset).await?,
+    })
 }
 
 pub async fn create_workflow(
-    _state: &AppState,
-    _request: Request<pb::WorkflowRequest>,
+    state: &AppState,
+    request: Request<pb::WorkflowRequest>,
 ) -> Result<pb::WorkflowId> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    if r.name.trim().is_empty() {
+        return Err(Error::invalid("workflow name must not be empty"));
+    }
+    let strategy = match r.run_strategy.as_deref() {
+        None | Some("") => RunStrategy::Batch,
+        Some(s) => RunStrategy::parse(s)?,
+    };
+    if let Some(m) = r.maximum_workers.filter(|&m| m < 0) {
+        return Err(Error::invalid(format!(
+            "maximum_workers must not be negative, not {m}"
+        )));
+    }
+    let workflow_id =
+        workflows::create_workflow(&state.db, &r.name, strategy, r.maximum_workers).await?;
+    Ok(pb::WorkflowId { workflow_id })
 }
 
 pub async fn delete_workflow(
-    _state: &AppState,
-    _request: Request<pb::WorkflowId>,
+    state: &AppState,
+    request: Request<pb::WorkflowId>,
 ) -> Result<pb::Ack> {
-    Err(Error::unimplemented(AREA))
+    let workflow_id = request.into_inner().workflow_id;
+    let tasks = workflows::delete_workflow(&state.db, workflow_id).await?;
+    tracing::info!(workflow_id, tasks, "workflow deleted");
+    Ok(ACK)
 }
 
 pub async fn list_steps(
-    _state: &AppState,
-    _request: Request<pb::StepFilter>,
+    state: &AppState,
+    request: Request<pb::StepFilter>,
 ) -> Result<pb::StepList> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    let (limit, offset) = (
+        positive("limit", r.limit)?,
+        non_negative("offset", r.offset)?,
+    );
+    let workflow = Some(r.workflow_id).filter(|&w| w != 0);
+    Ok(pb::StepList {
+        steps: workflows::list_steps(&state.db, workflow, limit, offset).await?,
+    })
 }
 
 pub async fn create_step(
-    _state: &AppState,
-    _request: Request<pb::StepRequest>,
+    state: &AppState,
+    request: Request<pb::StepRequest>,
 ) -> Result<pb::StepId> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    if r.name.trim().is_empty() {
+        return Err(Error::invalid("step name must not be empty"));
+    }
+    let workflow = match (
+        r.workflow_id.filter(|&w| w != 0),
+        r.workflow_name.as_deref().filter(|n| !n.is_empty()),
+    ) {
+        (Some(id), _) => WorkflowRef::Id(id),
+        (None, Some(name)) => WorkflowRef::Name(name),
+        (None, None) => return Err(Error::invalid("give workflow_id or workflow_name")),
+    };
+    let step_id = workflows::create_step(&state.db, &r.name, workflow).await?;
+    Ok(pb::StepId { step_id })
 }
 
-pub async fn delete_step(_state: &AppState, _request: Request<pb::StepId>) -> Result<pb::Ack> {
-    Err(Error::unimplemented(AREA))
+pub async fn delete_step(state: &AppState, request: Request<pb::StepId>) -> Result<pb::Ack> {
+    workflows::delete_step(&state.db, request.into_inner().step_id).await?;
+    Ok(ACK)
 }
 
 pub async fn get_step_stats(
-    _state: &AppState,
-    _request: Request<pb::StepStatsRequest>,
+    state: &AppState,
+    request: Request<pb::StepStatsRequest>,
 ) -> Result<pb::StepStatsResponse> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    let workflow = r.workflow_id.filter(|&w| w != 0);
+    Ok(pb::StepStatsResponse {
+        stats: workflows::step_stats(&state.db, workflow, &r.step_ids).await?,
+    })
 }

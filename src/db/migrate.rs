@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Add new files as `schema/NNNN_name.sql` and list them here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../schema/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../schema/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "dispatch",
+        sql: include_str!("../../schema/0002_dispatch.sql"),
+    },
+];
 
 /// What one call to `migrate` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,12 +1,16 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod dispatch;
 pub mod embedded;
 pub mod leader;
 pub mod locks;
 pub mod logs;
 pub mod migrate;
+pub mod tasks;
 pub mod users;
+pub mod workers;
+pub mod workflows;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

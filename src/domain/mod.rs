@@ -2,7 +2,9 @@
 //! no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
+pub mod dispatch;
 pub mod status;
+pub mod tasks;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,11 +8,14 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::dispatch::DispatchConfig;
 
 pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
+    /// Settings of ping-and-assign.
+    pub dispatch: DispatchConfig,
     /// Cancelled when the replica starts draining: long-lived streams end so the drain can finish.
     pub draining: CancellationToken,
 }
@@ -24,10 +27,15 @@ impl AppState {
             worker_token,
             config.allow_unauthenticated_log_streams,
         ));
+        let dispatch = DispatchConfig {
+            shards: config.assign_shards,
+            last_ping_write_interval: config.last_ping_write_interval(),
+        };
         AppState {
             db,
             config,
             auth,
+            dispatch,
             draining: CancellationToken::new(),
         }
     }

@@ -26,6 +26,7 @@ pub const TASKS_ASSIGNED: &str = "taskqueue_tasks_assigned_total";
 pub const TASK_QUEUE_WAIT_SECONDS: &str = "taskqueue_task_queue_wait_seconds";
 pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
 pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
+pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
@@ -125,6 +126,7 @@ fn describe() {
         "Task status updates applied, by new status"
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
+    describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
     describe_counter!(
         CACHE_REQUESTS,
         "Cache lookups, by cache and result (hit, miss)"
