@@ -114,6 +114,7 @@ pub enum TemplateCmd {
         json: Option<String>,
     },
     /// List templates.
+    #[command(disable_version_flag = true)]
     List {
         #[arg(long)]
         id: Option<i32>,

@@ -46,8 +46,8 @@ pub struct SubmitArgs {
     /// Step (id) the task belongs to; workers of that step run it.
     #[arg(long)]
     pub step: Option<i32>,
-    /// Container image (docker executor).
-    #[arg(long, default_value = "")]
+    /// Container image (docker executor; the shell executor ignores it).
+    #[arg(long, default_value = "alpine")]
     pub container: String,
     /// Extra `docker run` options, e.g. "--gpus all".
     #[arg(long)]
