@@ -119,9 +119,10 @@ impl Ctx {
             message,
             details_json: details.to_string(),
         };
-        if let Err(e) = tokio::time::timeout(CALL_TIMEOUT, client.report_worker_event(event)).await
-        {
-            tracing::debug!(error = %e, "worker event not sent");
+        match tokio::time::timeout(CALL_TIMEOUT, client.report_worker_event(event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => tracing::debug!(error = %s.message(), "worker event not sent"),
+            Err(_) => tracing::debug!("worker event not sent: no answer in time"),
         }
     }
 }
