@@ -445,6 +445,73 @@ async fn task_wait_follows_retries_and_reports_failures() {
     wait_bad.extend_from_slice(&base);
     let line = cli.fails(&wait_bad).await;
     assert!(line.contains(&format!("1 task(s) failed: {bad}")), "{line}");
+
+    // Re-target the running worker to a workflow's step and watch that workflow finish.
+    let with_base = |mut a: Vec<String>| {
+        a.extend(base.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        let cli = &cli;
+        async move {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            cli.ok(&refs).await
+        }
+    };
+    let wf = run(with_base(vec!["workflow".into(), "create".into(), "watched".into()])).await;
+    let wf = wf.trim().to_string();
+    let step = run(with_base(vec![
+        "step".into(),
+        "create".into(),
+        "--workflow".into(),
+        wf.clone(),
+        "only".into(),
+    ]))
+    .await
+    .trim()
+    .to_string();
+    for i in 0..3 {
+        run(with_base(vec![
+            "task".into(),
+            "submit".into(),
+            "--step".into(),
+            step.clone(),
+            "--".into(),
+            format!("echo {i}"),
+        ]))
+        .await;
+    }
+    let workers = json(&run(with_base(vec!["workers".into(), "list".into(), "-o".into(), "json".into()])).await);
+    let worker_id = workers[0]["worker_id"].as_i64().unwrap().to_string();
+    assert_eq!(workers[0]["name"], "cli-runner");
+    run(with_base(vec![
+        "workers".into(),
+        "update".into(),
+        worker_id.clone(),
+        "--step".into(),
+        step.clone(),
+    ]))
+    .await;
+    let watched = run(with_base(vec![
+        "workflow".into(),
+        "watch".into(),
+        wf.clone(),
+        "--timeout".into(),
+        "60s".into(),
+    ]))
+    .await;
+    assert!(watched.contains("3 task(s) finished, 3 succeeded"), "{watched}");
+    let statuses = json(&run(with_base(vec![
+        "workers".into(),
+        "status".into(),
+        worker_id.clone(),
+        "--set".into(),
+        "P".into(),
+        "-o".into(),
+        "json".into(),
+    ]))
+    .await);
+    assert_eq!(statuses[0]["status"], "P");
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
 }

@@ -655,3 +655,91 @@ async fn ping_metrics_are_exported() {
         assert!(text.contains(name), "{name} missing");
     }
 }
+
+#[tokio::test]
+async fn tasks_below_the_claim_cursor_are_not_lost() {
+    let r = replica().await;
+    let mut c = r.worker();
+    let id = register_worker(&mut c, "w", 2, 0, None).await;
+    // An empty queue: a worker with free capacity pings without finding anything.
+    assert!(ping(&mut c, id).await.tasks.is_empty());
+    // A waiting task with a low id; its prerequisite keeps one slot busy while later tasks are
+    // claimed through the other, moving the claim cursors past the waiting task's id.
+    let p = c
+        .submit_task(task("prerequisite"))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let waiting = c
+        .submit_task(pb::TaskRequest {
+            dependency: vec![p],
+            ..task("waiting")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    assert_eq!(ping(&mut c, id).await.tasks[0].task_id, p);
+    set_status(&mut c, p, "C").await;
+    set_status(&mut c, p, "R").await;
+    for i in 0..5 {
+        let t = c
+            .submit_task(task(&format!("filler {i}")))
+            .await
+            .unwrap()
+            .into_inner()
+            .task_id;
+        let got = ping(&mut c, id).await;
+        assert_eq!(
+            got.tasks.iter().map(|x| x.task_id).collect::<Vec<_>>(),
+            vec![t],
+            "filler {i}"
+        );
+        set_status(&mut c, t, "C").await;
+        set_status(&mut c, t, "S").await;
+    }
+    // The promotion of the low-id waiting task rewinds the cursor: the next ping takes it at once.
+    set_status(&mut c, p, "S").await;
+    assert_eq!(status_of(&mut c, waiting).await, "P");
+    let got = ping(&mut c, id).await;
+    assert_eq!(
+        got.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        vec![waiting]
+    );
+    set_status(&mut c, waiting, "S").await;
+
+    // A pending task below a shard's cursor without any rewind (an insert that committed after a
+    // claim passed its id) is found by the periodic rescan within about a second.
+    let db = postgres().await.connect(r.database_url()).await;
+    let cursor: i32 = db
+        .query_one("SELECT max(next_task_id) FROM assign_cursor", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cursor > 1, "claims moved a cursor ({cursor})");
+    let shard: i16 = db
+        .query_one(
+            "SELECT shard FROM assign_cursor WHERE next_task_id = $1 LIMIT 1",
+            &[&cursor],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "INSERT INTO task (task_id, shard, command, container, status, pending_since) VALUES (0, $1, 'late', 'alpine', 'P', now())",
+        &[&shard],
+    )
+    .await
+    .unwrap();
+    let client = c.clone();
+    common::wait_until(
+        Duration::from_secs(5),
+        "the rescan to find the late task",
+        || {
+            let mut c = client.clone();
+            async move { ping(&mut c, id).await.tasks.iter().any(|t| t.task_id == 0) }
+        },
+    )
+    .await;
+}

@@ -1,6 +1,6 @@
 //! PingAndTakeNewTasks (design.md §3): liveness, stats and the claim of pending tasks, on every
-//! replica. An idle ping of a live worker is one round trip of two reads and writes nothing. A ping
-//! that has something to write (a claim, an offline worker coming back, a stale `last_ping_at`, stats
+//! replica. An idle ping of a live worker is one round trip of two reads and writes nothing (plus a
+//! read-only probe of the queue when it has free capacity). A ping that has something to write (a claim, an offline worker coming back, a stale `last_ping_at`, stats
 //! due) runs one transaction under the worker's advisory lock — two pings of one worker never race —
 //! re-reads the worker there, and claims through `tq_claim` (schema/0002_dispatch.sql).
 
@@ -69,6 +69,19 @@ const STORE_STATS: &str = "
     ON CONFLICT (worker_id) DO UPDATE SET stats = EXCLUDED.stats, updated_at = EXCLUDED.updated_at";
 
 const CLAIM: &str = "SELECT task_id, waited FROM tq_claim($1, $2, $3, $4, $5, $6, $7)";
+
+/// Whether a claim for step key $1 over $2 shards could find anything, judged exactly as `tq_claim`
+/// would (from each shard's cursor, or a rescan that is due), without locks or a transaction. A
+/// worker with free capacity and nothing to claim then pings without a transaction.
+const MAYBE_PENDING: &str = "
+    SELECT EXISTS (
+        SELECT 1 FROM generate_series(0, $2 - 1) AS s(shard)
+          LEFT JOIN assign_cursor c ON c.step_key = $1 AND c.shard = s.shard
+         WHERE c.step_key IS NULL
+            OR (c.next_task_id > 0 AND c.rescan_after <= now())
+            OR EXISTS (SELECT 1 FROM task t
+                        WHERE COALESCE(t.step_id, 0) = $1 AND t.shard = s.shard AND t.status = 'P'
+                          AND t.task_id >= c.next_task_id))";
 
 struct Snapshot {
     worker: WorkerSnapshot,
@@ -166,8 +179,21 @@ pub async fn ping(
                 .await
                 .map_err(pg_error)?;
                 let snap = snapshot_from(snap, worker_id)?;
-                if plan(cfg, &snap.worker, stats.is_some()).writes() {
+                let plan = plan(cfg, &snap.worker, stats.is_some());
+                if plan.back_online.is_some() || plan.touch_last_ping || plan.store_stats {
                     return Ok(None);
+                }
+                if plan.claim > 0 {
+                    let stmt = c.prepare_cached(MAYBE_PENDING).await.map_err(pg_error)?;
+                    let key = snap.step_id.unwrap_or(0);
+                    let maybe: bool = c
+                        .query_one(&stmt, &[&key, &i32::from(cfg.shards)])
+                        .await
+                        .map_err(pg_error)?
+                        .get(0);
+                    if maybe {
+                        return Ok(None);
+                    }
                 }
                 Ok(Some(answer(snap.worker.concurrency, &held, Vec::new())))
             }

@@ -1,0 +1,432 @@
+//! fleet-sim: a worker-fleet simulator for load tests. N simulated workers register, ping random
+//! target replicas (at once after receiving tasks, every `--ping-interval` otherwise) and complete
+//! the tasks they get; a submitter feeds tasks. Prints pings/s, ping latency percentiles, tasks
+//! assigned/s and queue wait (submit → first seen by a worker) percentiles.
+//!
+//! Example: `fleet-sim --targets 127.0.0.1:50051 --token $WORKER_TOKEN --workers 200 --tasks 100000`
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt as _;
+use hdrhistogram::Histogram;
+use rand::Rng as _;
+use taskqueue::client::{self, Client, Target};
+use taskqueue::proto as pb;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Simulate a fleet of taskqueue workers against one or more replicas")]
+struct Args {
+    /// Replica addresses (host:port), comma-separated; each request goes to a random one.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50051")]
+    targets: Vec<String>,
+    /// Token the workers (and the submitter) send: the worker token.
+    #[arg(long, env = "TASKQUEUE_TOKEN", default_value = "")]
+    token: String,
+    /// Number of simulated workers.
+    #[arg(long, default_value_t = 100)]
+    workers: usize,
+    /// Concurrency of each worker.
+    #[arg(long, default_value_t = 1)]
+    concurrency: i32,
+    /// Prefetch of each worker.
+    #[arg(long, default_value_t = 0)]
+    prefetch: i32,
+    /// Pause between pings of a worker that got nothing new (the real worker waits 5 s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    ping_interval: Duration,
+    /// Simulated run time of a task.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    task_duration: Duration,
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 0)]
+    tasks: usize,
+    /// Submit every task before the workers start (a standing queue), instead of while they run.
+    #[arg(long)]
+    preload: bool,
+    /// Status updates per task: `full` (C, R, S — as real workers), `minimal` (S only), `none`.
+    #[arg(long, default_value = "full")]
+    lifecycle: String,
+    /// Stop after this long (or when every submitted task finished).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop once this many tasks were assigned (drain a standing queue loaded by other means).
+    #[arg(long, default_value_t = 0)]
+    stop_after_assigned: u64,
+    /// gRPC connections per target.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent submissions.
+    #[arg(long, default_value_t = 16)]
+    submitters: usize,
+    /// Name prefix of the simulated workers (re-running with the same prefix re-registers them).
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// `fleet` (simulated workers) or `health`: `--workers` loops calling grpc.health.v1 Check, the
+    /// rate of a unary RPC that touches no database (the reference for idle pings).
+    #[arg(long, default_value = "fleet")]
+    mode: String,
+    /// Serve a bare tonic health service on this address and nothing else (run it as its own
+    /// process and point `--mode health` at it: the rate of a bare tonic unary RPC on this machine).
+    #[arg(long)]
+    bare_server: Option<std::net::SocketAddr>,
+}
+
+#[derive(Default)]
+struct Stats {
+    pings: AtomicU64,
+    assigning_pings: AtomicU64,
+    assigned: AtomicU64,
+    updates: AtomicU64,
+    errors: AtomicU64,
+    finished: AtomicU64,
+    ping_latency: Mutex<Option<Histogram<u64>>>,
+    queue_wait: Mutex<Option<Histogram<u64>>>,
+    submitted_at: Mutex<HashMap<i32, Instant>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+fn record(h: &Mutex<Option<Histogram<u64>>>, micros: u64) {
+    let mut g = h.lock().unwrap();
+    let _ = g.get_or_insert_with(histogram).record(micros.max(1));
+}
+
+struct Pool {
+    clients: Vec<Client>,
+}
+
+impl Pool {
+    fn pick(&self) -> Client {
+        self.clients[rand::rng().random_range(0..self.clients.len())].clone()
+    }
+}
+
+async fn simulated_worker(
+    args: Arc<Args>,
+    pool: Arc<Pool>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    index: usize,
+) {
+    let info = pb::WorkerInfo {
+        name: format!("{}-{index}", args.prefix),
+        concurrency: Some(args.concurrency),
+        ..Default::default()
+    };
+    let worker_id = loop {
+        match pool.pick().register_worker(info.clone()).await {
+            Ok(r) => break r.into_inner().worker_id,
+            Err(_) if !stop.load(Ordering::Relaxed) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => return,
+        }
+    };
+    if args.prefetch > 0 {
+        let req = pb::WorkerUpdateRequest {
+            worker_id,
+            prefetch: Some(args.prefetch),
+            ..Default::default()
+        };
+        let _ = pool.pick().update_worker(req).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        let answer = pool
+            .pick()
+            .ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
+                worker_id,
+                stats: None,
+            })
+            .await;
+        let elapsed = start.elapsed();
+        stats.pings.fetch_add(1, Ordering::Relaxed);
+        record(&stats.ping_latency, elapsed.as_micros() as u64);
+        let answer = match answer {
+            Ok(a) => a.into_inner(),
+            Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let fresh: Vec<pb::Task> = answer
+            .tasks
+            .into_iter()
+            .filter(|t| seen.insert(t.task_id))
+            .collect();
+        if fresh.is_empty() {
+            tokio::time::sleep(args.ping_interval).await;
+            continue;
+        }
+        stats.assigning_pings.fetch_add(1, Ordering::Relaxed);
+        stats
+            .assigned
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        {
+            let mut submitted = stats.submitted_at.lock().unwrap();
+            for t in &fresh {
+                if let Some(at) = submitted.remove(&t.task_id) {
+                    record(&stats.queue_wait, (now - at).as_micros() as u64);
+                }
+            }
+        }
+        for t in fresh {
+            let (args, pool, stats) = (args.clone(), pool.clone(), stats.clone());
+            tokio::spawn(async move { run_task(&args, &pool, &stats, t.task_id).await });
+        }
+    }
+}
+
+async fn run_task(args: &Args, pool: &Pool, stats: &Stats, task_id: i32) {
+    let chain: &[&str] = match args.lifecycle.as_str() {
+        "none" => &[],
+        "minimal" => &["S"],
+        _ => &["C", "R", "S"],
+    };
+    for (i, status) in chain.iter().enumerate() {
+        if *status == "S" && !args.task_duration.is_zero() {
+            tokio::time::sleep(args.task_duration).await;
+        }
+        let req = pb::TaskStatusUpdate {
+            task_id,
+            new_status: (*status).into(),
+            duration: Some(0),
+            free_retry: None,
+        };
+        if pool.pick().update_task_status(req).await.is_err() {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.updates.fetch_add(1, Ordering::Relaxed);
+        if i + 1 == chain.len() {
+            stats.finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn submit(args: Arc<Args>, pool: Arc<Pool>, stats: Arc<Stats>, count: usize) {
+    futures::stream::iter(0..count)
+        .for_each_concurrent(args.submitters, |i| {
+            let (pool, stats) = (pool.clone(), stats.clone());
+            async move {
+                let req = pb::TaskRequest {
+                    command: format!("sim {i}"),
+                    container: "none".into(),
+                    ..Default::default()
+                };
+                let at = Instant::now();
+                match pool.pick().submit_task(req).await {
+                    Ok(r) => {
+                        stats
+                            .submitted_at
+                            .lock()
+                            .unwrap()
+                            .insert(r.into_inner().task_id, at);
+                    }
+                    Err(_) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+fn quantiles(h: &Mutex<Option<Histogram<u64>>>) -> [f64; 4] {
+    match h.lock().unwrap().as_ref() {
+        Some(h) => [0.5, 0.95, 0.99, 1.0].map(|q| h.value_at_quantile(q) as f64 / 1000.0),
+        None => [0.0; 4],
+    }
+}
+
+async fn bare_server(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    eprintln!("bare tonic health server on {addr}");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve(addr)
+        .await?;
+    Ok(())
+}
+
+async fn health_load(args: &Args) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for target in &args.targets {
+        for _ in 0..args.connections.max(1) {
+            channels.push(Target::new(target.clone()).connect().await?);
+        }
+    }
+    let calls = Arc::new(AtomicU64::new(0));
+    let latency: Arc<Mutex<Option<Histogram<u64>>>> = Arc::default();
+    let deadline = Instant::now() + args.duration;
+    let loops: Vec<_> = (0..args.workers)
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            let (calls, latency) = (calls.clone(), latency.clone());
+            tokio::spawn(async move {
+                let mut c = tonic_health::pb::health_client::HealthClient::new(channel);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if c.check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+                    {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        record(&latency, t.elapsed().as_micros() as u64);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for l in loops {
+        l.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let [p50, _, p99, _] = quantiles(&latency);
+    let rate = calls.load(Ordering::Relaxed) as f64 / secs;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"mode": "health", "calls_per_s": rate, "p50_ms": p50, "p99_ms": p99})
+        );
+    } else {
+        println!(
+            "health: {rate:.0} calls/s with {} loops, p50 {p50:.2} ms p99 {p99:.2} ms",
+            args.workers
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    if let Some(addr) = args.bare_server {
+        return bare_server(addr).await;
+    }
+    if args.mode == "health" {
+        return health_load(&args).await;
+    }
+    let mut clients = Vec::new();
+    for target in &args.targets {
+        for _ in 0..args.connections.max(1) {
+            clients.push(client::with_token(
+                Target::new(target.clone()).connect().await?,
+                Some(&args.token),
+            )?);
+        }
+    }
+    let pool = Arc::new(Pool { clients });
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    if args.preload && args.tasks > 0 {
+        let t = Instant::now();
+        submit(args.clone(), pool.clone(), stats.clone(), args.tasks).await;
+        eprintln!(
+            "preloaded {} tasks in {:.1}s",
+            args.tasks,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.workers)
+        .map(|i| {
+            tokio::spawn(simulated_worker(
+                args.clone(),
+                pool.clone(),
+                stats.clone(),
+                stop.clone(),
+                i,
+            ))
+        })
+        .collect();
+    let submitter = (!args.preload && args.tasks > 0).then(|| {
+        tokio::spawn(submit(
+            args.clone(),
+            pool.clone(),
+            stats.clone(),
+            args.tasks,
+        ))
+    });
+    let deadline = started + args.duration;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let all_done =
+            args.tasks > 0 && stats.finished.load(Ordering::Relaxed) as usize >= args.tasks;
+        let all_assigned = args.lifecycle == "none"
+            && stats.assigned.load(Ordering::Relaxed) as usize >= args.tasks
+            && args.tasks > 0;
+        let drained = args.stop_after_assigned > 0
+            && stats.assigned.load(Ordering::Relaxed) >= args.stop_after_assigned;
+        if all_done || all_assigned || drained {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = submitter {
+        s.abort();
+    }
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let [p50, p95, p99, max] = quantiles(&stats.ping_latency);
+    let [w50, _, w99, _] = quantiles(&stats.queue_wait);
+    let report = serde_json::json!({
+        "seconds": elapsed,
+        "workers": args.workers,
+        "pings": n(&stats.pings),
+        "pings_per_s": n(&stats.pings) / elapsed,
+        "assigning_pings_per_s": n(&stats.assigning_pings) / elapsed,
+        "ping_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
+        "tasks_assigned": n(&stats.assigned),
+        "tasks_assigned_per_s": n(&stats.assigned) / elapsed,
+        "status_updates_per_s": n(&stats.updates) / elapsed,
+        "queue_wait_ms": {"p50": w50, "p99": w99},
+        "errors": n(&stats.errors),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{:.0} s, {} workers: {:.0} pings/s (assigning {:.0}/s), ping p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms max {:.1} ms; \
+             {:.0} tasks assigned/s; queue wait p50 {:.1} ms p99 {:.1} ms; {:.0} status updates/s; {} errors",
+            elapsed,
+            args.workers,
+            n(&stats.pings) / elapsed,
+            n(&stats.assigning_pings) / elapsed,
+            p50,
+            p95,
+            p99,
+            max,
+            n(&stats.assigned) / elapsed,
+            w50,
+            w99,
+            n(&stats.updates) / elapsed,
+            n(&stats.errors)
+        );
+    }
+    Ok(())
+}
