@@ -447,8 +447,11 @@ async fn task_wait_follows_retries_and_reports_failures() {
     assert!(line.contains(&format!("1 task(s) failed: {bad}")), "{line}");
 
     // Re-target the running worker to a workflow's step and watch that workflow finish.
+    // Connection flags go right after `<noun> <verb>` (before any `--`).
     let with_base = |mut a: Vec<String>| {
+        let tail = a.split_off(2);
         a.extend(base.iter().map(|s| s.to_string()));
+        a.extend(tail);
         a
     };
     let run = |a: Vec<String>| {
@@ -458,7 +461,12 @@ async fn task_wait_follows_retries_and_reports_failures() {
             cli.ok(&refs).await
         }
     };
-    let wf = run(with_base(vec!["workflow".into(), "create".into(), "watched".into()])).await;
+    let wf = run(with_base(vec![
+        "workflow".into(),
+        "create".into(),
+        "watched".into(),
+    ]))
+    .await;
     let wf = wf.trim().to_string();
     let step = run(with_base(vec![
         "step".into(),
@@ -481,7 +489,15 @@ async fn task_wait_follows_retries_and_reports_failures() {
         ]))
         .await;
     }
-    let workers = json(&run(with_base(vec!["workers".into(), "list".into(), "-o".into(), "json".into()])).await);
+    let workers = json(
+        &run(with_base(vec![
+            "workers".into(),
+            "list".into(),
+            "-o".into(),
+            "json".into(),
+        ]))
+        .await,
+    );
     let worker_id = workers[0]["worker_id"].as_i64().unwrap().to_string();
     assert_eq!(workers[0]["name"], "cli-runner");
     run(with_base(vec![
@@ -500,17 +516,22 @@ async fn task_wait_follows_retries_and_reports_failures() {
         "60s".into(),
     ]))
     .await;
-    assert!(watched.contains("3 task(s) finished, 3 succeeded"), "{watched}");
-    let statuses = json(&run(with_base(vec![
-        "workers".into(),
-        "status".into(),
-        worker_id.clone(),
-        "--set".into(),
-        "P".into(),
-        "-o".into(),
-        "json".into(),
-    ]))
-    .await);
+    assert!(
+        watched.contains("3 task(s) finished, 3 succeeded"),
+        "{watched}"
+    );
+    let statuses = json(
+        &run(with_base(vec![
+            "workers".into(),
+            "status".into(),
+            worker_id.clone(),
+            "--set".into(),
+            "P".into(),
+            "-o".into(),
+            "json".into(),
+        ]))
+        .await,
+    );
     assert_eq!(statuses[0]["status"], "P");
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
