@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("taskqueue_descriptor.bin"))
         .build_client(true)
+        // `taskqueue … --output json` prints the wire messages as they are.
+        .type_attribute(".taskqueue", "#[derive(serde::Serialize)]")
         .build_server(true)
         .compile_protos(
             &[std::path::PathBuf::from("proto/taskqueue.proto")],

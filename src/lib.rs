@@ -13,9 +13,13 @@
 //! - [`logs`]: task log streams: batched ingest, live follow (LISTEN fan-out), and their bounds.
 //! - [`providers`]: sources of worker machines (`local` processes, `fake` simulated VMs) and worker secrets.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
+//! - [`storage`]: the one storage layer (local, file://, http, rclone remotes over opendal).
+//! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
+//! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -27,6 +31,8 @@ pub mod loops;
 pub mod proto;
 pub mod providers;
 pub mod server;
+pub mod storage;
 pub mod telemetry;
+pub mod worker;
 
 pub use error::{Error, Result};

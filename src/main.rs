@@ -1,8 +1,10 @@
 //! The `taskqueue` binary: parse arguments, initialise telemetry, dispatch to a subcommand.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use taskqueue::cli::ClientCommand;
 use taskqueue::config::ServeArgs;
 use taskqueue::telemetry::{self, LogFormat};
+use taskqueue::worker::WorkerArgs;
 
 /// taskqueue — a multi-replica server for the scitq task queue.
 #[derive(Parser)]
@@ -21,11 +23,25 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(ServeArgs),
+    /// Run a worker on this machine: takes tasks from the server and runs them
+    /// (`taskqueue workers …` manages the workers known to the server).
+    Worker(WorkerArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+    /// Print a shell completion script (e.g. `taskqueue completions bash > ~/.local/share/bash-completion/completions/taskqueue`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing(cli.log_format, "info,tower=warn,h2=warn,hyper=warn");
+    let default_filter = match cli.command {
+        Command::Client(_) | Command::Completions { .. } => "warn",
+        _ => "info,tower=warn,h2=warn,hyper=warn,opendal=warn",
+    };
+    telemetry::init_tracing(cli.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -33,10 +49,22 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
+            Command::Worker(args) => taskqueue::worker::run(args, shutdown_signal()).await,
+            Command::Client(cmd) => taskqueue::cli::run(cmd).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "taskqueue",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
         }
     });
     if let Err(e) = &result {
-        eprintln!("taskqueue: {e:#}");
+        // One line: the error and its causes.
+        eprintln!("taskqueue: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
     Ok(())

@@ -650,6 +650,7 @@ async fn tls_with_a_self_signed_certificate() {
     let target = taskqueue::client::Target {
         server: format!("https://localhost:{port}"),
         ca_file: Some(cert),
+        ..Default::default()
     };
     let mut token = None;
     for _ in 0..100 {
