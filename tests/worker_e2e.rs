@@ -159,7 +159,6 @@ fn uri(p: &Path) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs the logs area (SendTaskLogs, GetLogsChunk, StreamTaskLogs*) and the leader's watchdog and dependency sweep on main"]
 async fn two_workers_two_hundred_tasks_and_a_killed_worker() {
     let mut world = World::start().await;
     let out = world
