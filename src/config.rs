@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// Name this replica gives itself in leadership records and logs [default: host:pid].
     #[arg(long, env = "TASKQUEUE_REPLICA_NAME")]
     pub replica_name: Option<String>,
+    /// Never campaign for leadership: this replica serves RPCs only and never runs the leader loops
+    /// (watchdog, sweeps, provider jobs, recruiters) — e.g. replicas in a region far from the database.
+    #[arg(long, env = "TASKQUEUE_NO_LEADER")]
+    pub no_leader: bool,
 }
 
 /// How the gRPC port is secured.
@@ -258,6 +262,8 @@ pub struct Config {
     pub server_name: String,
     pub server_fqdn: Option<String>,
     pub replica_name: String,
+    /// False with `--no-leader`: the replica never campaigns.
+    pub leader_eligible: bool,
     pub recruiter_interval: Duration,
     pub job_lease: Duration,
     pub job_timeout: Duration,
@@ -571,6 +577,7 @@ impl Config {
                 .unwrap_or_else(|| defaults::SERVER_NAME.into()),
             server_fqdn: s.server_fqdn,
             replica_name,
+            leader_eligible: !args.no_leader,
             recruiter_interval: s.recruiter_interval.unwrap_or(defaults::RECRUITER_INTERVAL),
             job_lease: args
                 .job_lease

@@ -42,6 +42,8 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
         config.listen = format!("127.0.0.1:{port}").parse().unwrap();
         config.providers = providers(&yaml);
         config.db_pool_size = 20;
+        // This test drives the leader's loops itself, with its own term.
+        config.leader_eligible = false;
         replicas.push(spawn_replica(config).await);
     }
     let ctx = leader(&replicas[0].config, 1).await;

@@ -815,3 +815,94 @@ async fn job_rpcs_and_their_bad_input() {
         "deleting a job leaves its worker"
     );
 }
+
+/// With leadership on (the default), nothing is driven by the test: the elected replica syncs the
+/// catalogue, runs the create job, and after DeleteWorker the delete job removes machine and row.
+#[tokio::test]
+async fn the_elected_leader_runs_catalog_sync_and_provider_jobs_by_itself() {
+    let cloud_id = unique_cloud("leader");
+    let url = common::postgres().await.fresh_db().await;
+    let mut config = common::test_config(&url);
+    config.providers = fleet_support::providers(&format!(
+        "fake:\n  test:\n    cloud: {cloud_id}\n    regions: [r1]\n"
+    ));
+    let replica = common::spawn_replica(config).await;
+    let mut admin = replica.admin().await;
+    let region = |admin: &Client| {
+        let mut admin = admin.clone();
+        async move {
+            let regions = admin.list_regions(()).await.unwrap().into_inner().regions;
+            regions
+                .into_iter()
+                .find(|r| r.region_name == "r1")
+                .map(|r| r.region_id)
+        }
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the leader to sync the catalogue",
+        || async { region(&admin).await.is_some() },
+    )
+    .await;
+    let r1 = region(&admin).await.unwrap();
+    let flavor_id = admin
+        .create_flavor(pb::FlavorCreateRequest {
+            provider_name: "fake".into(),
+            config_name: "test".into(),
+            flavor_name: "small".into(),
+            cpu: 2,
+            memory: 8.0,
+            disk: 20.0,
+            region_names: vec!["r1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flavor_id;
+    let created = create(&mut admin, flavor_id, r1, 1).await;
+    let watcher = admin.clone();
+    let status_of_job = move |job_id: i32| {
+        let mut admin = watcher.clone();
+        async move {
+            admin
+                .get_job_statuses(pb::JobStatusRequest {
+                    job_ids: vec![job_id],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .statuses
+                .first()
+                .map(|s| s.status.clone())
+        }
+    };
+    wait_until(Duration::from_secs(60), "the create job to succeed", || {
+        let f = status_of_job(created[0].job_id);
+        async move { f.await.as_deref() == Some("S") }
+    })
+    .await;
+    assert_eq!(cloud(&cloud_id).vm_count(), 1);
+
+    let delete_job = admin
+        .delete_worker(pb::WorkerDeletion {
+            worker_id: created[0].worker_id,
+            undeployed: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    wait_until(Duration::from_secs(60), "the delete job to succeed", || {
+        let f = status_of_job(delete_job);
+        async move { f.await.as_deref() == Some("S") }
+    })
+    .await;
+    assert_eq!(cloud(&cloud_id).vm_count(), 0);
+    let rows = count(
+        &sql(&replica).await,
+        &format!("worker WHERE worker_id = {}", created[0].worker_id),
+    )
+    .await;
+    assert_eq!(rows, 0, "the delete job removes the row");
+}

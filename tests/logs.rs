@@ -697,7 +697,11 @@ async fn many_followers_share_one_listen_connection_and_a_small_pool() {
             .get(0);
         n
     };
-    assert!(backends().await <= 6 + 1, "pool + the LISTEN session");
+    let n = backends().await;
+    assert!(
+        n <= 6 + 2,
+        "{n} backends: at most the pool, the LISTEN session and the leader-election session"
+    );
     let metrics = r.metrics().await;
     let open = gauge(&metrics, "taskqueue_log_streams_active{kind=\"follow\"}");
     assert!(open >= FOLLOWERS as f64, "{open}");
@@ -727,7 +731,7 @@ async fn many_followers_share_one_listen_connection_and_a_small_pool() {
     ))
     .await;
     assert_eq!(results.len(), FOLLOWERS);
-    assert!(backends().await <= 6 + 1);
+    assert!(backends().await <= 6 + 2);
 }
 
 #[tokio::test]

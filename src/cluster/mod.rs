@@ -167,6 +167,11 @@ async fn run<E: Election>(
     let Membership { db, config, loops } = membership;
     let replica = config.replica_name.clone();
     let mode = election.mode();
+    if !config.leader_eligible {
+        tracing::info!(replica = %replica, "--no-leader: this replica never campaigns for leadership");
+        stop.cancelled().await;
+        return;
+    }
     tracing::info!(mode, replica = %replica, "joining the leader election");
     let mut failures: u32 = 0;
     let mut role = Role::Follower;

@@ -40,7 +40,9 @@ pub async fn postgres() -> &'static TestPostgres {
         init_tracing();
         sweep_stale_dirs();
         let dir = std::env::temp_dir().join(format!("taskqueue-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // Only the cluster's own folder: `tempdir()` folders of this process (an etcd started
+        // before the first database) live beside it.
+        let _ = std::fs::remove_dir_all(dir.join("pg"));
         std::fs::create_dir_all(&dir).unwrap();
         set_mode(&dir, 0o755);
         let mut options = Options::new(dir.join("pg"));
