@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench logs`. Environment: `LOGS_BENCH_WRITERS` (16), `LOGS_BENCH_LINES`
 //! (lines per writer, 20000), `LOGS_BENCH_BIG_MIB` (1024, 0 to skip), `LOGS_BENCH_FOLLOWERS`
-//! (10000).
+//! (10000). Under `cargo test` it runs once at a small size (2 writers × 500 lines, 1 MiB, 100
+//! followers).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -342,11 +343,14 @@ async fn followers(a: &Replica, b: &Replica, db: &tokio_postgres::Client, n: usi
 }
 
 fn main() {
-    // `cargo bench` passes --bench; nothing else to parse.
-    let writers = env("LOGS_BENCH_WRITERS", 16);
-    let lines = env("LOGS_BENCH_LINES", 20_000);
-    let follower_count = env("LOGS_BENCH_FOLLOWERS", 10_000);
-    let big_mib = env("LOGS_BENCH_BIG_MIB", 1024);
+    // `cargo bench` passes --bench; under `cargo test` (no --bench) every phase runs once, small,
+    // so the suite checks the benchmark still works without paying for its full size.
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = |n: usize, small: usize| if full { n } else { small };
+    let writers = env("LOGS_BENCH_WRITERS", scale(16, 2));
+    let lines = env("LOGS_BENCH_LINES", scale(20_000, 500));
+    let follower_count = env("LOGS_BENCH_FOLLOWERS", scale(10_000, 100));
+    let big_mib = env("LOGS_BENCH_BIG_MIB", scale(1024, 1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,4 +12,6 @@ echo "== cargo clippy" >&2
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
 # Most integration tests wait on I/O: run more of them at once than there are cores.
-cargo test --all-targets --locked -- --test-threads "${TASKQUEUE_TEST_THREADS:-6}"
+cargo test --lib --bins --tests --locked --no-fail-fast -- --test-threads "${TASKQUEUE_TEST_THREADS:-6}"
+echo "== benches, once each in test mode" >&2
+cargo test --benches --locked --no-fail-fast
