@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what taskqueue needs on a Debian/Ubuntu machine, idempotently: PostgreSQL server binaries
-# (the embedded database of `serve` and of the tests), etcd (leadership tests) and protoc (etcd-client's
-# build). Skips anything already present. Needs root (or sudo) only when something is missing.
+# (the embedded database of `serve` and of the tests), etcd (leadership tests), protoc (etcd-client's
+# build) and Prometheus' promtool (checks of deploy/monitoring in tests/monitoring.rs). Skips anything
+# already present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,7 @@ have_postgres || missing+=(postgresql)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${TASKQUEUE_SETUP_EXTRA:-}" != "" ]; then
   for pkg in $TASKQUEUE_SETUP_EXTRA; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -31,6 +33,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${as_root[@]}" apt-get update -qq
   "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    # Only promtool is wanted: the package's service would hold port 9090 (our default metrics port).
+    "${as_root[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
