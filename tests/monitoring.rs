@@ -199,10 +199,12 @@ fn run(promtool: &Path, args: &[&str]) {
 }
 
 #[test]
-fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
+fn promtool_accepts_the_rules_their_unit_tests_and_the_prometheus_config() {
     let Some(promtool) = promtool() else { return };
     run(&promtool, &["check", "rules", "alerts.yml"]);
     run(&promtool, &["test", "rules", "alerts_test.yml"]);
+    // The Prometheus configuration of deploy/compose.yaml, with the rules it loads.
+    run(&promtool, &["check", "config", "prometheus.yml"]);
 }
 
 #[test]
