@@ -285,6 +285,27 @@ fn the_systemd_unit_runs_serve_as_an_unprivileged_user() {
     assert!(unit.contains("KillSignal=SIGTERM"));
 }
 
+/// The field names of the request message of `rpc` in the proto file.
+fn request_fields(proto: &str, rpc: &str) -> BTreeSet<String> {
+    let after = proto
+        .split(&format!("rpc {rpc}("))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no RPC {rpc}"));
+    let message = after.split(')').next().unwrap().trim();
+    let body = proto
+        .split(&format!("message {message} {{"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no message {message}"))
+        .split('}')
+        .next()
+        .unwrap();
+    body.lines()
+        .filter_map(|l| l.split('=').next())
+        .filter_map(|decl| decl.split_whitespace().last())
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn ghz_configs_use_reflection_and_two_connections_per_replica() {
     let proto = read(&root().join("proto/taskqueue.proto"));
@@ -307,10 +328,13 @@ fn ghz_configs_use_reflection_and_two_connections_per_replica() {
         let rpc = call
             .strip_prefix("taskqueue.TaskQueue.")
             .unwrap_or_else(|| panic!("{name}: {call}"));
-        assert!(
-            proto.contains(&format!("rpc {rpc}(")),
-            "{name}: no RPC {rpc}"
-        );
+        let fields = request_fields(&proto, rpc);
+        for key in config["data"].as_object().expect("data").keys() {
+            assert!(
+                fields.contains(key),
+                "{name}: {key} is not a field of {rpc}'s request ({fields:?})"
+            );
+        }
         assert!(
             config["metadata"]["authorization"]
                 .as_str()
