@@ -16,6 +16,10 @@ use hdrhistogram::Histogram;
 use rand::Rng as _;
 use taskqueue::client::{self, Client, Target};
 use taskqueue::proto as pb;
+use tonic::Code;
+
+/// Tries of one status update when a replica is unreachable.
+const UPDATE_ATTEMPTS: usize = 10;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Simulate a fleet of taskqueue workers against one or more replicas")]
@@ -206,8 +210,23 @@ async fn run_task(args: &Args, pool: &Pool, stats: &Stats, task_id: i32) {
             duration: Some(0),
             free_retry: None,
         };
-        if pool.pick().update_task_status(req).await.is_err() {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
+        // As a real worker: an update that did not get through (a replica went away behind the
+        // load balancer) is sent again, through another connection.
+        for attempt in 0..UPDATE_ATTEMPTS {
+            match pool.pick().update_task_status(req.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let transient = matches!(
+                        e.code(),
+                        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+                    );
+                    if !transient || attempt + 1 == UPDATE_ATTEMPTS {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
         }
         stats.updates.fetch_add(1, Ordering::Relaxed);
         if i + 1 == chain.len() {

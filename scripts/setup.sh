@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what taskqueue needs on a Debian/Ubuntu machine, idempotently: PostgreSQL server binaries
-# (the embedded database of `serve` and of the tests), etcd (leadership tests) and protoc (etcd-client's
-# build). Skips anything already present. Needs root (or sudo) only when something is missing.
+# (the embedded database of `serve` and of the tests), etcd (leadership tests), protoc (etcd-client's
+# build), Prometheus and haproxy (deploy/monitoring checks and the deploy/local cluster test) and curl.
+# Skips anything already present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,9 @@ have_postgres || missing+=(postgresql)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${TASKQUEUE_SETUP_EXTRA:-}" != "" ]; then
   for pkg in $TASKQUEUE_SETUP_EXTRA; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -31,6 +35,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   "${as_root[@]}" apt-get update -qq
   "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if command -v systemctl >/dev/null 2>&1; then
+    # Only the binaries are wanted (deploy/local runs its own instances on its own ports); the
+    # Prometheus service would also hold port 9090, our default metrics port.
+    for service in prometheus haproxy; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then
+        "${as_root[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -503,6 +503,31 @@ pub async fn disable(tx: &Tx<'_>, r: &Recruiter, reason: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Visible tasks not yet terminal, by status letter (an index scan of `task_status_idx` over live
+/// tasks only: terminal tasks are never read).
+const TASK_COUNTS: &str = "
+    SELECT status, count(*) FROM task
+     WHERE NOT hidden AND status IN ('W', 'P', 'A', 'C', 'D', 'O', 'R', 'U', 'V')
+     GROUP BY status";
+
+/// Running workers that hold no task and could take one (capacity > 0) while tasks of their step
+/// are pending: what a dispatch that keeps up should bring to zero at their next ping.
+const IDLE_ELIGIBLE: &str = "
+    SELECT count(*) FROM worker w
+     WHERE w.status = 'R' AND w.concurrency + w.prefetch > 0
+       AND NOT EXISTS (SELECT 1 FROM task t
+                        WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R'))
+       AND EXISTS (SELECT 1 FROM task p
+                    WHERE COALESCE(p.step_id, 0) = COALESCE(w.step_id, 0) AND p.status = 'P')";
+
+/// Queue gauges published by the leader: tasks by status, and idle workers with pending work.
+pub async fn queue_counts(tx: &Tx<'_>) -> Result<(Vec<(String, i64)>, i64)> {
+    let rows = tx.query(TASK_COUNTS, &[]).await.map_err(pg_error)?;
+    let tasks = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let idle = tx.query_one(IDLE_ELIGIBLE, &[]).await.map_err(pg_error)?;
+    Ok((tasks, idle.get(0)))
+}
+
 /// Workers by (status, provider full name or "none"), for the leader's gauges.
 pub async fn worker_counts(tx: &Tx<'_>) -> Result<Vec<(String, String, i64)>> {
     let rows = tx

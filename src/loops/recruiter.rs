@@ -4,7 +4,8 @@
 //! prefetch, task weights rescaled) and deploying new ones (worker rows + create jobs, quota
 //! re-checked under the region's lock). Timers live in the `recruiter` row. A recruiter whose
 //! protofilter does not parse is disabled alone (`disabled_reason`, a worker event, a log line);
-//! the others run. It also publishes the workers-by-status gauges.
+//! the others run. It also publishes the queue gauges: workers by status, live tasks by status,
+//! idle workers with pending work.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -73,7 +74,8 @@ impl Recruiter {
                 async move {
                     let report = cycle(tx, config).await?;
                     let counts = recruiters::worker_counts(tx).await?;
-                    Ok((report, counts))
+                    let queue = recruiters::queue_counts(tx).await?;
+                    Ok((report, (counts, queue)))
                 }
                 .scope_boxed()
             })
@@ -88,7 +90,9 @@ impl Recruiter {
                 "recruitment cycle"
             );
         }
+        let (counts, (tasks, idle_eligible)) = counts;
         self.publish(counts);
+        publish_queue(&tasks, idle_eligible);
         Ok(report)
     }
 
@@ -106,6 +110,18 @@ impl Recruiter {
         }
         *labels = now;
     }
+}
+
+/// Tasks by status (every live status is set, 0 when absent) and idle eligible workers.
+fn publish_queue(tasks: &[(String, i64)], idle_eligible: i64) {
+    for status in ["W", "P", "A", "C", "D", "O", "R", "U", "V"] {
+        let n = tasks
+            .iter()
+            .find(|(s, _)| s.trim() == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!(m::TASKS, "status" => status).set(n as f64);
+    }
+    gauge!(m::WORKERS_IDLE_ELIGIBLE).set(idle_eligible as f64);
 }
 
 fn key(r: &recruiters::Recruiter) -> (i32, i32) {

@@ -43,6 +43,8 @@ pub const JOBS_FINISHED: &str = "taskqueue_jobs_total";
 pub const JOB_DURATION_SECONDS: &str = "taskqueue_job_duration_seconds";
 pub const JOBS_OPEN: &str = "taskqueue_jobs_open";
 pub const WORKERS: &str = "taskqueue_workers";
+pub const TASKS: &str = "taskqueue_tasks";
+pub const WORKERS_IDLE_ELIGIBLE: &str = "taskqueue_workers_idle_eligible";
 pub const RECRUITER_DEPLOYMENTS: &str = "taskqueue_recruiter_deployments_total";
 pub const RECRUITER_RECYCLES: &str = "taskqueue_recruiter_recycles_total";
 
@@ -211,6 +213,14 @@ fn describe() {
     describe_gauge!(
         WORKERS,
         "Workers by status and provider (set by the leader; query with max by (status, provider))"
+    );
+    describe_gauge!(
+        TASKS,
+        "Visible tasks not yet terminal, by status (set by the leader; query with the leader's series)"
+    );
+    describe_gauge!(
+        WORKERS_IDLE_ELIGIBLE,
+        "Running workers holding no task while tasks of their step are pending (set by the leader)"
     );
     describe_counter!(RECRUITER_DEPLOYMENTS, "Workers deployed by recruiters");
     describe_counter!(
