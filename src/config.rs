@@ -50,6 +50,8 @@ pub mod defaults {
     pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
     /// The original's template script timeout (grpc_dsl_timeout).
     pub const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// Template scripts are the original's Python DSL scripts.
+    pub const TEMPLATE_INTERPRETER: &str = "python3";
     /// Prefix of server-created worker names (`<server_name>worker<id>`).
     pub const SERVER_NAME: &str = "taskqueue";
     /// Log follow streams (StreamTaskLogs*) one replica serves at once: each costs a few tens of KiB
@@ -157,6 +159,18 @@ pub struct ServeArgs {
     /// Name this replica gives itself in leadership records and logs [default: host:pid].
     #[arg(long, env = "TASKQUEUE_REPLICA_NAME")]
     pub replica_name: Option<String>,
+    /// Limit on one template script run (RunTemplate blocks this long at most) [default: 1800s].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub template_timeout: Option<Duration>,
+    /// Program that runs template scripts (`<interpreter> <script> --metadata|--params|--values`);
+    /// words after the first are passed before the script [default: python3, or the python of
+    /// `scitq.script_venv`].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_INTERPRETER")]
+    pub template_interpreter: Option<String>,
+    /// Unprivileged user that template scripts run as (the server must run as root for this)
+    /// [default: the server's own user].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
+    pub template_run_as: Option<String>,
 }
 
 /// How the gRPC port is secured.
@@ -262,6 +276,8 @@ pub struct Config {
     pub job_lease: Duration,
     pub job_timeout: Duration,
     pub template_timeout: Duration,
+    pub template_interpreter: String,
+    pub template_run_as: Option<String>,
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
@@ -339,6 +355,11 @@ struct ScitqSection {
     job_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration", alias = "grpc_dsl_timeout")]
     template_timeout: Option<Duration>,
+    template_interpreter: Option<String>,
+    /// The original's virtualenv of the DSL: its `bin/python` becomes the interpreter.
+    script_venv: Option<PathBuf>,
+    #[serde(alias = "script_runner_user")]
+    template_run_as: Option<String>,
     #[serde(default)]
     docker_credentials: Vec<DockerCredential>,
     docker_registry: Option<String>,
@@ -580,7 +601,24 @@ impl Config {
                 .job_timeout
                 .or(s.job_timeout)
                 .unwrap_or(defaults::JOB_TIMEOUT),
-            template_timeout: s.template_timeout.unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            template_timeout: args
+                .template_timeout
+                .or(s.template_timeout)
+                .unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            template_interpreter: args
+                .template_interpreter
+                .clone()
+                .or(s.template_interpreter)
+                .or_else(|| {
+                    s.script_venv
+                        .map(|v| v.join("bin/python").to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| defaults::TEMPLATE_INTERPRETER.into()),
+            template_run_as: args
+                .template_run_as
+                .clone()
+                .or(s.template_run_as)
+                .filter(|u| !u.trim().is_empty()),
             docker_credentials,
             providers: file.providers,
             rclone,
@@ -599,6 +637,14 @@ impl Config {
 
     /// Checks relations between values that no single flag can check.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.template_interpreter.trim().is_empty(),
+            "--template-interpreter must not be empty"
+        );
+        anyhow::ensure!(
+            !self.template_timeout.is_zero(),
+            "--template-timeout must be more than 0s"
+        );
         anyhow::ensure!(
             self.assign_shards >= 1,
             "--assign-shards must be at least 1"
