@@ -303,7 +303,7 @@ async fn set_status(
 }
 
 const LIST_RUNS: &str = "
-    SELECT r.template_run_id, r.workflow_template_id, t.name, t.version, w.name, r.run_by,
+    SELECT r.template_run_id, r.workflow_template_id, t.name, t.version, w.workflow_name, r.run_by,
            r.status, r.workflow_id, r.created_at, r.param_values::text, r.error_message, u.username
       FROM template_run r
       JOIN workflow_template t ON t.workflow_template_id = r.workflow_template_id
