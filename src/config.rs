@@ -756,6 +756,9 @@ mod tests {
         assert_eq!(c.task_download_timeout, Duration::from_secs(600));
         assert_eq!(c.watchdog_interval, Duration::from_secs(5));
         assert_eq!(c.dependency_sweep_interval, Duration::from_secs(2));
+        assert_eq!(c.template_timeout, Duration::from_secs(1800));
+        assert_eq!(c.template_interpreter, "python3");
+        assert!(c.template_run_as.is_none());
         assert_eq!(c.tls, TlsMode::Plain);
         assert!(c.database_url.is_none());
         assert!(c.etcd_endpoints.is_empty());
@@ -776,6 +779,9 @@ scitq:
   certificate_key: /etc/key.pem
   docker_registry: registry.example
   docker_authentication: c2VjcmV0
+  grpc_dsl_timeout: 600
+  script_venv: /opt/scitq/venv
+  script_runner_user: scitq
 providers:
   fake:
     test:
@@ -810,6 +816,9 @@ rclone:
         assert!(fake.extra.contains_key("auto_launch"));
         assert_eq!(c.rclone["s3"]["chunk_size"], "5");
         assert_eq!(c.rclone["s3"]["env_auth"], "false");
+        assert_eq!(c.template_timeout, Duration::from_secs(600));
+        assert_eq!(c.template_interpreter, "/opt/scitq/venv/bin/python");
+        assert_eq!(c.template_run_as.as_deref(), Some("scitq"));
     }
 
     #[test]

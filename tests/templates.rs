@@ -358,6 +358,11 @@ async fn a_failing_run_deletes_its_workflow() {
         count(&db, "SELECT count(*) FROM template_run WHERE status = 'F'").await,
         1
     );
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains(r#"taskqueue_template_runs_total{outcome="failed"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

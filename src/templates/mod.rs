@@ -24,6 +24,7 @@ use crate::db::{self, Db};
 use crate::domain::templates as rules;
 use crate::error::{Code, Error, Result};
 use crate::proto as pb;
+use crate::telemetry::metrics as m;
 use script::{Outcome, Runner};
 
 /// Longest `--metadata` / `--params` run (the template timeout when shorter): these only describe
@@ -245,15 +246,23 @@ impl Templates {
         match outcome {
             Ok(o) if o.success() => {
                 let activated = db::templates::finish_success(db, run_id, o.stderr.trim()).await?;
+                record(started, "succeeded");
                 tracing::info!(template_id, run_id, activated, elapsed = ?started.elapsed(), "template run succeeded");
             }
             Ok(o) => {
                 let message = script_failure("", &o, self.timeout);
                 let deleted = db::templates::finish_failure(db, run_id, &message).await?;
+                let outcome = if o.exit == script::Exit::TimedOut {
+                    "timed_out"
+                } else {
+                    "failed"
+                };
+                record(started, outcome);
                 tracing::info!(template_id, run_id, deleted_workflow = ?deleted, exit = ?o.exit, "template run failed");
             }
             Err(e) => {
                 db::templates::finish_failure(db, run_id, &e.message).await?;
+                record(started, "failed");
                 tracing::warn!(template_id, run_id, error = %e, "template script could not start");
             }
         }
@@ -281,6 +290,12 @@ impl Templates {
             })
             .collect())
     }
+}
+
+fn record(started: Instant, outcome: &'static str) {
+    metrics::counter!(m::TEMPLATE_RUNS, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::TEMPLATE_RUN_SECONDS, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn refused(message: String) -> pb::UploadTemplateResponse {
