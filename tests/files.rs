@@ -172,3 +172,112 @@ async fn bad_locations_get_precise_codes() {
         assert_eq!(err.code(), code, "{uri:?}: {err:?}");
     }
 }
+
+/// A moto S3 server on a free loopback port, killed on drop.
+struct Moto(std::process::Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `moto_server` and fills bucket `data` with a small tree; None when moto is missing.
+async fn moto_with_tree() -> Option<Moto> {
+    let port = common::free_port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let moto = Moto(child, port);
+    let fill = format!(
+        r#"
+import boto3, time
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:{port}", aws_access_key_id="k",
+                  aws_secret_access_key="s", region_name="us-east-1")
+for _ in range(200):
+    try:
+        s3.create_bucket(Bucket="data"); break
+    except Exception:
+        time.sleep(0.05)
+for key in ["a.fq", "runs/r1/b.fq", "runs/r2/c.fq", "runs/r2/notes.txt"]:
+    s3.put_object(Bucket="data", Key=key, Body=b"xyz")
+"#
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &fill])
+        .output()
+        .await
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(moto)
+}
+
+#[tokio::test]
+async fn lists_an_s3_remote_of_the_rclone_section() {
+    let Some(moto) = moto_with_tree().await else {
+        eprintln!("moto_server is not installed: skipped");
+        return;
+    };
+    let url = postgres().await.fresh_db().await;
+    let mut config = test_config(&url);
+    config.rclone.insert(
+        "s3".into(),
+        [
+            ("type", "s3"),
+            ("provider", "Other"),
+            ("access_key_id", "k"),
+            ("secret_access_key", "s"),
+            ("endpoint", &format!("http://127.0.0.1:{}", moto.1)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let r = spawn_replica(config).await;
+    let mut c = r.worker();
+    let deep = list(&mut c, "s3://data/**/*.fq").await.unwrap();
+    assert_eq!(
+        deep,
+        [
+            "s3://data/a.fq",
+            "s3://data/runs/r1/b.fq",
+            "s3://data/runs/r2/c.fq"
+        ]
+    );
+    let runs = list(&mut c, "s3://data/runs/r2/").await.unwrap();
+    assert_eq!(
+        runs,
+        ["s3://data/runs/r2/c.fq", "s3://data/runs/r2/notes.txt"]
+    );
+    let info = c
+        .fetch_info(pb::FetchListRequest {
+            uri: "s3://data/runs/r1/b.fq".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.size, info.is_file), (3, true));
+    let dir = c
+        .fetch_info(pb::FetchListRequest {
+            uri: "s3://data/runs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dir.is_dir, "{dir:?}");
+    let err = c
+        .fetch_info(pb::FetchListRequest {
+            uri: "s3://data/none.fq".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
