@@ -441,6 +441,65 @@ async fn runs_refuse_bad_input_and_script_garbage_fails_cleanly() {
 }
 
 #[tokio::test]
+async fn runs_left_pending_by_a_stopped_replica_are_ended_by_the_next_run() {
+    let (r, db) = setup(Duration::from_secs(30)).await;
+    let mut admin = r.admin().await;
+    let id = upload(&mut admin, script(META, PARAMS), false)
+        .await
+        .workflow_template_id
+        .unwrap();
+    let wf: i32 = db
+        .query_one(
+            "INSERT INTO workflow (workflow_name) VALUES ('orphan') RETURNING workflow_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (age, workflow) in [("2 hours", Some(wf)), ("10 seconds", None)] {
+        db.execute(
+            "INSERT INTO template_run (workflow_template_id, param_values, workflow_id, created_at)
+             VALUES ($1, '{}', $2, now() - $3::text::interval)",
+            &[&id, &workflow, &age],
+        )
+        .await
+        .unwrap();
+    }
+    let run = admin
+        .run_template(pb::RunTemplateRequest {
+            workflow_template_id: id,
+            param_values_json: r#"{"mode":"ok"}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.status, "S");
+    let old: (String, Option<String>) = db
+        .query_one(
+            "SELECT status::text, error_message FROM template_run WHERE created_at < now() - interval '1 hour'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(old.0, "F");
+    assert!(old.1.unwrap().contains("abandoned"));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM workflow WHERE workflow_name = 'orphan'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM template_run WHERE status = 'P'").await,
+        1,
+        "a recent run may still be running on another replica"
+    );
+}
+
+#[tokio::test]
 async fn template_runs_are_updated_and_deleted_by_id() {
     let (r, db) = setup(Duration::from_secs(30)).await;
     let mut admin = r.admin().await;

@@ -197,6 +197,37 @@ pub async fn list(
     .await
 }
 
+/// Ends the runs still `P` that were created before `older_than_secs` ago: no replica can still
+/// be running them (each kills its scripts at the template timeout), so their replica stopped
+/// mid-run. They end `F` and the workflows they recorded are deleted, as for a failed run.
+/// Returns how many runs were ended.
+pub async fn abandon_stale_runs(db: &Db, older_than_secs: f64) -> Result<u64> {
+    db.tx(Op::Templates, |tx| {
+        async move {
+            let rows = tx
+                .query(
+                    "UPDATE template_run
+                        SET status = 'F',
+                            error_message = 'abandoned: the replica running the script stopped before it ended'
+                      WHERE status = 'P' AND created_at < now() - make_interval(secs => $1)
+                  RETURNING workflow_id",
+                    &[&older_than_secs],
+                )
+                .await
+                .map_err(pg_error)?;
+            let workflows: Vec<i32> = rows.iter().filter_map(|r| r.get(0)).collect();
+            if !workflows.is_empty() {
+                tx.execute("DELETE FROM workflow WHERE workflow_id = ANY($1)", &[&workflows])
+                    .await
+                    .map_err(pg_error)?;
+            }
+            Ok(rows.len() as u64)
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
 /// Records a new run in status P; returns its id.
 pub async fn create_run(
     db: &Db,

@@ -9,7 +9,9 @@
 //! Deviations from the original, on purpose: script problems in upload answer `success=false`
 //! as the original did, but warnings without `force` are a `FailedPrecondition` error; run values
 //! must be a JSON object giving every required parameter (`InvalidArgument` otherwise); the run's
-//! bookkeeping finishes even when the caller hangs up mid-run.
+//! bookkeeping finishes even when the caller hangs up mid-run; a run left `P` by a replica that
+//! stopped mid-run is ended `F` (and its workflow deleted) by the next RunTemplate once it is
+//! older than the template timeout plus a margin.
 
 pub mod script;
 
@@ -30,6 +32,9 @@ use script::{Outcome, Runner};
 /// Longest `--metadata` / `--params` run (the template timeout when shorter): these only describe
 /// the script and should answer at once.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long past the template timeout a run still `P` is considered abandoned by a replica that
+/// stopped mid-run (replicas are expected to share the timeout).
+const STALE_MARGIN: Duration = Duration::from_secs(60);
 /// Largest script accepted.
 const MAX_SCRIPT: usize = 16 << 20;
 
@@ -211,6 +216,14 @@ impl Templates {
             return Err(Error::invalid("workflow_template_id is required"));
         }
         let stored = db::templates::stored(db, template_id).await?;
+        let stale = (self.timeout + STALE_MARGIN).as_secs_f64();
+        let abandoned = db::templates::abandon_stale_runs(db, stale).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "template runs of a stopped replica ended as failed"
+            );
+        }
         let values = rules::check_values(values_json, &stored.params)?;
         let values_doc: Value =
             serde_json::from_str(&values).map_err(|e| Error::internal(e.to_string()))?;
