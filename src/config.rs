@@ -50,6 +50,8 @@ pub mod defaults {
     pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
     /// The original's template script timeout (grpc_dsl_timeout).
     pub const TEMPLATE_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// Template scripts are the original's Python DSL scripts.
+    pub const TEMPLATE_INTERPRETER: &str = "python3";
     /// Prefix of server-created worker names (`<server_name>worker<id>`).
     pub const SERVER_NAME: &str = "taskqueue";
     /// Log follow streams (StreamTaskLogs*) one replica serves at once: each costs a few tens of KiB
@@ -161,6 +163,18 @@ pub struct ServeArgs {
     /// (watchdog, sweeps, provider jobs, recruiters) — e.g. replicas in a region far from the database.
     #[arg(long, env = "TASKQUEUE_NO_LEADER")]
     pub no_leader: bool,
+    /// Limit on one template script run (RunTemplate blocks this long at most) [default: 1800s].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub template_timeout: Option<Duration>,
+    /// Program that runs template scripts (`<interpreter> <script> --metadata|--params|--values`);
+    /// words after the first are passed before the script [default: python3, or the python of
+    /// `scitq.script_venv`].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_INTERPRETER")]
+    pub template_interpreter: Option<String>,
+    /// Unprivileged user that template scripts run as (the server must run as root for this)
+    /// [default: the server's own user].
+    #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
+    pub template_run_as: Option<String>,
 }
 
 /// How the gRPC port is secured.
@@ -268,6 +282,8 @@ pub struct Config {
     pub job_lease: Duration,
     pub job_timeout: Duration,
     pub template_timeout: Duration,
+    pub template_interpreter: String,
+    pub template_run_as: Option<String>,
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
@@ -345,6 +361,11 @@ struct ScitqSection {
     job_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration", alias = "grpc_dsl_timeout")]
     template_timeout: Option<Duration>,
+    template_interpreter: Option<String>,
+    /// The original's virtualenv of the DSL: its `bin/python` becomes the interpreter.
+    script_venv: Option<PathBuf>,
+    #[serde(alias = "script_runner_user")]
+    template_run_as: Option<String>,
     #[serde(default)]
     docker_credentials: Vec<DockerCredential>,
     docker_registry: Option<String>,
@@ -587,7 +608,24 @@ impl Config {
                 .job_timeout
                 .or(s.job_timeout)
                 .unwrap_or(defaults::JOB_TIMEOUT),
-            template_timeout: s.template_timeout.unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            template_timeout: args
+                .template_timeout
+                .or(s.template_timeout)
+                .unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            template_interpreter: args
+                .template_interpreter
+                .clone()
+                .or(s.template_interpreter)
+                .or_else(|| {
+                    s.script_venv
+                        .map(|v| v.join("bin/python").to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| defaults::TEMPLATE_INTERPRETER.into()),
+            template_run_as: args
+                .template_run_as
+                .clone()
+                .or(s.template_run_as)
+                .filter(|u| !u.trim().is_empty()),
             docker_credentials,
             providers: file.providers,
             rclone,
@@ -606,6 +644,14 @@ impl Config {
 
     /// Checks relations between values that no single flag can check.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.template_interpreter.trim().is_empty(),
+            "--template-interpreter must not be empty"
+        );
+        anyhow::ensure!(
+            !self.template_timeout.is_zero(),
+            "--template-timeout must be more than 0s"
+        );
         anyhow::ensure!(
             self.assign_shards >= 1,
             "--assign-shards must be at least 1"
@@ -717,6 +763,9 @@ mod tests {
         assert_eq!(c.task_download_timeout, Duration::from_secs(600));
         assert_eq!(c.watchdog_interval, Duration::from_secs(5));
         assert_eq!(c.dependency_sweep_interval, Duration::from_secs(2));
+        assert_eq!(c.template_timeout, Duration::from_secs(1800));
+        assert_eq!(c.template_interpreter, "python3");
+        assert!(c.template_run_as.is_none());
         assert_eq!(c.tls, TlsMode::Plain);
         assert!(c.database_url.is_none());
         assert!(c.etcd_endpoints.is_empty());
@@ -737,6 +786,9 @@ scitq:
   certificate_key: /etc/key.pem
   docker_registry: registry.example
   docker_authentication: c2VjcmV0
+  grpc_dsl_timeout: 600
+  script_venv: /opt/scitq/venv
+  script_runner_user: scitq
 providers:
   fake:
     test:
@@ -771,6 +823,9 @@ rclone:
         assert!(fake.extra.contains_key("auto_launch"));
         assert_eq!(c.rclone["s3"]["chunk_size"], "5");
         assert_eq!(c.rclone["s3"]["env_auth"], "false");
+        assert_eq!(c.template_timeout, Duration::from_secs(600));
+        assert_eq!(c.template_interpreter, "/opt/scitq/venv/bin/python");
+        assert_eq!(c.template_run_as.as_deref(), Some("scitq"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`providers`]: sources of worker machines (`local` processes, `fake` simulated VMs) and worker secrets.
 //! - [`client`]: connecting to a server (channel + bearer token) for workers, commands and tests.
 //! - [`storage`]: the one storage layer (local, file://, http, rclone remotes over opendal).
+//! - [`templates`]: workflow templates — scripts stored in Postgres, run in a private temp folder.
 //! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
@@ -33,6 +34,7 @@ pub mod providers;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod templates;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -1,23 +1,62 @@
-//! Remote file listing RPCs (FetchList, FetchInfo).
+//! Remote file listing RPCs (FetchList, FetchInfo), through the storage layer configured with the
+//! `rclone:` remotes. Errors keep their kind: a bad or unknown location (or a `..` segment) →
+//! InvalidArgument, nothing there → NotFound, a remote that does not answer → Unavailable, a
+//! listing that takes longer than `FETCH_TIMEOUT` → DeadlineExceeded.
+
+use std::future::Future;
+use std::time::Duration;
 
 use tonic::Request;
 
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Result};
 use crate::proto as pb;
 use crate::server::state::AppState;
 
-const AREA: &str = "remote file listing (templates issue)";
+/// Longest a listing or stat may take (a recursive listing of a huge tree is cut off here).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn fetch_list(
-    _state: &AppState,
-    _request: Request<pb::FetchListRequest>,
-) -> Result<pb::FetchListResponse> {
-    Err(Error::unimplemented(AREA))
+async fn bounded<T>(uri: &str, f: impl Future<Output = crate::storage::Result<T>>) -> Result<T> {
+    match tokio::time::timeout(FETCH_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::new(
+            Code::DeadlineExceeded,
+            format!("{uri}: no answer within {}s", FETCH_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
+fn required_uri(request: &Request<pb::FetchListRequest>) -> Result<&str> {
+    let uri = request.get_ref().uri.trim();
+    if uri.is_empty() {
+        return Err(Error::invalid("uri is required"));
+    }
+    Ok(uri)
+}
+
+/// FetchList: a directory recursively, a glob's matches (`*` within a segment, `**` across), or a
+/// file alone; full locations in the form given, directories suffixed with `/`.
+pub async fn fetch_list(
+    state: &AppState,
+    request: Request<pb::FetchListRequest>,
+) -> Result<pb::FetchListResponse> {
+    let uri = required_uri(&request)?;
+    let files = bounded(uri, state.storage.list(uri)).await?;
+    Ok(pb::FetchListResponse { files })
+}
+
+/// FetchInfo: stat of one object; a directory (or object-store prefix) has `is_dir`.
 pub async fn fetch_info(
-    _state: &AppState,
-    _request: Request<pb::FetchListRequest>,
+    state: &AppState,
+    request: Request<pb::FetchListRequest>,
 ) -> Result<pb::FetchInfoResponse> {
-    Err(Error::unimplemented(AREA))
+    let uri = required_uri(&request)?;
+    let info = bounded(uri, state.storage.stat(uri)).await?;
+    Ok(pb::FetchInfoResponse {
+        uri: info.uri,
+        filename: info.filename,
+        description: info.modified.unwrap_or_default(),
+        size: i64::try_from(info.size).unwrap_or(i64::MAX),
+        is_file: !info.is_dir,
+        is_dir: info.is_dir,
+    })
 }

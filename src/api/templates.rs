@@ -1,51 +1,111 @@
-//! Workflow template RPCs.
+//! Workflow template RPCs: adapters over `crate::templates` (upload, run) and
+//! `db::templates` (lists, run updates). The caller's user fills uploaded_by/run_by; its bearer
+//! token is handed to the script so that it calls the server back as the caller.
 
 use tonic::Request;
 
+use crate::db;
 use crate::error::{Error, Result};
 use crate::proto as pb;
+use crate::server::auth::Caller;
 use crate::server::state::AppState;
+use crate::templates::CallerCredentials;
 
-const AREA: &str = "workflow templates (templates issue)";
+fn credentials<T>(request: &Request<T>) -> CallerCredentials {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    CallerCredentials {
+        user_id: Caller::of(request).user_id(),
+        token,
+    }
+}
+
+fn required_id(id: i32, what: &str) -> Result<i32> {
+    if id <= 0 {
+        return Err(Error::invalid(format!("{what} is required")));
+    }
+    Ok(id)
+}
 
 pub async fn upload_template(
-    _state: &AppState,
-    _request: Request<pb::UploadTemplateRequest>,
+    state: &AppState,
+    request: Request<pb::UploadTemplateRequest>,
 ) -> Result<pb::UploadTemplateResponse> {
-    Err(Error::unimplemented(AREA))
+    let caller = credentials(&request);
+    let r = request.into_inner();
+    state
+        .templates
+        .upload(&state.db, &r.script, r.force, &caller)
+        .await
 }
 
 pub async fn run_template(
-    _state: &AppState,
-    _request: Request<pb::RunTemplateRequest>,
+    state: &AppState,
+    request: Request<pb::RunTemplateRequest>,
 ) -> Result<pb::TemplateRun> {
-    Err(Error::unimplemented(AREA))
+    let caller = credentials(&request);
+    let r = request.into_inner();
+    let id = required_id(r.workflow_template_id, "workflow_template_id")?;
+    state
+        .templates
+        .run(&state.db, id, &r.param_values_json, &caller)
+        .await
 }
 
 pub async fn list_templates(
-    _state: &AppState,
-    _request: Request<pb::TemplateFilter>,
+    state: &AppState,
+    request: Request<pb::TemplateFilter>,
 ) -> Result<pb::TemplateList> {
-    Err(Error::unimplemented(AREA))
+    let f = request.into_inner();
+    let templates = state
+        .templates
+        .list(
+            &state.db,
+            f.workflow_template_id,
+            f.name.as_deref(),
+            f.version.as_deref(),
+        )
+        .await?;
+    Ok(pb::TemplateList { templates })
 }
 
 pub async fn list_template_runs(
-    _state: &AppState,
-    _request: Request<pb::TemplateRunFilter>,
+    state: &AppState,
+    request: Request<pb::TemplateRunFilter>,
 ) -> Result<pb::TemplateRunList> {
-    Err(Error::unimplemented(AREA))
+    let template = request.into_inner().workflow_template_id;
+    let runs = db::templates::list_runs(&state.db, template, None).await?;
+    Ok(pb::TemplateRunList { runs })
 }
 
 pub async fn update_template_run(
-    _state: &AppState,
-    _request: Request<pb::UpdateTemplateRunRequest>,
+    state: &AppState,
+    request: Request<pb::UpdateTemplateRunRequest>,
 ) -> Result<pb::Ack> {
-    Err(Error::unimplemented(AREA))
+    let r = request.into_inner();
+    let id = required_id(r.template_run_id, "template_run_id")?;
+    if r.workflow_id.is_none() && r.error_message.is_none() {
+        return Err(Error::invalid(
+            "nothing to update: give workflow_id and/or error_message",
+        ));
+    }
+    if let Some(w) = r.workflow_id {
+        required_id(w, "workflow_id (when given)")?;
+    }
+    db::templates::update_run(&state.db, id, r.workflow_id, r.error_message.as_deref()).await?;
+    Ok(pb::Ack { success: true })
 }
 
 pub async fn delete_template_run(
-    _state: &AppState,
-    _request: Request<pb::DeleteTemplateRunRequest>,
+    state: &AppState,
+    request: Request<pb::DeleteTemplateRunRequest>,
 ) -> Result<pb::Ack> {
-    Err(Error::unimplemented(AREA))
+    let id = required_id(request.into_inner().template_run_id, "template_run_id")?;
+    db::templates::delete_run(&state.db, id).await?;
+    Ok(pb::Ack { success: true })
 }

@@ -131,6 +131,19 @@ pub enum TemplateCmd {
     },
     /// Delete a template run.
     DeleteRun { id: i32 },
+    /// Record the workflow (or an error message) of a template run; template scripts call this
+    /// with the workflow they created (the run id comes from their environment).
+    UpdateRun {
+        /// Template run id.
+        #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_ID")]
+        run: i32,
+        /// Workflow id the run created.
+        #[arg(long)]
+        workflow: Option<i32>,
+        /// Error message to record.
+        #[arg(long)]
+        error: Option<String>,
+    },
 }
 
 pub async fn run_event(cmd: EventCmd, client: &mut Client, format: Format) -> anyhow::Result<()> {
@@ -456,6 +469,24 @@ pub async fn run_template(
                 format,
                 &format!("template run {id} deleted"),
                 serde_json::json!({ "template_run_id": id }),
+            )
+        }
+        TemplateCmd::UpdateRun {
+            run,
+            workflow,
+            error,
+        } => {
+            rpc(client
+                .update_template_run(pb::UpdateTemplateRunRequest {
+                    template_run_id: run,
+                    workflow_id: workflow,
+                    error_message: error,
+                })
+                .await)?;
+            output::done(
+                format,
+                &format!("template run {run} updated"),
+                serde_json::json!({ "template_run_id": run }),
             )
         }
     }

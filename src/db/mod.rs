@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod notify;
 pub mod recruiters;
 pub mod tasks;
+pub mod templates;
 pub mod users;
 pub mod watchdog;
 pub mod workers;

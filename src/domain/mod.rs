@@ -10,6 +10,7 @@ pub mod quota;
 pub mod recruitment;
 pub mod status;
 pub mod tasks;
+pub mod templates;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -118,7 +118,12 @@ async fn serve(
     )
     .context("invalid provider configuration")?;
 
-    let state = Arc::new(AppState::new(db.clone(), config.clone(), worker_token));
+    let state = Arc::new(AppState::new(
+        db.clone(),
+        config.clone(),
+        worker_token,
+        grpc_addr,
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TaskQueueServer<Service>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -1,6 +1,7 @@
 //! What every handler of a replica shares. Only handles live here (pool, configuration, caches with
 //! documented staleness): the state itself is in Postgres.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,8 @@ use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::DispatchConfig;
 use crate::logs::LogService;
 use crate::providers::secrets::Secrets;
+use crate::storage::Storage;
+use crate::templates::Templates;
 
 pub struct AppState {
     pub db: Db,
@@ -27,10 +30,19 @@ pub struct AppState {
     pub draining: CancellationToken,
     /// Task log ingest and follow streams (owns the replica's LISTEN session).
     pub logs: LogService,
+    /// FetchList / FetchInfo: the storage layer with the `rclone:` remotes.
+    pub storage: Storage,
+    /// Template upload and runs (scripts call this replica back at its gRPC address).
+    pub templates: Templates,
 }
 
 impl AppState {
-    pub fn new(db: Db, config: Arc<Config>, worker_token: String) -> AppState {
+    pub fn new(
+        db: Db,
+        config: Arc<Config>,
+        worker_token: String,
+        grpc_addr: SocketAddr,
+    ) -> AppState {
         let auth = Arc::new(Authenticator::new(
             db.clone(),
             worker_token,
@@ -43,6 +55,8 @@ impl AppState {
         let draining = CancellationToken::new();
         let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
         let secrets = Secrets::new(config.clone());
+        let storage = Storage::new(config.rclone.clone());
+        let templates = Templates::new(&config, grpc_addr);
         AppState {
             db,
             config,
@@ -52,6 +66,8 @@ impl AppState {
             secrets,
             draining,
             logs,
+            storage,
+            templates,
         }
     }
 }

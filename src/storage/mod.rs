@@ -64,7 +64,16 @@ impl From<Error> for crate::Error {
             Error::UnsupportedType { .. } | Error::BadRemote { .. } => {
                 crate::Error::failed_precondition(message)
             }
-            Error::Backend { .. } | Error::Io { .. } => crate::Error::internal(message),
+            // A backend that fails is a remote or disk that does not answer now: worth retrying.
+            Error::Backend { source, .. } => match source.kind() {
+                ErrorKind::PermissionDenied => crate::Error::permission_denied(message),
+                ErrorKind::Unsupported | ErrorKind::IsADirectory | ErrorKind::NotADirectory => {
+                    crate::Error::invalid(message)
+                }
+                ErrorKind::ConfigInvalid => crate::Error::failed_precondition(message),
+                _ => crate::Error::unavailable(message),
+            },
+            Error::Io { .. } => crate::Error::unavailable(message),
         }
     }
 }

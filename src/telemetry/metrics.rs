@@ -47,6 +47,9 @@ pub const TASKS: &str = "taskqueue_tasks";
 pub const WORKERS_IDLE_ELIGIBLE: &str = "taskqueue_workers_idle_eligible";
 pub const RECRUITER_DEPLOYMENTS: &str = "taskqueue_recruiter_deployments_total";
 pub const RECRUITER_RECYCLES: &str = "taskqueue_recruiter_recycles_total";
+// Templates.
+pub const TEMPLATE_RUNS: &str = "taskqueue_template_runs_total";
+pub const TEMPLATE_RUN_SECONDS: &str = "taskqueue_template_run_duration_seconds";
 
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
@@ -88,6 +91,7 @@ const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (TASKS_PER_PING, COUNT_BUCKETS),
     (LOG_FOLLOW_LAG_SECONDS, LATENCY_BUCKETS),
     (JOB_DURATION_SECONDS, JOB_BUCKETS),
+    (TEMPLATE_RUN_SECONDS, JOB_BUCKETS),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -119,6 +123,15 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(GRPC_STARTED, "RPCs started on the server");
+    describe_counter!(
+        TEMPLATE_RUNS,
+        "Template runs finished, by outcome (succeeded, failed, timed_out)"
+    );
+    describe_histogram!(
+        TEMPLATE_RUN_SECONDS,
+        Unit::Seconds,
+        "Duration of template script runs (RunTemplate), by outcome"
+    );
     describe_counter!(
         GRPC_HANDLED,
         "RPCs completed on the server, by gRPC status code"
