@@ -63,19 +63,23 @@ done
 TARGETS=$(IFS=,; echo "${targets[*]}")
 sleep 3
 sim() { "$BIN/fleet-sim" --targets "$TARGETS" --token "$TOKEN" --json "$@"; }
-reset_tasks() { psql_ -c "TRUNCATE task CASCADE; TRUNCATE assign_cursor; DELETE FROM worker; VACUUM ANALYZE task;" >/dev/null; }
+# (psql runs one -c string as one transaction, and VACUUM cannot run inside one: separate -c.)
+reset_tasks() { psql_ -c "TRUNCATE task CASCADE; TRUNCATE assign_cursor; DELETE FROM worker;" -c "VACUUM ANALYZE task" >/dev/null; }
 load_tasks() { # $1 = how many standing pending tasks, inserted directly
   psql_ -c "INSERT INTO task (task_id, shard, command, container, status, pending_since)
             SELECT g, g % 16, 'bench', 'none', 'P', now() FROM generate_series(1, $1) g;
-            SELECT setval('task_task_id_seq', $1); VACUUM ANALYZE task;" >/dev/null
+            SELECT setval('task_task_id_seq', $1);" -c "VACUUM ANALYZE task" >/dev/null
 }
 json() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(eval(sys.argv[2], {}, d))" "$1" "$2"; }
 
 echo "== raw limit: pgbench, 1 claim per transaction, $WORKERS clients, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
+# One claim per transaction from a random shard, so the claim walks the pending index (step, shard,
+# task_id) like ours does; without the shard the planner sorts every pending task per claim.
 cat >"$work/claim.sql" <<'SQL'
+\set s random(0, 15)
 UPDATE task SET status = 'A', assigned_at = now()
- WHERE task_id = (SELECT task_id FROM task WHERE status = 'P' AND COALESCE(step_id, 0) = 0
+ WHERE task_id = (SELECT task_id FROM task WHERE status = 'P' AND COALESCE(step_id, 0) = 0 AND shard = :s
                    ORDER BY task_id LIMIT 1 FOR UPDATE SKIP LOCKED);
 SQL
 raw=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -t "$((TASKS / WORKERS))" \
@@ -93,6 +97,23 @@ echo "== idle pings of full workers ($WORKERS workers each holding 1 task, ${PHA
 reset_tasks; load_tasks "$WORKERS"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
 echo "$idle_full"
+
+echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
+read -r lo hi < <(psql_ -F ' ' -c "SELECT min(worker_id), max(worker_id) FROM worker")
+cat >"$work/idle.sql" <<'SQL'
+\set id random(:lo, :hi)
+SELECT w.status, w.concurrency, w.prefetch, w.step_id,
+       EXTRACT(EPOCH FROM clock_timestamp() - w.last_ping_at)::double precision AS ping_age,
+       EXTRACT(EPOCH FROM clock_timestamp() - s.updated_at)::double precision AS stats_age,
+       COALESCE((SELECT sum(t.weight) FROM task t
+                  WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R')), 0)::double precision AS held
+  FROM worker w LEFT JOIN worker_stats s ON s.worker_id = w.worker_id WHERE w.worker_id = :id;
+SELECT t.* FROM task t LEFT JOIN step s ON s.step_id = t.step_id
+ WHERE t.worker_id = :id AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V') ORDER BY t.task_id;
+SQL
+raw_idle=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -T "$((PHASE / 2))" \
+      -D lo="$lo" -D hi="$hi" -f "$work/idle.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
+echo "raw idle-ping reads/s: $raw_idle"
 
 echo "== idle pings with free capacity and an empty queue (${PHASE}s)"
 reset_tasks
@@ -116,13 +137,14 @@ echo "$rate"
 
 echo
 echo "== summary (same machine, same PostgreSQL)"
-python3 - "$raw" "$assign" "$idle_full" "$idle_empty" "$bare" "$rate" <<'PY'
+python3 - "$raw" "$raw_idle" "$assign" "$idle_full" "$idle_empty" "$bare" "$rate" <<'PY'
 import json, sys
-raw = float(sys.argv[1]); a, f, e, b, r = (json.loads(x) for x in sys.argv[2:])
+raw = float(sys.argv[1]); raw_idle = float(sys.argv[2]); a, f, e, b, r = (json.loads(x) for x in sys.argv[3:])
 bare = b["calls_per_s"]
 print(f"assigning pings/s      {a['assigning_pings_per_s']:8.0f}   = {a['assigning_pings_per_s']/raw:.2f} x raw single-claim rate ({raw:.0f}/s)")
 print(f"  tasks assigned/s     {a['tasks_assigned_per_s']:8.0f};  ping p50 {a['ping_ms']['p50']:.2f} ms, p99 {a['ping_ms']['p99']:.2f} ms")
 print(f"idle pings/s (full)    {f['pings_per_s']:8.0f}   = {f['pings_per_s']/bare:.2f} x bare tonic unary ({bare:.0f}/s); p99 {f['ping_ms']['p99']:.2f} ms")
+print(f"                                = {f['pings_per_s']/raw_idle:.2f} x pgbench of its own two reads ({raw_idle:.0f}/s)")
 print(f"idle pings/s (empty q) {e['pings_per_s']:8.0f}   = {e['pings_per_s']/bare:.2f} x bare tonic unary; p99 {e['ping_ms']['p99']:.2f} ms")
 print(f"offered ~2000 pings/s: {r['pings_per_s']:.0f} pings/s, p50 {r['ping_ms']['p50']:.2f} ms, p99 {r['ping_ms']['p99']:.2f} ms, "
       f"queue wait p50 {r['queue_wait_ms']['p50']:.0f} ms p99 {r['queue_wait_ms']['p99']:.0f} ms")
