@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use common::{postgres, spawn_replica, task, test_config, wait_until};
 use fleet_support::{leader, providers, unique_cloud};
+use taskqueue::loops::LeaderContext;
 use taskqueue::loops::jobs::{JobRunner, JobSettings};
 use taskqueue::loops::recruiter::Recruiter;
+use taskqueue::loops::watchdog;
 use taskqueue::proto as pb;
 use taskqueue::providers::{Environment, Providers};
 
@@ -259,9 +261,39 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
         count(&db, "SELECT count(*) FROM job WHERE status <> 'S'").await,
         0
     );
-
     stop.store(true, Ordering::SeqCst);
     driver.await.unwrap();
+
+    // The queue is empty: the watchdog (idle timeout shortened to 1 s) schedules a delete job for
+    // every idle worker, and the job runner stops each machine and removes its row.
+    let mut idle = (*ctx.config).clone();
+    idle.idle_timeout = Duration::from_secs(1);
+    let idle_ctx = LeaderContext {
+        db: ctx.db.clone(),
+        config: Arc::new(idle),
+        epoch: ctx.epoch,
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "the watchdog and the job runner to delete every idle worker",
+        || async {
+            watchdog::run_once(&idle_ctx).await.unwrap();
+            runner.run_once(&idle_ctx).await.unwrap();
+            count(&db, "SELECT count(*) FROM worker").await == 0
+        },
+    )
+    .await;
+    runner.wait_idle().await;
+    assert_eq!(cloud.vm_count(), 0, "every machine stopped");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM job WHERE action = 'D' AND status = 'S'"
+        )
+        .await,
+        15,
+        "one delete job per worker"
+    );
     cloud.shutdown();
 }
 
