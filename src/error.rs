@@ -16,7 +16,6 @@ pub enum Code {
     Aborted,
     Unavailable,
     DeadlineExceeded,
-    Unimplemented,
     Internal,
 }
 
@@ -69,10 +68,6 @@ impl Error {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
     }
-    /// An RPC whose area is built by a later piece of work.
-    pub fn unimplemented(area: &str) -> Self {
-        Self::new(Code::Unimplemented, format!("not implemented yet: {area}"))
-    }
 }
 
 impl fmt::Display for Error {
@@ -113,7 +108,6 @@ impl From<Error> for tonic::Status {
             Code::Aborted => C::Aborted,
             Code::Unavailable => C::Unavailable,
             Code::DeadlineExceeded => C::DeadlineExceeded,
-            Code::Unimplemented => C::Unimplemented,
             Code::Internal => C::Internal,
         };
         if code == C::Internal {
