@@ -46,7 +46,8 @@ fn free_base() -> u16 {
     let offsets = [50, 51, 52, 53, 90, 91, 92, 93, 379, 380, 404, 432];
     let seed = std::process::id() as u16;
     for i in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(i * 500)) % 40_000;
+        // Below the kernel's ephemeral range (32768+), so no outgoing connection takes our ports.
+        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(i * 500)) % 22_000;
         if offsets
             .iter()
             .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())

@@ -390,13 +390,32 @@ where
     }
 }
 
-/// A free loopback port (bound then released; fine for child processes we start right after).
+/// A free loopback port for a child process we start right after.
+///
+/// Picked below the kernel's ephemeral range (32768–60999 on Linux): a port asked from the kernel
+/// with `bind(0)` is released before the child binds it, and in that window any outgoing
+/// connection (to etcd, to a replica) may be given the same port as its local end — which made
+/// "Address already in use" flakes. Below the range only other listeners compete, and those are
+/// ours: a per-process cursor (seeded by the pid, so concurrent test binaries start apart) never
+/// hands out the same port twice, and a bind check skips ports someone holds.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // 10_000..32_000
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + CURSOR.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 /// An etcd process on free loopback ports, killed on drop.
