@@ -22,7 +22,7 @@ fn rules(c: &mut Criterion) {
     };
     let interval = Duration::from_secs(10);
     c.bench_function("plan_ping", |b| {
-        b.iter(|| dispatch::plan_ping(black_box(&snapshot), true, interval, interval))
+        b.iter(|| dispatch::plan_ping(black_box(&snapshot), true, interval))
     });
     let statuses = [
         TaskStatus::Assigned,

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leadership",
         sql: include_str!("../../schema/0003_leadership.sql"),
     },
+    Migration {
+        version: 4,
+        name: "ping",
+        sql: include_str!("../../schema/0004_ping.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -39,7 +39,7 @@ pub struct PingPlan {
     pub back_online: Option<WorkerStatus>,
     /// `last_ping_at` is stale (older than a third of the offline timeout) and must be rewritten.
     pub touch_last_ping: bool,
-    /// The stats the ping carries are due to be stored.
+    /// The stats the ping carries are stored (with the liveness write, or when none are).
     pub store_stats: bool,
 }
 
@@ -63,12 +63,13 @@ pub struct WorkerSnapshot {
     pub stats_age: Option<Duration>,
 }
 
-/// Decides a ping: only a worker in R (or coming back to R) with free capacity claims.
+/// Decides a ping: only a worker in R (or coming back to R) with free capacity claims. The server
+/// runs this rule as SQL (`tq_ping`, schema/0004_ping.sql, one round trip per ping); this is its
+/// reference model, and tests/ping_rules.rs checks the SQL against it on random workers.
 pub fn plan_ping(
     w: &WorkerSnapshot,
     has_stats: bool,
     last_ping_write_interval: Duration,
-    stats_interval: Duration,
 ) -> PingPlan {
     let back_online = w.status.back_online();
     let effective = back_online.unwrap_or(w.status);
@@ -77,13 +78,16 @@ pub fn plan_ping(
     } else {
         0
     };
+    let touch_last_ping = w
+        .last_ping_age
+        .is_none_or(|age| age >= last_ping_write_interval);
     PingPlan {
         claim,
         back_online,
-        touch_last_ping: w
-            .last_ping_age
-            .is_none_or(|age| age >= last_ping_write_interval),
-        store_stats: has_stats && w.stats_age.is_none_or(|age| age >= stats_interval),
+        touch_last_ping,
+        // Stats ride on the liveness write (or are stored when there are none yet), so an idle
+        // ping of a live worker writes nothing.
+        store_stats: has_stats && (touch_last_ping || w.stats_age.is_none()),
     }
 }
 
@@ -178,7 +182,7 @@ mod tests {
     #[test]
     fn pings() {
         let iv = Duration::from_secs(10);
-        let p = plan_ping(&snapshot(WorkerStatus::Ready), true, iv, iv);
+        let p = plan_ping(&snapshot(WorkerStatus::Ready), true, iv);
         assert_eq!(
             p,
             PingPlan {
@@ -191,12 +195,12 @@ mod tests {
         let mut full = snapshot(WorkerStatus::Ready);
         full.held_weight = 3.0;
         assert!(
-            !plan_ping(&full, true, iv, iv).writes(),
+            !plan_ping(&full, true, iv).writes(),
             "an idle ping of a busy live worker writes nothing"
         );
-        let p = plan_ping(&snapshot(WorkerStatus::Offline), false, iv, iv);
+        let p = plan_ping(&snapshot(WorkerStatus::Offline), false, iv);
         assert_eq!((p.claim, p.back_online), (2, Some(WorkerStatus::Ready)));
-        let p = plan_ping(&snapshot(WorkerStatus::Quarantined), false, iv, iv);
+        let p = plan_ping(&snapshot(WorkerStatus::Quarantined), false, iv);
         assert_eq!(
             (p.claim, p.back_online),
             (0, Some(WorkerStatus::Paused)),
@@ -209,7 +213,7 @@ mod tests {
             WorkerStatus::Deleting,
         ] {
             assert_eq!(
-                plan_ping(&snapshot(s), false, iv, iv).claim,
+                plan_ping(&snapshot(s), false, iv).claim,
                 0,
                 "{s:?} gets no new task"
             );
@@ -217,7 +221,7 @@ mod tests {
         let mut stale = snapshot(WorkerStatus::Paused);
         stale.last_ping_age = Some(Duration::from_secs(11));
         stale.stats_age = None;
-        let p = plan_ping(&stale, true, iv, iv);
+        let p = plan_ping(&stale, true, iv);
         assert!(p.touch_last_ping && p.store_stats);
     }
 
