@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Ping-and-assign against the raw limit of the same PostgreSQL, in one run:
 #   1. raw limit: pgbench claiming 1 task per transaction (UPDATE … FOR UPDATE SKIP LOCKED LIMIT 1)
-#      at the same concurrency as the simulated fleet, over a standing queue of $TASKS tasks;
+#      at the same concurrency as the simulated fleet, over a standing queue of $TASKS tasks; then
+#      pgbench calling our claim alone (tq_claim_batch: shard lock, cursor, worker, queue wait) —
+#      what the guarantees cost in Postgres before any gRPC;
 #   2. assigning pings: $WORKERS workers (concurrency 1) draining $TASKS tasks through $REPLICAS
 #      replicas, each task = one assigning ping + one status update;
 #   3. idle pings (a full worker: one read, no write) and idle pings with free capacity and an empty
 #      queue (the claim walks the shards and finds nothing);
 #   4. a bare tonic unary RPC (grpc.health.v1 Check on a server with nothing else) at equal concurrency;
-#   5. latency at a fixed offered rate (~2,000 pings/s from $RATE_WORKERS workers pinging every 200 ms).
+#   5. latency at a fixed offered rate: ~2,000 pings/s from $RATE_WORKERS workers pinging every 200 ms,
+#      each running 2 tasks of 5 s at a time through the full status chain (C, R, S) from a standing
+#      queue — a busy fleet (real tasks run for minutes), ~160 tasks/s and ~500 status updates/s on
+#      top of the pings; first pings spread over 200 ms, the first 5 s (registrations, first
+#      claims) left out of the figures.
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh            (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE)
 set -euo pipefail
@@ -34,7 +40,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range (outgoing connections cannot take it meanwhile).
+free_port() { python3 -c '
+import random, socket
+while True:
+    p = random.randint(10000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'; }
 
 # --- PostgreSQL (TCP on loopback, shared by both sides of every comparison) ---------------------
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -86,6 +103,19 @@ raw=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "
       -f "$work/claim.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
 echo "raw claims/s: $raw"
 
+echo "== our claim alone: pgbench calling tq_claim_batch (1 task per call), $WORKERS clients, same queue"
+reset_tasks; load_tasks "$TASKS"
+psql_ -c "INSERT INTO worker (worker_name, status) SELECT 'claim-' || g, 'R' FROM generate_series(1, $WORKERS) g" >/dev/null
+read -r wlo whi < <(psql_ -F ' ' -c "SELECT min(worker_id), max(worker_id) FROM worker")
+cat >"$work/claim_fn.sql" <<'SQL'
+\set w random(:wlo, :whi)
+\set s random(0, 15)
+SELECT claimed, waits FROM tq_claim_batch(:w, NULL, 1, 16, :s, 1953562628, interval '1 second');
+SQL
+claim_fn=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -t "$((TASKS / WORKERS))" \
+      -D wlo="$wlo" -D whi="$whi" -f "$work/claim_fn.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
+echo "tq_claim_batch calls/s: $claim_fn"
+
 echo "== assigning pings: $WORKERS workers (concurrency 1), $REPLICAS replicas, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
 assign=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle minimal --ping-interval 0s --stop-after-assigned "$TASKS" \
@@ -129,19 +159,21 @@ bare=$("$BIN/fleet-sim" --mode health --targets "127.0.0.1:$bport" --workers "$W
        --duration "$((PHASE / 2))s" --json)
 echo "$bare"
 
-echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, tasks submitted meanwhile"
+echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, 2 tasks of 5 s each at a time"
 reset_tasks
-rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --tasks 20000 \
-           --submitters 8 --duration "${PHASE}s" --prefix r)
+rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
+           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r)
 echo "$rate"
 
 echo
 echo "== summary (same machine, same PostgreSQL)"
-python3 - "$raw" "$raw_idle" "$assign" "$idle_full" "$idle_empty" "$bare" "$rate" <<'PY'
+python3 - "$raw" "$raw_idle" "$claim_fn" "$assign" "$idle_full" "$idle_empty" "$bare" "$rate" <<'PY'
 import json, sys
-raw = float(sys.argv[1]); raw_idle = float(sys.argv[2]); a, f, e, b, r = (json.loads(x) for x in sys.argv[3:])
+raw = float(sys.argv[1]); raw_idle = float(sys.argv[2]); claim_fn = float(sys.argv[3])
+a, f, e, b, r = (json.loads(x) for x in sys.argv[4:])
 bare = b["calls_per_s"]
 print(f"assigning pings/s      {a['assigning_pings_per_s']:8.0f}   = {a['assigning_pings_per_s']/raw:.2f} x raw single-claim rate ({raw:.0f}/s)")
+print(f"  our claim alone (pgbench of tq_claim_batch) {claim_fn:.0f}/s = {claim_fn/raw:.2f} x raw; pings reach {a['assigning_pings_per_s']/claim_fn:.2f} x it")
 print(f"  tasks assigned/s     {a['tasks_assigned_per_s']:8.0f};  ping p50 {a['ping_ms']['p50']:.2f} ms, p99 {a['ping_ms']['p99']:.2f} ms")
 print(f"idle pings/s (full)    {f['pings_per_s']:8.0f}   = {f['pings_per_s']/bare:.2f} x bare tonic unary ({bare:.0f}/s); p99 {f['ping_ms']['p99']:.2f} ms")
 print(f"                                = {f['pings_per_s']/raw_idle:.2f} x pgbench of its own two reads ({raw_idle:.0f}/s)")

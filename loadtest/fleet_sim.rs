@@ -69,6 +69,10 @@ struct Args {
     /// Name prefix of the simulated workers (re-running with the same prefix re-registers them).
     #[arg(long, default_value = "sim")]
     prefix: String,
+    /// Leave this long out of the report: pings, rates and latencies count from then on (the
+    /// registrations and first claims of a fleet starting at once are not its steady state).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -144,6 +148,11 @@ async fn simulated_worker(
         };
         let _ = pool.pick().update_worker(req).await;
     }
+    // Real fleets do not ping in step: the first pings are spread over one ping interval.
+    let spread = args
+        .ping_interval
+        .mul_f64(index as f64 / args.workers.max(1) as f64);
+    tokio::time::sleep(spread).await;
     let mut seen = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let start = Instant::now();
@@ -388,8 +397,25 @@ async fn main() -> anyhow::Result<()> {
         ))
     });
     let deadline = started + args.duration;
+    // Counters at the end of the warm-up; the report is the difference.
+    let mut window = (started, [0u64; 4]);
+    let mut warming = !args.warmup.is_zero();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if warming && started.elapsed() >= args.warmup {
+            warming = false;
+            stats.ping_latency.lock().unwrap().take();
+            window = (
+                Instant::now(),
+                [
+                    &stats.pings,
+                    &stats.assigning_pings,
+                    &stats.assigned,
+                    &stats.updates,
+                ]
+                .map(|a| a.load(Ordering::Relaxed)),
+            );
+        }
         let all_done =
             args.tasks > 0 && stats.finished.load(Ordering::Relaxed) as usize >= args.tasks;
         let all_assigned = args.lifecycle == "none"
@@ -401,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = window.0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     if let Some(s) = submitter {
         s.abort();
@@ -410,7 +436,18 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
 
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let base = |a: &AtomicU64| {
+        [
+            &stats.pings,
+            &stats.assigning_pings,
+            &stats.assigned,
+            &stats.updates,
+        ]
+        .iter()
+        .position(|c| std::ptr::eq(*c, a))
+        .map_or(0, |i| window.1[i])
+    };
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed).saturating_sub(base(a)) as f64;
     let [p50, p95, p99, max] = quantiles(&stats.ping_latency);
     let [w50, _, w99, _] = quantiles(&stats.queue_wait);
     let report = serde_json::json!({
