@@ -27,7 +27,8 @@ END;
 $$;
 
 -- tq_claim_batch: tq_claim (schema/0002_dispatch.sql) with the same guarantees, returning arrays
--- (OUT parameters, not a set) and moving a shard's cursor in the statement that claims from it.
+-- (OUT parameters, not a set), claiming from each shard in one statement (a due rescan is the same
+-- scan started at the shard's first task) that also moves the shard's cursor.
 -- tq_claim stays for replicas of the previous release during a rolling upgrade.
 CREATE FUNCTION tq_claim_batch(
     p_worker      integer,
@@ -47,6 +48,7 @@ DECLARE
     v_shard   integer;
     v_cursor  integer;
     v_rescan  timestamptz;
+    v_rescan_due boolean;
     v_ids     integer[];
     v_waits   double precision[];
     i         integer;
@@ -70,36 +72,13 @@ BEGIN
             VALUES (v_key, v_shard, 0, v_rescan) ON CONFLICT DO NOTHING;
         END IF;
 
-        -- Rescan below the cursor first when due: old-id tasks keep their place in the FIFO.
-        IF v_cursor > 0 AND v_rescan <= now() THEN
-            WITH picked AS (
-                SELECT t.task_id FROM task t
-                 WHERE t.status = 'P' AND t.shard = v_shard AND t.task_id < v_cursor
-                   AND COALESCE(t.step_id, 0) = v_key
-                 ORDER BY t.task_id
-                 LIMIT p_want - v_got
-                   FOR UPDATE SKIP LOCKED
-            ), upd AS (
-                UPDATE task t
-                   SET status = 'A', worker_id = p_worker, assigned_at = now(), modified_at = now()
-                  FROM picked WHERE t.task_id = picked.task_id AND t.status = 'P'
-                RETURNING t.task_id, EXTRACT(EPOCH FROM now() - COALESCE(t.pending_since, t.created_at))::double precision AS w
-            ), cur AS (
-                UPDATE assign_cursor c SET rescan_after = now() + p_rescan
-                 WHERE c.step_key = v_key AND c.shard = v_shard
-            )
-            SELECT array_agg(upd.task_id), array_agg(upd.w) INTO v_ids, v_waits FROM upd;
-            IF v_ids IS NOT NULL THEN
-                v_got := v_got + cardinality(v_ids);
-                claimed := claimed || v_ids;
-                waits := waits || v_waits;
-            END IF;
-        END IF;
-
-        CONTINUE WHEN v_got >= p_want;
+        -- From the cursor; from the start of the shard when a rescan is due, so that old-id tasks
+        -- keep their place in the FIFO. (One bound, so the index scan starts there.)
+        v_rescan_due := v_cursor > 0 AND v_rescan <= now();
         WITH picked AS (
             SELECT t.task_id FROM task t
-             WHERE t.status = 'P' AND t.shard = v_shard AND t.task_id >= v_cursor
+             WHERE t.status = 'P' AND t.shard = v_shard
+               AND t.task_id >= CASE WHEN v_rescan_due THEN 0 ELSE v_cursor END
                AND COALESCE(t.step_id, 0) = v_key
              ORDER BY t.task_id
              LIMIT p_want - v_got
@@ -110,10 +89,12 @@ BEGIN
               FROM picked WHERE t.task_id = picked.task_id AND t.status = 'P'
             RETURNING t.task_id, EXTRACT(EPOCH FROM now() - COALESCE(t.pending_since, t.created_at))::double precision AS w
         ), cur AS (
-            -- Past what this statement claims (a no-op when it claims nothing).
-            UPDATE assign_cursor c SET next_task_id = GREATEST(c.next_task_id, m.top + 1)
+            -- Past what this statement claims, and the next rescan a period away once one ran.
+            UPDATE assign_cursor c
+               SET next_task_id = GREATEST(c.next_task_id, COALESCE(m.top + 1, 0)),
+                   rescan_after = CASE WHEN v_rescan_due THEN now() + p_rescan ELSE c.rescan_after END
               FROM (SELECT max(upd.task_id) AS top FROM upd) m
-             WHERE c.step_key = v_key AND c.shard = v_shard AND m.top IS NOT NULL
+             WHERE c.step_key = v_key AND c.shard = v_shard AND (m.top IS NOT NULL OR v_rescan_due)
         )
         SELECT array_agg(upd.task_id), array_agg(upd.w) INTO v_ids, v_waits FROM upd;
         IF v_ids IS NOT NULL THEN
@@ -129,10 +110,9 @@ $$;
 -- answers the worker's status and concurrency and what it claimed (status NULL: unknown
 -- worker). The replica calls it after a read showed something to do (db/dispatch.rs); it decides
 -- again here, on what it reads itself, because the worker may have changed in between.
---  * Whatever is to be done is done under the worker's advisory lock — two pings of one worker
---    never claim side by side, so capacity holds — after reading the worker again under it (each
---    statement of a plpgsql function sees what committed before it started, so the re-read sees
---    the other ping's claim). When nothing is (any longer) to be done, it takes no lock.
+--  * It takes the worker's advisory lock first — two pings of one worker never claim side by
+--    side, so capacity holds — and reads the worker under it (each statement of a plpgsql function
+--    sees what committed before it started, so the read sees the other ping's claim).
 --  * `last_ping_at` is rewritten when older than `touch_after` (or NULL); stats, when given, ride on
 --    that write (or are stored when none are); an offline worker comes back (O→R, Q→P, L→F).
 --  * Only a worker that is (or comes back to) R claims, up to its free capacity.
@@ -159,35 +139,26 @@ DECLARE
     v_ping_at  timestamptz;
     v_stats_at timestamptz;
     v_held     double precision;
-    v_locked   boolean := false;
     v_back     text;
     v_touch    boolean;
     v_store    boolean;
     v_want     integer;
 BEGIN
-    LOOP
-        SELECT w.status, w.concurrency, w.prefetch, w.step_id, w.last_ping_at, s.updated_at,
-               COALESCE((SELECT sum(t.weight) FROM task t
-                          WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R')), 0)
-          INTO v_status, concurrency, v_prefetch, v_step, v_ping_at, v_stats_at, v_held
-          FROM worker w LEFT JOIN worker_stats s ON s.worker_id = w.worker_id
-         WHERE w.worker_id = p_worker;
-        IF NOT FOUND THEN
-            RETURN; -- status NULL
-        END IF;
-        v_back := CASE v_status WHEN 'O' THEN 'R' WHEN 'Q' THEN 'P' WHEN 'L' THEN 'F' END;
-        v_touch := v_ping_at IS NULL OR clock_timestamp() - v_ping_at >= p_touch_after;
-        v_store := p_stats IS NOT NULL AND (v_touch OR v_stats_at IS NULL);
-        v_want := CASE WHEN COALESCE(v_back, v_status) = 'R'
-                       THEN tq_free_capacity(concurrency, v_prefetch, v_held) ELSE 0 END;
-        EXIT WHEN v_locked;
-        IF v_back IS NULL AND NOT v_touch AND NOT v_store AND v_want = 0 THEN
-            status := v_status;
-            RETURN;
-        END IF;
-        PERFORM pg_advisory_xact_lock(p_worker_lock_ns, p_worker);
-        v_locked := true;
-    END LOOP;
+    PERFORM pg_advisory_xact_lock(p_worker_lock_ns, p_worker);
+    SELECT w.status, w.concurrency, w.prefetch, w.step_id, w.last_ping_at, s.updated_at,
+           COALESCE((SELECT sum(t.weight) FROM task t
+                      WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R')), 0)
+      INTO v_status, concurrency, v_prefetch, v_step, v_ping_at, v_stats_at, v_held
+      FROM worker w LEFT JOIN worker_stats s ON s.worker_id = w.worker_id
+     WHERE w.worker_id = p_worker;
+    IF NOT FOUND THEN
+        RETURN; -- status NULL
+    END IF;
+    v_back := CASE v_status WHEN 'O' THEN 'R' WHEN 'Q' THEN 'P' WHEN 'L' THEN 'F' END;
+    v_touch := v_ping_at IS NULL OR clock_timestamp() - v_ping_at >= p_touch_after;
+    v_store := p_stats IS NOT NULL AND (v_touch OR v_stats_at IS NULL);
+    v_want := CASE WHEN COALESCE(v_back, v_status) = 'R'
+                   THEN tq_free_capacity(concurrency, v_prefetch, v_held) ELSE 0 END;
 
     IF v_back IS NOT NULL OR v_touch THEN
         UPDATE worker w SET status = COALESCE(v_back, w.status),
@@ -196,7 +167,7 @@ BEGIN
          WHERE w.worker_id = p_worker;
     END IF;
     IF v_store THEN
-        INSERT INTO worker_stats AS ws (worker_id, stats, updated_at) VALUES (p_worker, p_stats, now())
+        INSERT INTO worker_stats (worker_id, stats, updated_at) VALUES (p_worker, p_stats, now())
         ON CONFLICT (worker_id) DO UPDATE SET stats = EXCLUDED.stats, updated_at = EXCLUDED.updated_at;
     END IF;
     IF v_want > 0 THEN
