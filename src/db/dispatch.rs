@@ -5,6 +5,7 @@
 //! never race — and claims through `tq_claim` (schema/0002_dispatch.sql); the decision and the
 //! writes are `tq_ping` (schema/0004_ping.sql).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures::future::try_join;
@@ -14,13 +15,13 @@ use tokio_postgres::Row;
 
 use super::locks::{NS_SHARD, NS_WORKER};
 use super::tasks::{TASK_COLUMNS, task_from_row};
-use super::{Db, Op, pg_error};
+use super::{Db, Op, pg_error, retry_allowed};
 use crate::domain::dispatch::{self, HeldTask, WorkerSnapshot};
 use crate::domain::status::{TaskStatus, WorkerStatus};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 
-/// How often a rescan below a (step, shard) cursor may happen (see tq_claim).
+/// How often a rescan below a (step, shard) cursor may happen (see tq_claim_batch).
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of dispatch, from the configuration.
@@ -42,13 +43,14 @@ pub struct PingAnswer {
     pub claimed_waits: Vec<f64>,
 }
 
-fn held_query() -> String {
+/// The tasks a worker holds, in the statuses a ping reports (built once, not per ping).
+static HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
           WHERE t.worker_id = $1 AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V')
           ORDER BY t.task_id"
     )
-}
+});
 
 /// The worker as a ping sees it, and — only when it is (or comes back to) R with room for a task —
 /// whether any task of its step is pending (NULL otherwise: not probed). Plain SQL and the
@@ -148,15 +150,13 @@ pub async fn ping(
     worker_id: i32,
     stats: Option<&pb::WorkerStats>,
 ) -> Result<PingAnswer> {
-    let held_sql = held_query();
     let shards = i32::from(cfg.shards);
     let has_stats = stats.is_some();
     let first = db
         .run(Op::Ping, |c| {
-            let held_sql = &held_sql;
             async move {
                 let (snap_stmt, held_stmt) =
-                    try_join(c.prepare_cached(SNAPSHOT), c.prepare_cached(held_sql))
+                    try_join(c.prepare_cached(SNAPSHOT), c.prepare_cached(&HELD))
                         .await
                         .map_err(pg_error)?;
                 let (snap, held) = try_join(
@@ -188,11 +188,10 @@ pub async fn ping(
     loop {
         let result = db
             .run(Op::ClaimTasks, |c| {
-                let held_sql = &held_sql;
-                let stats_bytes = &stats_bytes;
+                    let stats_bytes = &stats_bytes;
                 async move {
                     let (ping_stmt, held_stmt) =
-                        try_join(c.prepare_cached(PING), c.prepare_cached(held_sql))
+                        try_join(c.prepare_cached(PING), c.prepare_cached(&HELD))
                             .await
                             .map_err(pg_error)?;
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
@@ -224,18 +223,11 @@ pub async fn ping(
             })
             .await;
         match result {
-            Err(e) if e.retryable && attempt < MAX_PING_RETRIES => {
-                attempt += 1;
-                tracing::debug!(worker_id, attempt, error = %e, "ping conflicted; running it again");
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-            }
+            Err(e) if retry_allowed(Op::ClaimTasks, &mut attempt, &e).await => {}
             result => return result,
         }
     }
 }
-
-/// How many times a ping that hit a deadlock or serialization failure is run again.
-const MAX_PING_RETRIES: u32 = 5;
 
 /// A `Duration` sent as a Postgres `interval`.
 #[derive(Debug, Clone, Copy)]

@@ -208,12 +208,7 @@ impl Db {
             }
             .await;
             match result {
-                Err(e) if e.retryable && attempt < MAX_TX_RETRIES => {
-                    attempt += 1;
-                    counter!(m::DB_TX_RETRIES, "op" => op.label()).increment(1);
-                    tracing::debug!(op = op.label(), attempt, error = %e, "retrying transaction");
-                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
-                }
+                Err(e) if retry_allowed(op, &mut attempt, &e).await => {}
                 result => {
                     histogram!(m::DB_TX_SECONDS, "op" => op.label())
                         .record(start.elapsed().as_secs_f64());
@@ -257,6 +252,19 @@ impl Db {
     pub fn close(&self) {
         self.pool.close();
     }
+}
+
+/// The retry policy of work that hit a serialization failure or deadlock: true (after counting the
+/// retry and backing off) when it may run again, at most `MAX_TX_RETRIES` times.
+pub(crate) async fn retry_allowed(op: Op, attempt: &mut u32, e: &Error) -> bool {
+    if !e.retryable || *attempt >= MAX_TX_RETRIES {
+        return false;
+    }
+    *attempt += 1;
+    counter!(m::DB_TX_RETRIES, "op" => op.label()).increment(1);
+    tracing::debug!(op = op.label(), attempt = *attempt, error = %e, "running it again after a conflict");
+    tokio::time::sleep(Duration::from_millis(5 * u64::from(*attempt))).await;
+    true
 }
 
 /// Maps a Postgres error to the crate error: the ONE place SQLSTATEs are interpreted.
