@@ -99,6 +99,27 @@ struct Stats {
     submitted_at: Mutex<HashMap<i32, Instant>>,
 }
 
+/// The counters the report is made of, read at one moment.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    pings: u64,
+    assigning_pings: u64,
+    assigned: u64,
+    updates: u64,
+}
+
+impl Stats {
+    fn counts(&self) -> Counts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            pings: load(&self.pings),
+            assigning_pings: load(&self.assigning_pings),
+            assigned: load(&self.assigned),
+            updates: load(&self.updates),
+        }
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
@@ -397,24 +418,15 @@ async fn main() -> anyhow::Result<()> {
         ))
     });
     let deadline = started + args.duration;
-    // Counters at the end of the warm-up; the report is the difference.
-    let mut window = (started, [0u64; 4]);
+    // The measured window: from the end of the warm-up, with the counters as they were then.
+    let mut window = (started, Counts::default());
     let mut warming = !args.warmup.is_zero();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if warming && started.elapsed() >= args.warmup {
             warming = false;
             stats.ping_latency.lock().unwrap().take();
-            window = (
-                Instant::now(),
-                [
-                    &stats.pings,
-                    &stats.assigning_pings,
-                    &stats.assigned,
-                    &stats.updates,
-                ]
-                .map(|a| a.load(Ordering::Relaxed)),
-            );
+            window = (Instant::now(), stats.counts());
         }
         let all_done =
             args.tasks > 0 && stats.finished.load(Ordering::Relaxed) as usize >= args.tasks;
@@ -436,32 +448,27 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
 
-    let base = |a: &AtomicU64| {
-        [
-            &stats.pings,
-            &stats.assigning_pings,
-            &stats.assigned,
-            &stats.updates,
-        ]
-        .iter()
-        .position(|c| std::ptr::eq(*c, a))
-        .map_or(0, |i| window.1[i])
-    };
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed).saturating_sub(base(a)) as f64;
+    let end = stats.counts();
+    let from = window.1;
+    let pings = (end.pings - from.pings) as f64;
+    let assigning = (end.assigning_pings - from.assigning_pings) as f64;
+    let assigned = (end.assigned - from.assigned) as f64;
+    let updates = (end.updates - from.updates) as f64;
+    let errors = stats.errors.load(Ordering::Relaxed) as f64;
     let [p50, p95, p99, max] = quantiles(&stats.ping_latency);
     let [w50, _, w99, _] = quantiles(&stats.queue_wait);
     let report = serde_json::json!({
         "seconds": elapsed,
         "workers": args.workers,
-        "pings": n(&stats.pings),
-        "pings_per_s": n(&stats.pings) / elapsed,
-        "assigning_pings_per_s": n(&stats.assigning_pings) / elapsed,
+        "pings": pings,
+        "pings_per_s": pings / elapsed,
+        "assigning_pings_per_s": assigning / elapsed,
         "ping_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
-        "tasks_assigned": n(&stats.assigned),
-        "tasks_assigned_per_s": n(&stats.assigned) / elapsed,
-        "status_updates_per_s": n(&stats.updates) / elapsed,
+        "tasks_assigned": assigned,
+        "tasks_assigned_per_s": assigned / elapsed,
+        "status_updates_per_s": updates / elapsed,
         "queue_wait_ms": {"p50": w50, "p99": w99},
-        "errors": n(&stats.errors),
+        "errors": errors,
     });
     if args.json {
         println!("{report}");
@@ -471,17 +478,17 @@ async fn main() -> anyhow::Result<()> {
              {:.0} tasks assigned/s; queue wait p50 {:.1} ms p99 {:.1} ms; {:.0} status updates/s; {} errors",
             elapsed,
             args.workers,
-            n(&stats.pings) / elapsed,
-            n(&stats.assigning_pings) / elapsed,
+            pings / elapsed,
+            assigning / elapsed,
             p50,
             p95,
             p99,
             max,
-            n(&stats.assigned) / elapsed,
+            assigned / elapsed,
             w50,
             w99,
-            n(&stats.updates) / elapsed,
-            n(&stats.errors)
+            updates / elapsed,
+            errors
         );
     }
     Ok(())
