@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Installs what taskqueue needs on a Debian/Ubuntu machine, idempotently: PostgreSQL server binaries
-# (the embedded database of `serve` and of the tests), etcd (leadership tests), protoc (etcd-client's
-# build), Prometheus and haproxy (deploy/monitoring checks and the deploy/local cluster test) and curl.
+# Installs what taskqueue needs on a Debian/Ubuntu machine, idempotently: a C toolchain (ring and
+# other crates compile C; rustup's toolchain links with `cc`), PostgreSQL server binaries (the
+# embedded database of `serve` and of the tests), etcd (leadership tests), protoc and the well-known
+# `.proto` includes (etcd-client's build script needs both: Debian's protobuf-compiler ships no
+# google/protobuf/*.proto, libprotobuf-dev does), Prometheus and haproxy (deploy/monitoring checks
+# and the deploy/local cluster test), busybox (the builtins are tested in busybox sh) and curl.
 # Skips anything already present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 missing=()
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+[ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 have_postgres() {
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1
 }
@@ -13,9 +18,11 @@ have_postgres || missing+=(postgresql)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v busybox >/dev/null 2>&1 || missing+=(busybox)
 if [ "${TASKQUEUE_SETUP_EXTRA:-}" != "" ]; then
   for pkg in $TASKQUEUE_SETUP_EXTRA; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
