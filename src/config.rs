@@ -431,15 +431,17 @@ fn tls_choice(
     let chosen = match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsMode::Files { cert, key }),
         (Some(_), None) | (None, Some(_)) => {
-            anyhow::bail!("--tls-cert and --tls-key (certificate_pem, certificate_key) must be given together")
+            anyhow::bail!(
+                "--tls-cert and --tls-key (certificate_pem, certificate_key) must be given together"
+            )
         }
         (None, None) if self_signed == Some(true) => Some(TlsMode::SelfSigned),
         (None, None) => None,
     };
     match chosen {
-        Some(_) if plaintext => anyhow::bail!(
-            "plaintext cannot be combined with a TLS certificate or tls_self_signed"
-        ),
+        Some(_) if plaintext => {
+            anyhow::bail!("plaintext cannot be combined with a TLS certificate or tls_self_signed")
+        }
         Some(mode) => Ok(Some(mode)),
         None if plaintext => Ok(Some(TlsMode::Plain)),
         None => Ok(None),
@@ -470,11 +472,7 @@ fn secret(
                     anyhow::anyhow!("cannot read {file_name} {}: {e}", path.display())
                 })?;
                 let value = text.trim_end_matches(['\n', '\r']);
-                anyhow::ensure!(
-                    !value.is_empty(),
-                    "{file_name} {} is empty",
-                    path.display()
-                );
+                anyhow::ensure!(!value.is_empty(), "{file_name} {} is empty", path.display());
                 Ok(Some(value.to_string()))
             }
             (None, None) => Ok(None),
@@ -625,18 +623,20 @@ impl Config {
             .or(s.script_packages)
             .unwrap_or_default();
         let venv_dir = args.script_venv.clone().or(s.script_venv);
-        let (template_interpreter, script_venv) =
-            match (args.template_interpreter.clone().or(s.template_interpreter), venv_dir) {
-                (Some(interpreter), _) => (interpreter, None),
-                (None, Some(dir)) => (
-                    dir.join("bin/python").to_string_lossy().into_owned(),
-                    Some(ScriptVenv {
-                        dir,
-                        packages: script_packages.clone(),
-                    }),
-                ),
-                (None, None) => (defaults::TEMPLATE_INTERPRETER.into(), None),
-            };
+        let (template_interpreter, script_venv) = match (
+            args.template_interpreter.clone().or(s.template_interpreter),
+            venv_dir,
+        ) {
+            (Some(interpreter), _) => (interpreter, None),
+            (None, Some(dir)) => (
+                dir.join("bin/python").to_string_lossy().into_owned(),
+                Some(ScriptVenv {
+                    dir,
+                    packages: script_packages.clone(),
+                }),
+            ),
+            (None, None) => (defaults::TEMPLATE_INTERPRETER.into(), None),
+        };
         anyhow::ensure!(
             script_packages.is_empty() || script_venv.is_some(),
             "script_packages are installed into script_venv: give --script-venv \
@@ -674,7 +674,10 @@ impl Config {
                 .unwrap_or_else(|| defaults::ADMIN_USER.into()),
             admin_password: secret(
                 "admin password",
-                (args.admin_password.clone(), args.admin_password_file.as_deref()),
+                (
+                    args.admin_password.clone(),
+                    args.admin_password_file.as_deref(),
+                ),
                 (s.admin_password, s.admin_password_file.as_deref()),
             )?,
             admin_hashed_password: s.admin_hashed_password.filter(|p| !p.is_empty()),
@@ -981,7 +984,11 @@ rclone:
         let tls = |yaml: &str, args: ServeArgs| from_yaml(yaml, args).map(|c| c.tls);
         // A `scitq:` section without a certificate: TLS with the generated certificate.
         assert_eq!(
-            tls("scitq: {port: 50051, worker_token: wt}", ServeArgs::default()).unwrap(),
+            tls(
+                "scitq: {port: 50051, worker_token: wt}",
+                ServeArgs::default()
+            )
+            .unwrap(),
             TlsMode::SelfSigned
         );
         // The original's empty certificate keys mean "none" as well.
@@ -1002,7 +1009,11 @@ rclone:
             ..Default::default()
         };
         assert_eq!(
-            tls("scitq: {certificate_pem: /c, certificate_key: /k}", plaintext_flag).unwrap(),
+            tls(
+                "scitq: {certificate_pem: /c, certificate_key: /k}",
+                plaintext_flag
+            )
+            .unwrap(),
             TlsMode::Plain
         );
         let self_signed_flag = ServeArgs {

@@ -530,20 +530,24 @@ async fn serve_an_original_yaml_then_a_worker_and_the_cli_over_tls() {
     let local_log = || {
         std::fs::read_to_string(workers_dir.join(format!("{local_name}.log"))).unwrap_or_default()
     };
-    wait_until(Duration::from_secs(60), "the local worker to register", || {
-        let mut admin = admin.clone();
-        let name = local_name.clone();
-        async move {
-            admin
-                .list_workers(pb::ListWorkersRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .workers
-                .iter()
-                .any(|w| w.name == name && w.status == "R")
-        }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the local worker to register",
+        || {
+            let mut admin = admin.clone();
+            let name = local_name.clone();
+            async move {
+                admin
+                    .list_workers(pb::ListWorkersRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .workers
+                    .iter()
+                    .any(|w| w.name == name && w.status == "R")
+            }
+        },
+    )
     .await;
     let argv = std::fs::read_to_string(workers_dir.join(format!("{local_name}.argv"))).unwrap();
     assert!(

@@ -186,7 +186,9 @@ async fn serve(
         let _ = stop_tx.send(started);
     };
     match config.tls_certificate() {
-        Some(cert) => tracing::info!(addr = %grpc_addr, certificate = %cert.display(), "serving taskqueue.TaskQueue over TLS; clients trust the certificate"),
+        Some(cert) => {
+            tracing::info!(addr = %grpc_addr, certificate = %cert.display(), "serving taskqueue.TaskQueue over TLS; clients trust the certificate")
+        }
         None => tracing::info!(addr = %grpc_addr, tls = false, "serving taskqueue.TaskQueue"),
     }
     let incoming = TcpListenerStream::new(listeners.grpc);
