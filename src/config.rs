@@ -88,12 +88,20 @@ pub struct ServeArgs {
     /// Token of workers; none → random, stored in the data dir and printed at first start.
     #[arg(long, env = "TASKQUEUE_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
+    /// File holding the worker token (read at start, trailing newline removed), so that the secret
+    /// stays off command lines; not together with --worker-token.
+    #[arg(long, env = "TASKQUEUE_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
     /// Name of the admin created when the user table is empty [default: admin].
     #[arg(long, env = "TASKQUEUE_ADMIN_USER")]
     pub admin_user: Option<String>,
     /// Password of that admin; none → random, printed once.
     #[arg(long, env = "TASKQUEUE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
+    /// File holding that password (read at start, trailing newline removed); not together with
+    /// --admin-password.
+    #[arg(long, env = "TASKQUEUE_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
     /// TLS certificate (PEM) of the gRPC port.
     #[arg(long, env = "TASKQUEUE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -101,8 +109,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKQUEUE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Serve TLS with a certificate generated at first start (data dir tls/cert.pem, tls/key.pem).
-    #[arg(long, env = "TASKQUEUE_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    /// The default when the YAML file is in the original's format (a `scitq:` section) and names
+    /// no certificate.
+    #[arg(long, env = "TASKQUEUE_TLS_SELF_SIGNED", conflicts_with = "tls_cert",
+          num_args = 0..=1, default_missing_value = "true")]
     pub tls_self_signed: Option<bool>,
+    /// Serve plaintext even though the YAML file is in the original's format (a `scitq:` section),
+    /// which otherwise means TLS (TLS terminated by a load balancer, local use).
+    #[arg(long, env = "TASKQUEUE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_self_signed"],
+          num_args = 0..=1, default_missing_value = "true")]
+    pub plaintext: Option<bool>,
     /// Accept log streams without a token (legacy workers that send no header on streams).
     #[arg(long, env = "TASKQUEUE_ALLOW_UNAUTHENTICATED_LOG_STREAMS")]
     pub allow_unauthenticated_log_streams: Option<bool>,
@@ -171,6 +187,14 @@ pub struct ServeArgs {
     /// `scitq.script_venv`].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_INTERPRETER")]
     pub template_interpreter: Option<String>,
+    /// Python virtual environment of template scripts (the original's `script_venv`): its
+    /// `bin/python` runs them; created at start with `python3 -m venv` when missing.
+    #[arg(long, env = "TASKQUEUE_SCRIPT_VENV")]
+    pub script_venv: Option<PathBuf>,
+    /// What `pip install` puts into --script-venv at start (paths, wheels or package names,
+    /// comma-separated), e.g. the operator's copy of the `scitq2` package.
+    #[arg(long, env = "TASKQUEUE_SCRIPT_PACKAGES", value_delimiter = ',')]
+    pub script_packages: Option<Vec<String>>,
     /// Unprivileged user that template scripts run as (the server must run as root for this)
     /// [default: the server's own user].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
@@ -188,6 +212,15 @@ pub enum TlsMode {
     },
     /// Generated at first start into `<data_dir>/tls/`.
     SelfSigned,
+}
+
+/// The virtual environment of template scripts, made at start when missing (`scitq.script_venv`,
+/// `scitq.script_packages`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptVenv {
+    pub dir: PathBuf,
+    /// `pip install` arguments: paths, wheels or package names.
+    pub packages: Vec<String>,
 }
 
 /// One docker registry credential (`scitq.docker_credentials`).
@@ -284,6 +317,8 @@ pub struct Config {
     pub template_timeout: Duration,
     pub template_interpreter: String,
     pub template_run_as: Option<String>,
+    /// Set when template scripts run with the venv's python (not an explicit interpreter).
+    pub script_venv: Option<ScriptVenv>,
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
@@ -292,8 +327,8 @@ pub struct Config {
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
 #[derive(Debug, Default, Deserialize)]
 struct FileConfig {
-    #[serde(default)]
-    scitq: ScitqSection,
+    /// Present means the file is in the original's format: TLS unless told otherwise.
+    scitq: Option<ScitqSection>,
     #[serde(default)]
     providers: Providers,
     #[serde(default)]
@@ -312,8 +347,10 @@ struct ScitqSection {
     data_dir: Option<PathBuf>,
     etcd_endpoints: Option<StringOrList>,
     worker_token: Option<String>,
+    worker_token_file: Option<PathBuf>,
     admin_user: Option<String>,
     admin_password: Option<String>,
+    admin_password_file: Option<PathBuf>,
     admin_hashed_password: Option<String>,
     admin_email: Option<String>,
     #[serde(alias = "certificate_pem")]
@@ -321,6 +358,7 @@ struct ScitqSection {
     #[serde(alias = "certificate_key")]
     tls_key: Option<PathBuf>,
     tls_self_signed: Option<bool>,
+    plaintext: Option<bool>,
     allow_unauthenticated_log_streams: Option<bool>,
     assign_shards: Option<u16>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -364,6 +402,8 @@ struct ScitqSection {
     template_interpreter: Option<String>,
     /// The original's virtualenv of the DSL: its `bin/python` becomes the interpreter.
     script_venv: Option<PathBuf>,
+    /// What `pip install` puts into a venv it creates (ours; the original installed its DSL).
+    script_packages: Option<Vec<String>>,
     #[serde(alias = "script_runner_user")]
     template_run_as: Option<String>,
     #[serde(default)]
@@ -377,6 +417,76 @@ struct ScitqSection {
 enum StringOrList {
     One(String),
     Many(Vec<String>),
+}
+
+/// The TLS mode one level of configuration (flags and environment, or the YAML file) asks for, if
+/// it asks for one.
+fn tls_choice(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    self_signed: Option<bool>,
+    plaintext: Option<bool>,
+) -> anyhow::Result<Option<TlsMode>> {
+    let plaintext = plaintext == Some(true);
+    let chosen = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsMode::Files { cert, key }),
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!(
+                "--tls-cert and --tls-key (certificate_pem, certificate_key) must be given together"
+            )
+        }
+        (None, None) if self_signed == Some(true) => Some(TlsMode::SelfSigned),
+        (None, None) => None,
+    };
+    match chosen {
+        Some(_) if plaintext => {
+            anyhow::bail!("plaintext cannot be combined with a TLS certificate or tls_self_signed")
+        }
+        Some(mode) => Ok(Some(mode)),
+        None if plaintext => Ok(Some(TlsMode::Plain)),
+        None => Ok(None),
+    }
+}
+
+/// A secret given literally or as a file (read now, trailing newline removed). Flags and
+/// environment win over the YAML file; within one of them, giving both is refused.
+fn secret(
+    what: &str,
+    flags: (Option<String>, Option<&Path>),
+    file: (Option<String>, Option<&Path>),
+) -> anyhow::Result<Option<String>> {
+    let flag_name = what.replace(' ', "-");
+    let key_name = what.replace(' ', "_");
+    let level = |(literal, path): (Option<String>, Option<&Path>),
+                 literal_name: String,
+                 file_name: String|
+     -> anyhow::Result<Option<String>> {
+        let literal = literal.filter(|l| !l.is_empty());
+        match (literal, path) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give {literal_name} or {file_name}, not both")
+            }
+            (Some(literal), None) => Ok(Some(literal)),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read {file_name} {}: {e}", path.display())
+                })?;
+                let value = text.trim_end_matches(['\n', '\r']);
+                anyhow::ensure!(!value.is_empty(), "{file_name} {} is empty", path.display());
+                Ok(Some(value.to_string()))
+            }
+            (None, None) => Ok(None),
+        }
+    };
+    let from_flags = level(
+        flags,
+        format!("--{flag_name}"),
+        format!("--{flag_name}-file"),
+    )?;
+    if from_flags.is_some() {
+        return Ok(from_flags);
+    }
+    level(file, key_name.clone(), format!("{key_name}_file"))
 }
 
 /// Durations in YAML: a number of seconds (the original's form) or a humantime string ("30s").
@@ -431,7 +541,8 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 
 impl Config {
     fn merge(args: &ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
-        let s = file.scitq;
+        let original_format = file.scitq.is_some();
+        let s = file.scitq.unwrap_or_default();
         let listen = match (args.listen, s.listen, s.port) {
             (Some(a), _, _) | (None, Some(a), _) => a,
             (None, None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
@@ -449,18 +560,26 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("invalid --metrics-listen {addr:?}: {e}"))?,
             ),
         };
-        let tls = match (
-            args.tls_cert.clone().or(s.tls_cert),
-            args.tls_key.clone().or(s.tls_key),
-            args.tls_self_signed.or(s.tls_self_signed).unwrap_or(false),
-        ) {
-            (Some(cert), Some(key), _) => TlsMode::Files { cert, key },
-            (Some(_), None, _) | (None, Some(_), _) => {
-                anyhow::bail!("--tls-cert and --tls-key must be given together")
-            }
-            (None, None, true) => TlsMode::SelfSigned,
-            (None, None, false) => TlsMode::Plain,
-        };
+        let flag_tls = tls_choice(
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            args.tls_self_signed,
+            args.plaintext,
+        )?;
+        let file_tls = tls_choice(
+            s.tls_cert.clone().filter(|p| !p.as_os_str().is_empty()),
+            s.tls_key.clone().filter(|p| !p.as_os_str().is_empty()),
+            s.tls_self_signed,
+            s.plaintext,
+        )?;
+        // The original serves TLS only, with its embedded self-signed certificate when
+        // `certificate_pem`/`certificate_key` are empty (behavior.md §6.1, §7), and its clients
+        // speak TLS only: a file in its format means TLS, with our generated certificate.
+        let tls = flag_tls.or(file_tls).unwrap_or(if original_format {
+            TlsMode::SelfSigned
+        } else {
+            TlsMode::Plain
+        });
         let etcd_endpoints = match (&args.etcd_endpoints, s.etcd_endpoints) {
             (Some(list), _) => list.clone(),
             (None, Some(StringOrList::One(one))) => one.split(',').map(str::to_string).collect(),
@@ -498,6 +617,32 @@ impl Config {
             rclone.insert(remote, out);
         }
 
+        let script_packages = args
+            .script_packages
+            .clone()
+            .or(s.script_packages)
+            .unwrap_or_default();
+        let venv_dir = args.script_venv.clone().or(s.script_venv);
+        let (template_interpreter, script_venv) = match (
+            args.template_interpreter.clone().or(s.template_interpreter),
+            venv_dir,
+        ) {
+            (Some(interpreter), _) => (interpreter, None),
+            (None, Some(dir)) => (
+                dir.join("bin/python").to_string_lossy().into_owned(),
+                Some(ScriptVenv {
+                    dir,
+                    packages: script_packages.clone(),
+                }),
+            ),
+            (None, None) => (defaults::TEMPLATE_INTERPRETER.into(), None),
+        };
+        anyhow::ensure!(
+            script_packages.is_empty() || script_venv.is_some(),
+            "script_packages are installed into script_venv: give --script-venv \
+             (and no --template-interpreter)"
+        );
+
         let replica_name = args
             .replica_name
             .clone()
@@ -517,21 +662,24 @@ impl Config {
                 .or(s.data_dir)
                 .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
             etcd_endpoints,
-            worker_token: args
-                .worker_token
-                .clone()
-                .or(s.worker_token)
-                .filter(|t| !t.is_empty()),
+            worker_token: secret(
+                "worker token",
+                (args.worker_token.clone(), args.worker_token_file.as_deref()),
+                (s.worker_token, s.worker_token_file.as_deref()),
+            )?,
             admin_user: args
                 .admin_user
                 .clone()
                 .or(s.admin_user)
                 .unwrap_or_else(|| defaults::ADMIN_USER.into()),
-            admin_password: args
-                .admin_password
-                .clone()
-                .or(s.admin_password)
-                .filter(|p| !p.is_empty()),
+            admin_password: secret(
+                "admin password",
+                (
+                    args.admin_password.clone(),
+                    args.admin_password_file.as_deref(),
+                ),
+                (s.admin_password, s.admin_password_file.as_deref()),
+            )?,
             admin_hashed_password: s.admin_hashed_password.filter(|p| !p.is_empty()),
             admin_email: s.admin_email,
             tls,
@@ -612,20 +760,13 @@ impl Config {
                 .template_timeout
                 .or(s.template_timeout)
                 .unwrap_or(defaults::TEMPLATE_TIMEOUT),
-            template_interpreter: args
-                .template_interpreter
-                .clone()
-                .or(s.template_interpreter)
-                .or_else(|| {
-                    s.script_venv
-                        .map(|v| v.join("bin/python").to_string_lossy().into_owned())
-                })
-                .unwrap_or_else(|| defaults::TEMPLATE_INTERPRETER.into()),
+            template_interpreter,
             template_run_as: args
                 .template_run_as
                 .clone()
                 .or(s.template_run_as)
                 .filter(|u| !u.trim().is_empty()),
+            script_venv,
             docker_credentials,
             providers: file.providers,
             rclone,
@@ -727,6 +868,16 @@ impl Config {
         self.data_dir.join("worker-token")
     }
 
+    /// The PEM file clients are given to trust when the gRPC port speaks TLS (the self-signed one is
+    /// generated at first start, see `server::tls`).
+    pub fn tls_certificate(&self) -> Option<PathBuf> {
+        match &self.tls {
+            TlsMode::Plain => None,
+            TlsMode::Files { cert, .. } => Some(cert.clone()),
+            TlsMode::SelfSigned => Some(self.data_dir.join("tls").join("cert.pem")),
+        }
+    }
+
     /// How stale `worker.last_ping_at` may get before a ping rewrites it (design.md §2).
     pub fn last_ping_write_interval(&self) -> Duration {
         self.offline_timeout / 3
@@ -826,6 +977,164 @@ rclone:
         assert_eq!(c.template_timeout, Duration::from_secs(600));
         assert_eq!(c.template_interpreter, "/opt/scitq/venv/bin/python");
         assert_eq!(c.template_run_as.as_deref(), Some("scitq"));
+    }
+
+    #[test]
+    fn an_original_yaml_means_tls_unless_told_plaintext() {
+        let tls = |yaml: &str, args: ServeArgs| from_yaml(yaml, args).map(|c| c.tls);
+        // A `scitq:` section without a certificate: TLS with the generated certificate.
+        assert_eq!(
+            tls(
+                "scitq: {port: 50051, worker_token: wt}",
+                ServeArgs::default()
+            )
+            .unwrap(),
+            TlsMode::SelfSigned
+        );
+        // The original's empty certificate keys mean "none" as well.
+        assert_eq!(
+            tls(
+                "scitq: {certificate_pem: '', certificate_key: ''}",
+                ServeArgs::default()
+            )
+            .unwrap(),
+            TlsMode::SelfSigned
+        );
+        assert_eq!(
+            tls("scitq: {plaintext: true}", ServeArgs::default()).unwrap(),
+            TlsMode::Plain
+        );
+        let plaintext_flag = ServeArgs {
+            plaintext: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            tls(
+                "scitq: {certificate_pem: /c, certificate_key: /k}",
+                plaintext_flag
+            )
+            .unwrap(),
+            TlsMode::Plain
+        );
+        let self_signed_flag = ServeArgs {
+            tls_self_signed: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            tls("scitq: {plaintext: true}", self_signed_flag).unwrap(),
+            TlsMode::SelfSigned
+        );
+        // No `scitq:` section, or no file: plaintext stays the default.
+        assert_eq!(
+            tls("providers: {fake: {f: {}}}", ServeArgs::default()).unwrap(),
+            TlsMode::Plain
+        );
+        assert_eq!(tls("{}", ServeArgs::default()).unwrap(), TlsMode::Plain);
+        let err = tls(
+            "scitq: {plaintext: true, certificate_pem: /c, certificate_key: /k}",
+            ServeArgs::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("plaintext"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_flags_parse_without_a_value() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["serve", "--tls-self-signed"]).unwrap();
+        assert_eq!(cli.serve.tls_self_signed, Some(true));
+        let cli = Cli::try_parse_from(["serve", "--plaintext", "--listen", "127.0.0.1:1"]).unwrap();
+        assert_eq!(cli.serve.plaintext, Some(true));
+        assert!(Cli::try_parse_from(["serve", "--plaintext", "--tls-self-signed"]).is_err());
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let password = dir.path().join("password");
+        let empty = dir.path().join("empty");
+        std::fs::write(&token, "file-token\n").unwrap();
+        std::fs::write(&password, "pass word\r\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        let yaml = format!(
+            "scitq: {{worker_token_file: {}, admin_password_file: {}}}",
+            token.display(),
+            password.display()
+        );
+        let c = from_yaml(&yaml, ServeArgs::default()).unwrap();
+        assert_eq!(c.worker_token.as_deref(), Some("file-token"));
+        assert_eq!(c.admin_password.as_deref(), Some("pass word"));
+
+        // A flag wins over the YAML file, literal or file.
+        let args = ServeArgs {
+            worker_token: Some("flag-token".into()),
+            ..Default::default()
+        };
+        let c = from_yaml(&yaml, args).unwrap();
+        assert_eq!(c.worker_token.as_deref(), Some("flag-token"));
+
+        let both = ServeArgs {
+            worker_token: Some("flag-token".into()),
+            worker_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let err = from_yaml("{}", both).unwrap_err().to_string();
+        assert!(err.contains("--worker-token-file"), "{err}");
+        let both_in_yaml = format!(
+            "scitq: {{admin_password: x, admin_password_file: {}}}",
+            password.display()
+        );
+        let err = from_yaml(&both_in_yaml, ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin_password_file"), "{err}");
+        let empty_file = ServeArgs {
+            admin_password_file: Some(empty.clone()),
+            ..Default::default()
+        };
+        let err = from_yaml("{}", empty_file).unwrap_err().to_string();
+        assert!(err.contains("empty"), "{err}");
+        let missing = ServeArgs {
+            worker_token_file: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", missing).is_err());
+    }
+
+    #[test]
+    fn script_venv_and_its_packages() {
+        let c = from_yaml(
+            "scitq: {script_venv: /v, script_packages: [/src/scitq2, requests]}",
+            ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.template_interpreter, "/v/bin/python");
+        assert_eq!(
+            c.script_venv,
+            Some(ScriptVenv {
+                dir: "/v".into(),
+                packages: vec!["/src/scitq2".into(), "requests".into()]
+            })
+        );
+        // An explicit interpreter: the venv is not used, so it is not made.
+        let args = ServeArgs {
+            template_interpreter: Some("python3.12".into()),
+            ..Default::default()
+        };
+        let c = from_yaml("scitq: {script_venv: /v}", args).unwrap();
+        assert_eq!(c.template_interpreter, "python3.12");
+        assert!(c.script_venv.is_none());
+        let err = from_yaml("scitq: {script_packages: [x]}", ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("script_venv"), "{err}");
     }
 
     #[test]

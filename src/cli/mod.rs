@@ -171,7 +171,12 @@ async fn login(a: LoginArgs) -> anyhow::Result<()> {
         server: resolved.target.server.clone(),
         token,
         username: a.user.clone(),
-        ca_file: resolved.target.ca_file.clone(),
+        // Absolute, so that the stored login works from any folder (`--ca-file taskqueue-data/…`).
+        ca_file: resolved
+            .target
+            .ca_file
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         insecure: resolved.target.insecure,
     };
     let path = stored.save()?;

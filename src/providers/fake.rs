@@ -517,6 +517,7 @@ mod tests {
             server_url: "http://127.0.0.1:1".into(),
             worker_token: "t".into(),
             data_dir: "/tmp".into(),
+            ca_file: None,
         };
         let p = FakeProvider::from_config("yaml", &cfg, &env).unwrap();
         assert_eq!(p.settings.create_delay, Duration::from_secs(2));

@@ -33,6 +33,11 @@ pub struct LocalProvider {
     lock: Mutex<()>,
 }
 
+/// A whole argument of `worker_command` that becomes `--ca-file <pem>` when the server speaks TLS
+/// and disappears otherwise, so that the server's own workers trust its certificate. (`{ca_file}`,
+/// inside any argument, is the PEM path alone, empty on plaintext.)
+const CA_ARGS: &str = "{ca_args}";
+
 fn default_command() -> Vec<String> {
     let exe = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
@@ -42,6 +47,7 @@ fn default_command() -> Vec<String> {
         "worker",
         "--server",
         "{server}",
+        CA_ARGS,
         "--name",
         "{name}",
         "--concurrency",
@@ -132,10 +138,21 @@ impl LocalProvider {
     }
 
     fn argv(&self, spec: &VmSpec) -> Vec<String> {
+        let ca_file = self
+            .env
+            .ca_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
         self.command
             .iter()
+            .flat_map(|arg| match (arg.as_str(), &ca_file) {
+                (CA_ARGS, Some(ca)) => vec!["--ca-file".to_string(), ca.clone()],
+                (CA_ARGS, None) => vec![],
+                _ => vec![arg.clone()],
+            })
             .map(|arg| {
                 arg.replace("{server}", &self.env.server_url)
+                    .replace("{ca_file}", ca_file.as_deref().unwrap_or(""))
                     .replace("{name}", &spec.worker_name)
                     .replace("{concurrency}", &spec.concurrency.to_string())
                     .replace("{provider}", &spec.provider)

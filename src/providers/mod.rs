@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ProviderConfig, TlsMode};
+use crate::config::{Config, ProviderConfig};
 use crate::db::catalog::CatalogFlavor;
 
 /// The resources of the flavor a machine is made of.
@@ -91,26 +91,31 @@ pub struct Environment {
     pub worker_token: String,
     /// The replica's data folder (local worker pid files and logs).
     pub data_dir: PathBuf,
+    /// The PEM workers trust when the server speaks TLS (`--ca-file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Environment {
     /// The environment of a replica serving on `grpc_addr`: workers started on this host reach it
     /// on loopback when it listens on all interfaces.
+    /// Over TLS they use `localhost`, the name every certificate of a local server carries (the
+    /// original's embedded one names nothing else), rather than the loopback address.
     pub fn for_replica(config: &Config, grpc_addr: SocketAddr, worker_token: &str) -> Environment {
+        let ca_file = config.tls_certificate();
         let host = match grpc_addr.ip() {
+            ip if ca_file.is_some() && (ip.is_unspecified() || ip.is_loopback()) => {
+                "localhost".to_string()
+            }
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),
             IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        let scheme = if matches!(config.tls, TlsMode::Plain) {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme = if ca_file.is_some() { "https" } else { "http" };
         Environment {
             server_url: format!("{scheme}://{host}:{}", grpc_addr.port()),
             worker_token: worker_token.to_string(),
             data_dir: config.data_dir.clone(),
+            ca_file,
         }
     }
 }

@@ -66,6 +66,9 @@ pub async fn run(
     metrics::gauge!(m::DRAINING).set(0.0);
     let config = Arc::new(config);
     let grpc_addr = listeners.grpc.local_addr()?;
+    if let Some(venv) = &config.script_venv {
+        crate::templates::venv::ensure(venv).await?;
+    }
 
     let (database_url, embedded) = match &config.database_url {
         Some(url) => (url.clone(), None),
@@ -182,7 +185,12 @@ async fn serve(
         draining.cancel();
         let _ = stop_tx.send(started);
     };
-    tracing::info!(addr = %grpc_addr, tls = !matches!(config.tls, crate::config::TlsMode::Plain), "serving taskqueue.TaskQueue");
+    match config.tls_certificate() {
+        Some(cert) => {
+            tracing::info!(addr = %grpc_addr, certificate = %cert.display(), "serving taskqueue.TaskQueue over TLS; clients trust the certificate")
+        }
+        None => tracing::info!(addr = %grpc_addr, tls = false, "serving taskqueue.TaskQueue"),
+    }
     let incoming = TcpListenerStream::new(listeners.grpc);
     let server = router.serve_with_incoming_shutdown(incoming, stop_signal);
     tokio::pin!(server);

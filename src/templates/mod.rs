@@ -14,6 +14,7 @@
 //! older than the template timeout plus a margin.
 
 pub mod script;
+pub mod venv;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{Config, TlsMode};
+use crate::config::Config;
 use crate::db::{self, Db};
 use crate::domain::templates as rules;
 use crate::error::{Code, Error, Result};
@@ -57,25 +58,33 @@ pub struct Templates {
     server_url: String,
     /// PEM of the server certificate, when the port speaks TLS.
     certificate: Option<PathBuf>,
+    /// Said when a script fails for lack of a Python module: which settings provide modules.
+    venv_hint: String,
 }
 
 impl Templates {
     pub fn new(config: &Config, grpc_addr: SocketAddr) -> Templates {
+        // The original gives scripts `<server_fqdn or localhost>:<port>` (behavior.md §4.11): the
+        // name a certificate is issued for (its embedded one names only localhost), never the
+        // listen IP. We differ only for a server bound to one non-loopback address without
+        // server_fqdn, where localhost would not reach it: there the address is used.
         let host = match &config.server_fqdn {
             Some(fqdn) if !fqdn.trim().is_empty() => fqdn.trim().to_string(),
             _ => match grpc_addr.ip() {
-                ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+                ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
                 IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             },
         };
         let server = format!("{host}:{}", grpc_addr.port());
-        let (scheme, certificate) = match &config.tls {
-            TlsMode::Plain => ("http", None),
-            TlsMode::Files { cert, .. } => ("https", Some(cert.clone())),
-            TlsMode::SelfSigned => ("https", Some(config.data_dir.join("tls").join("cert.pem"))),
+        let certificate = config.tls_certificate();
+        let scheme = if certificate.is_some() {
+            "https"
+        } else {
+            "http"
         };
         Templates {
+            venv_hint: venv_hint(config),
             runner: Runner::new(&config.template_interpreter, config.template_run_as.clone()),
             timeout: config.template_timeout,
             server_url: format!("{scheme}://{server}"),
@@ -142,6 +151,7 @@ impl Templates {
                 "--metadata",
                 &meta_run,
                 self.timeout,
+                &self.venv_hint,
             )));
         }
         let meta = match rules::parse_metadata(&meta_run.stdout) {
@@ -157,6 +167,7 @@ impl Templates {
                 "--params",
                 &params_run,
                 self.timeout,
+                &self.venv_hint,
             )));
         }
         let params = match rules::parse_params(&params_run.stdout) {
@@ -263,7 +274,7 @@ impl Templates {
                 tracing::info!(template_id, run_id, activated, elapsed = ?started.elapsed(), "template run succeeded");
             }
             Ok(o) => {
-                let message = script_failure("", &o, self.timeout);
+                let message = script_failure("", &o, self.timeout, &self.venv_hint);
                 let deleted = db::templates::finish_failure(db, run_id, &message).await?;
                 let outcome = if o.exit == script::Exit::TimedOut {
                     "timed_out"
@@ -326,8 +337,27 @@ fn already_exists(meta: &rules::Metadata) -> String {
     )
 }
 
+/// What to tell the operator when a script's interpreter lacks a module.
+fn venv_hint(config: &Config) -> String {
+    match &config.script_venv {
+        Some(venv) => format!(
+            "the template interpreter {} lacks a Python module: list its package under \
+             scitq.script_packages (--script-packages), installed when scitq.script_venv \
+             ({}) is created at start — remove that folder to have it made again",
+            config.template_interpreter,
+            venv.dir.display()
+        ),
+        None => format!(
+            "the template interpreter {} lacks a Python module: set scitq.script_venv \
+             (--script-venv) with the packages under scitq.script_packages \
+             (--script-packages, e.g. the scitq2 package), or --template-interpreter",
+            config.template_interpreter
+        ),
+    }
+}
+
 /// "script failed (exit=n)" and what the script printed.
-fn script_failure(what: &str, o: &Outcome, timeout: Duration) -> String {
+fn script_failure(what: &str, o: &Outcome, timeout: Duration, hint: &str) -> String {
     let mut message = if what.is_empty() {
         o.describe(timeout)
     } else {
@@ -338,6 +368,11 @@ fn script_failure(what: &str, o: &Outcome, timeout: Duration) -> String {
             message.push('\n');
             message.push_str(text);
         }
+    }
+    // Python's words when an import fails (ModuleNotFoundError: No module named 'scitq2').
+    if o.stderr.contains("ModuleNotFoundError") || o.stderr.contains("No module named") {
+        message.push('\n');
+        message.push_str(hint);
     }
     message
 }
