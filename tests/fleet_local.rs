@@ -175,12 +175,22 @@ async fn local_workers_are_real_processes_started_and_stopped_by_jobs() {
         .get(0);
     assert_eq!(worker_status, "R");
     assert!(
-        log.contains(&format!("worker {name} registered (worker id {})", created.worker_id)),
+        log.contains(&format!(
+            "worker {name} registered (worker id {})",
+            created.worker_id
+        )),
         "{log}"
     );
     // The real worker wrote its helpers into its store and linked them where it was told.
     let link = std::fs::read_link(scripts.join("builtin")).unwrap();
-    assert_eq!(link, scripts.join(format!("store-{name}")).canonicalize().unwrap().join("builtin"));
+    assert_eq!(
+        link,
+        scripts
+            .join(format!("store-{name}"))
+            .canonicalize()
+            .unwrap()
+            .join("builtin")
+    );
     assert!(link.join("std.sh").is_file());
     let pid = pid_of(&workers_dir, &name).unwrap_or_else(|| {
         let log = std::fs::read_to_string(workers_dir.join(format!("{name}.log")));
@@ -267,6 +277,10 @@ async fn a_worker_command_that_exits_at_once_fails_its_create_job_with_its_outpu
         "{log}"
     );
     // Retried as any failed create (the original's 3 retries), then F.
-    assert_eq!(log.matches("exited before it registered").count(), 4, "{log}");
+    assert_eq!(
+        log.matches("exited before it registered").count(),
+        4,
+        "{log}"
+    );
     assert_eq!(count(&sql(&r).await, "worker").await, 1);
 }

@@ -53,7 +53,11 @@ fn sourcing_std_turns_strict_mode_on() {
         |sh, r| {
             assert_eq!(r.code, 1, "{sh:?}: {}", r.stderr);
             assert_eq!(r.stdout, "before\n", "{sh:?}");
-            assert!(r.stderr.is_empty(), "{sh:?}: no error from pipefail: {}", r.stderr);
+            assert!(
+                r.stderr.is_empty(),
+                "{sh:?}: no error from pipefail: {}",
+                r.stderr
+            );
         },
     );
 }
@@ -61,18 +65,15 @@ fn sourcing_std_turns_strict_mode_on() {
 #[test]
 fn pipefail_where_the_shell_has_it_and_never_an_error_where_not() {
     // `false | true` fails only under pipefail: bash and busybox have it, dash does not.
-    each(
-        ". \"$B/std.sh\"; false | true; echo survived",
-        |sh, r| {
-            let has_pipefail = sh[0] != "dash";
-            assert!(r.stderr.is_empty(), "{sh:?}: {}", r.stderr);
-            if has_pipefail {
-                assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{sh:?}");
-            } else {
-                assert_eq!((r.code, r.stdout.as_str()), (0, "survived\n"), "{sh:?}");
-            }
-        },
-    );
+    each(". \"$B/std.sh\"; false | true; echo survived", |sh, r| {
+        let has_pipefail = sh[0] != "dash";
+        assert!(r.stderr.is_empty(), "{sh:?}: {}", r.stderr);
+        if has_pipefail {
+            assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{sh:?}");
+        } else {
+            assert_eq!((r.code, r.stdout.as_str()), (0, "survived\n"), "{sh:?}");
+        }
+    });
     each(
         ". \"$B/std.sh\"; _nostrict; false | true; false; echo off; _strict; echo on; false; echo never",
         |sh, r| {
@@ -131,10 +132,7 @@ fn para_and_wait_report_each_failure_and_return_the_first_code() {
                     && lines[0].ends_with("): sh -c sleep 0.2; exit 3"),
                 "{sh:?}: {lines:?}"
             );
-            assert!(
-                lines[1].ends_with("): sh -c exit 5"),
-                "{sh:?}: {lines:?}"
-            );
+            assert!(lines[1].ends_with("): sh -c exit 5"), "{sh:?}: {lines:?}");
         },
     );
     // The PIDs in the messages are the commands' ones; all succeeding: 0 and silence.
@@ -165,7 +163,10 @@ fn retry_counts_attempts_and_returns_the_last_code() {
     for shell in shells() {
         let sh = shell.as_slice();
         // Fails every time: MAX attempts, then the command's code (strict mode off to see it).
-        let r = run(sh, &script("3 0", 99).replace("_retry", "_nostrict; _retry"));
+        let r = run(
+            sh,
+            &script("3 0", 99).replace("_retry", "_nostrict; _retry"),
+        );
         assert_eq!(r.stdout, "rc=7 n=3\n", "{sh:?}: {}", r.stderr);
         // Succeeds at the third attempt.
         let r = run(sh, &script("5 0", 3));
@@ -250,12 +251,7 @@ fn find_pairs_tries_each_separator_in_turn() {
     // `_` gives 2 and 1, `.` 0: falls through to `R`, which pairs.
     assert_eq!(
         pairs("a_1.fq.gz b_1.fq.gz b_2.fq.gz cR1.fq.gz cR2.fq.gz"),
-        expect(
-            0,
-            "cR1.fq.gz",
-            "cR2.fq.gz",
-            "a_1.fq.gz b_1.fq.gz b_2.fq.gz"
-        )
+        expect(0, "cR1.fq.gz", "cR2.fq.gz", "a_1.fq.gz b_1.fq.gz b_2.fq.gz")
     );
 }
 

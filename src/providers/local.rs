@@ -13,9 +13,9 @@
 //! `<data_dir>/local-workers/<name>.pid` (and its output in `<name>.log`); create finds a live
 //! process there, delete stops the process group it names (SIGTERM, then SIGKILL after a grace).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;

@@ -75,7 +75,8 @@ pub fn link(link: &Path, dir: &Path) -> Linked {
     }
     let tmp = link.with_file_name(format!(
         ".{}.{}.tmp",
-        link.file_name().map_or("builtin".into(), |n| n.to_string_lossy()),
+        link.file_name()
+            .map_or("builtin".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);

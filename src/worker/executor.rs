@@ -486,10 +486,17 @@ mod tests {
         let mut t = task("set -e; false");
         t.shell = Some("bash".into());
         assert_eq!(
-            Executor::Shell.prepare(&t, &dirs(), &env("w1")).unwrap().program,
+            Executor::Shell
+                .prepare(&t, &dirs(), &env("w1"))
+                .unwrap()
+                .program,
             "bash"
         );
-        assert!(Executor::Shell.prepare(&task("  "), &dirs(), &env("w1")).is_err());
+        assert!(
+            Executor::Shell
+                .prepare(&task("  "), &dirs(), &env("w1"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -625,7 +632,10 @@ mod tests {
         let mut no_image = task("true");
         no_image.container = "".into();
         assert!(d.prepare(&no_image, &dirs(), &env("w")).is_err());
-        assert!(d.prepare(&task("echo 'unclosed"), &dirs(), &env("w")).is_err());
+        assert!(
+            d.prepare(&task("echo 'unclosed"), &dirs(), &env("w"))
+                .is_err()
+        );
         let mut bad_opts = task("true");
         bad_opts.container_options = Some("--env \"X".into());
         assert!(d.prepare(&bad_opts, &dirs(), &env("w")).is_err());
@@ -634,7 +644,9 @@ mod tests {
     async fn run_shell(command: &str, timeout: Option<Duration>) -> (Outcome, Vec<Line>) {
         let dir = tempfile::tempdir().unwrap();
         let dirs = WorkDirs::under(dir.path().to_path_buf());
-        let p = Executor::Shell.prepare(&task(command), &dirs, &env("w")).unwrap();
+        let p = Executor::Shell
+            .prepare(&task(command), &dirs, &env("w"))
+            .unwrap();
         let (tx, mut rx) = mpsc::channel(100);
         let stop = CancellationToken::new();
         let outcome = run(&p, tx, timeout, &stop).await;
