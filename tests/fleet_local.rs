@@ -1,6 +1,7 @@
 //! The `local` provider: CreateWorker on `local.local` starts a real worker process on this host
-//! (here a script standing in for `taskqueue worker`, given the same arguments and environment),
-//! idempotently by name; DeleteWorker stops it and removes the row.
+//! (`taskqueue worker`, through a script that records its arguments and environment first),
+//! idempotently by name; its create job succeeds only once the worker registered, and fails with
+//! the process' output when it exits at once; DeleteWorker stops it and removes the row.
 
 mod common;
 mod fleet_support;
@@ -36,27 +37,22 @@ fn pid_of(dir: &Path, name: &str) -> Option<i32> {
         .ok()
 }
 
-#[tokio::test]
-async fn local_workers_are_real_processes_started_and_stopped_by_jobs() {
-    common::postgres().await; // first: it clears this process' temporary folder
-    let scripts = common::tempdir();
-    let script = scripts.join("worker.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\n\
-         out=\"$(dirname \"$0\")\"\n\
-         echo \"$@\" > \"$out/$4.args\"\n\
-         echo \"$TASKQUEUE_SERVER $TASKQUEUE_TOKEN\" > \"$out/$4.env\"\n\
-         while true; do sleep 1; done\n",
-    )
-    .unwrap();
+/// The real worker binary.
+const TASKQUEUE: &str = env!("CARGO_BIN_EXE_taskqueue");
+
+/// CreateWorker of one worker (concurrency 3) on `local.local`, on a replica whose `local`
+/// provider has `worker_command: [<command>]`.
+async fn local_worker(
+    command: &str,
+) -> (
+    common::Replica,
+    taskqueue::loops::LeaderContext,
+    pb::WorkerDetails,
+) {
     let yaml = format!(
-        "local:\n  local:\n    stop_grace: 2s\n    worker_command: [/bin/sh, {}, --server, '{{server}}', --name, '{{name}}', \
-         --concurrency, '{{concurrency}}', --job, '{{job_id}}']\n",
-        script.display()
+        "local:\n  local:\n    stop_grace: 5s\n    register_timeout: 15s\n    worker_command: [{command}]\n"
     );
     let (r, ctx) = fleet_replica_with(&yaml, |_| {}).await;
-    let workers_dir = r.config.data_dir.join("local-workers");
     let mut admin = r.admin().await;
     let flavor_id = admin
         .create_flavor(pb::FlavorCreateRequest {
@@ -86,38 +82,116 @@ async fn local_workers_are_real_processes_started_and_stopped_by_jobs() {
         .into_inner()
         .workers_details
         .remove(0);
-    let name = created.worker_name.clone();
+    (r, ctx, created)
+}
 
-    let providers = providers_of(&r);
-    let runner = JobRunner::new(
-        providers.clone(),
+fn runner(r: &common::Replica) -> JobRunner {
+    JobRunner::new(
+        providers_of(r),
         JobSettings {
             lease: Duration::from_secs(5),
-            timeout: Duration::from_secs(20),
+            timeout: Duration::from_secs(30),
             max_running: 10,
             backoff: Duration::from_millis(50),
         },
-    );
-    let c = r.worker();
-    let job_status = |job_id: i32| {
-        let mut c = c.clone();
-        async move {
-            c.get_job_statuses(pb::JobStatusRequest {
-                job_ids: vec![job_id],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .statuses[0]
-                .status
-                .clone()
-        }
-    };
-    wait_until(Duration::from_secs(30), "the create job", || async {
-        runner.run_once(&ctx).await.unwrap();
-        job_status(created.job_id).await == "S"
+    )
+}
+
+async fn job_status(r: &common::Replica, job_id: i32) -> String {
+    r.worker()
+        .get_job_statuses(pb::JobStatusRequest {
+            job_ids: vec![job_id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses[0]
+        .status
+        .clone()
+}
+
+/// Runs the job runner until job `job_id` ends (S or F); returns its status and log.
+async fn run_job(
+    r: &common::Replica,
+    ctx: &taskqueue::loops::LeaderContext,
+    runner: &JobRunner,
+    job_id: i32,
+) -> (String, String) {
+    wait_until(Duration::from_secs(60), "the job to end", || async {
+        runner.run_once(ctx).await.unwrap();
+        runner.wait_idle().await;
+        matches!(job_status(r, job_id).await.as_str(), "S" | "F")
     })
     .await;
+    let row = sql(r)
+        .await
+        .query_one("SELECT status, log FROM job WHERE job_id = $1", &[&job_id])
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn local_workers_are_real_processes_started_and_stopped_by_jobs() {
+    common::postgres().await; // first: it clears this process' temporary folder
+    let scripts = common::tempdir();
+    let script = scripts.join("worker.sh");
+    // Records what it was given, then becomes the real worker (same pid, same arguments).
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             out=\"$(dirname \"$0\")\"\n\
+             echo \"$@\" > \"$out/$4.args\"\n\
+             echo \"$TASKQUEUE_SERVER $TASKQUEUE_TOKEN\" > \"$out/$4.env\"\n\
+             exec {TASKQUEUE} worker \"$@\" --store \"$out/store-$4\" --executor shell \
+             --builtin-link \"$out/builtin\" --ping-interval 1s\n"
+        ),
+    )
+    .unwrap();
+    let (r, ctx, created) = local_worker(&format!(
+        "/bin/sh, {}, --server, '{{server}}', --name, '{{name}}', \
+         --concurrency, '{{concurrency}}', --job, '{{job_id}}'",
+        script.display()
+    ))
+    .await;
+    let workers_dir = r.config.data_dir.join("local-workers");
+    let name = created.worker_name.clone();
+    let providers = providers_of(&r);
+    let runner = runner(&r);
+    let c = r.worker();
+    let (status, log) = run_job(&r, &ctx, &runner, created.job_id).await;
+    let output = || std::fs::read_to_string(workers_dir.join(format!("{name}.log")));
+    assert_eq!(status, "S", "{log}; the worker's output: {:?}", output());
+    // The job succeeded because the worker registered: its row is R, and it said so in the log.
+    let db = sql(&r).await;
+    let worker_status: String = db
+        .query_one(
+            "SELECT status FROM worker WHERE worker_id = $1",
+            &[&created.worker_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(worker_status, "R");
+    assert!(
+        log.contains(&format!(
+            "worker {name} registered (worker id {})",
+            created.worker_id
+        )),
+        "{log}"
+    );
+    // The real worker wrote its helpers into its store and linked them where it was told.
+    let link = std::fs::read_link(scripts.join("builtin")).unwrap();
+    assert_eq!(
+        link,
+        scripts
+            .join(format!("store-{name}"))
+            .canonicalize()
+            .unwrap()
+            .join("builtin")
+    );
+    assert!(link.join("std.sh").is_file());
     let pid = pid_of(&workers_dir, &name).unwrap_or_else(|| {
         let log = std::fs::read_to_string(workers_dir.join(format!("{name}.log")));
         panic!("no pid file; the worker's output: {log:?}")
@@ -175,15 +249,38 @@ async fn local_workers_are_real_processes_started_and_stopped_by_jobs() {
         .unwrap()
         .into_inner()
         .job_id;
-    wait_until(Duration::from_secs(30), "the delete job", || async {
-        runner.run_once(&ctx).await.unwrap();
-        job_status(job_id).await == "S"
-    })
-    .await;
+    assert_eq!(run_job(&r, &ctx, &runner, job_id).await.0, "S");
     assert!(!alive(restarted), "the worker process is stopped");
     assert!(pid_of(&workers_dir, &name).is_none());
     assert_eq!(count(&sql(&r).await, "worker").await, 0);
     assert!(local.list("local").await.unwrap().is_empty());
     // Deleting again is a no-op.
     local.delete(&name, "local").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_command_that_exits_at_once_fails_its_create_job_with_its_output() {
+    common::postgres().await;
+    let (r, ctx, created) = local_worker(&format!(
+        "{TASKQUEUE}, worker, --server, '{{server}}', --name, '{{name}}', --no-such-flag"
+    ))
+    .await;
+    let runner = runner(&r);
+    let (status, log) = run_job(&r, &ctx, &runner, created.job_id).await;
+    assert_eq!(status, "F", "{log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "failed: local worker {} exited before it registered (exit status: ",
+            created.worker_name
+        )) && last.contains("--no-such-flag"),
+        "{log}"
+    );
+    // Retried as any failed create (the original's 3 retries), then F.
+    assert_eq!(
+        log.matches("exited before it registered").count(),
+        4,
+        "{log}"
+    );
+    assert_eq!(count(&sql(&r).await, "worker").await, 1);
 }

@@ -358,3 +358,60 @@ async fn a_refused_token_ends_the_worker_with_a_clear_error() {
     .unwrap_err();
     assert!(err.to_string().contains("refused"), "{err}");
 }
+
+#[tokio::test]
+async fn commands_get_the_shell_helpers_and_their_cpu_share() {
+    let r = replica().await;
+    let mut c = r.worker();
+    let out = common::tempdir().join("results");
+    let link = common::tempdir().join("builtin");
+    // A command written as for the original (its helpers, $CPU), sourcing them by $SCITQ_BUILTIN
+    // and, as the original's `. /builtin/std.sh`, through the link the worker made.
+    let mut req = task(&format!(
+        ". \"$SCITQ_BUILTIN/std.sh\"; . {}/bio.sh; \
+         touch $TASKQUEUE_INPUT/s_1.fq.gz $TASKQUEUE_INPUT/s_2.fq.gz; \
+         _find_pairs $TASKQUEUE_INPUT/*; echo \"$READS1\" > $TASKQUEUE_OUTPUT/reads1; \
+         echo \"$CPU\" > $TASKQUEUE_OUTPUT/cpu; _canfail false; \
+         _para sh -c 'exit 0'; _para sh -c 'exit 6'; _wait; echo never > $TASKQUEUE_OUTPUT/never",
+        link.display()
+    ));
+    req.output = Some(format!("{}/", file_uri(&out)));
+    let id = submit(&mut c, req).await;
+
+    let mut a = args(&r, "helpers", 2);
+    a.builtin_link = link.clone();
+    let agent = Agent::start(a);
+    wait_status(&c, id, "F", Duration::from_secs(60)).await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(
+        std::fs::read_to_string(out.join("cpu")).unwrap().trim(),
+        (cpus / 2).max(1).to_string()
+    );
+    assert!(
+        std::fs::read_to_string(out.join("reads1"))
+            .unwrap()
+            .trim()
+            .ends_with("/input/s_1.fq.gz")
+    );
+    assert!(!out.join("never").exists(), "_wait failed the command");
+    let logs = c
+        .get_logs_chunk(pb::GetLogsRequest {
+            task_ids: vec![id],
+            chunk_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let text = format!("{logs:?}");
+    assert!(
+        text.contains("Command failed (PID ") && text.contains("): sh -c exit 6"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_link(&link)
+            .unwrap()
+            .ends_with("store/builtin")
+    );
+    agent.stop().await.unwrap();
+}

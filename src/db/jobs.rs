@@ -539,6 +539,25 @@ fn log_append_optional(n: usize) -> String {
     )
 }
 
+/// When worker `worker_id` last registered or pinged (None: never, or no such worker). A create
+/// job waits for it to move (loops::jobs).
+pub async fn worker_last_ping(db: &Db, worker_id: i32) -> Result<Option<DateTime<Utc>>> {
+    db.run(Op::JobRunner, |c| {
+        async move {
+            let row = c
+                .query_opt(
+                    "SELECT last_ping_at FROM worker WHERE worker_id = $1",
+                    &[&worker_id],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.and_then(|r| r.get(0)))
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
 /// A job claimed by a runner, with what its provider call needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {

@@ -9,6 +9,11 @@
 //! runner that owns it can complete it; providers are idempotent by worker name, so the take-over
 //! re-runs the call without making a second machine. When the runner is dropped (leadership lost),
 //! its tasks are aborted; their jobs' leases expire and the next leader takes them over.
+//!
+//! A create job on a provider that asks for it (`local`: the worker is a process here) succeeds
+//! only once the worker has registered — its row's `last_ping_at` moved past what it was before
+//! the call — and fails as soon as the provider says the worker is gone, or after the provider's
+//! registration timeout.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -199,7 +204,7 @@ async fn execute(
     // The lease keeper runs in this task, so it stops with it (a dropped runner renews nothing).
     let outcome = tokio::select! {
         () = keep_lease(&ctx, job.job_id, job.attempt, settings.lease) => None,
-        o = tokio::time::timeout(settings.timeout, perform(&providers, &job)) => Some(o.unwrap_or_else(|_| {
+        o = tokio::time::timeout(settings.timeout, perform(&ctx, &providers, &job)) => Some(o.unwrap_or_else(|_| {
             Outcome::Failed(format!("the provider call timed out after {}", humantime::format_duration(settings.timeout)))
         })),
     };
@@ -269,8 +274,43 @@ async fn keep_lease(ctx: &LeaderContext, job_id: i32, attempt: i32, lease: Durat
     }
 }
 
+/// How often a create job looks whether its worker registered.
+const REGISTRATION_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until worker `worker_id` has registered or pinged after `before` (its `last_ping_at`
+/// then), while the provider says it is still starting, for at most `limit`.
+async fn registered(
+    ctx: &LeaderContext,
+    provider: &dyn crate::providers::Provider,
+    name: &str,
+    worker_id: i32,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Duration,
+) -> Outcome {
+    let deadline = Instant::now() + limit;
+    loop {
+        match jobs::worker_last_ping(&ctx.db, worker_id).await {
+            Ok(Some(seen)) if before.is_none_or(|b| seen > b) => {
+                return Outcome::Created { ipv4: None };
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(worker_id, error = %e, "cannot read the worker's last ping"),
+        }
+        if let Err(e) = provider.check_starting(name).await {
+            return Outcome::Failed(e.to_string());
+        }
+        if Instant::now() >= deadline {
+            return Outcome::Failed(format!(
+                "worker {name} did not register within {}",
+                humantime::format_duration(limit)
+            ));
+        }
+        tokio::time::sleep(REGISTRATION_POLL).await;
+    }
+}
+
 /// The provider call of a job.
-async fn perform(providers: &Providers, job: &ClaimedJob) -> Outcome {
+async fn perform(ctx: &LeaderContext, providers: &Providers, job: &ClaimedJob) -> Outcome {
     let Some(name) = job.worker_name.as_deref() else {
         return Outcome::Refused("the job names no worker".into());
     };
@@ -301,10 +341,28 @@ async fn perform(providers: &Providers, job: &ClaimedJob) -> Outcome {
                 flavor,
                 concurrency: job.concurrency,
             };
-            provider
-                .create(&spec)
-                .await
-                .map(|vm| Outcome::Created { ipv4: vm.ipv4 })
+            let wait = provider.registration_timeout().zip(job.worker_id);
+            let before = match wait {
+                Some((_, worker_id)) => match jobs::worker_last_ping(&ctx.db, worker_id).await {
+                    Ok(seen) => seen,
+                    Err(e) => return Outcome::Failed(format!("cannot read worker {name}: {e}")),
+                },
+                None => None,
+            };
+            match provider.create(&spec).await {
+                Ok(vm) => match wait {
+                    None => Ok(Outcome::Created { ipv4: vm.ipv4 }),
+                    Some((limit, worker_id)) => Ok(
+                        match registered(ctx, provider.as_ref(), name, worker_id, before, limit)
+                            .await
+                        {
+                            Outcome::Created { .. } => Outcome::Created { ipv4: vm.ipv4 },
+                            other => other,
+                        },
+                    ),
+                },
+                Err(e) => Err(e),
+            }
         }
         JobAction::Delete => provider
             .delete(name, region)

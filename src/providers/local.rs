@@ -5,13 +5,19 @@
 //! argument (never through a shell). The worker token is passed in the environment
 //! (`TASKQUEUE_TOKEN`, with `TASKQUEUE_SERVER`), never on the command line.
 //!
+//! A create job succeeds only once the worker has really registered: the job runner waits (up to
+//! `register_timeout`, default 2 min) for the worker row to be pinged, and the job fails with the
+//! last lines the process printed if it exits first (e.g. a `worker_command` it does not accept).
+//!
 //! Idempotency by name across replica restarts: each process has a pid file
 //! `<data_dir>/local-workers/<name>.pid` (and its output in `<name>.log`); create finds a live
 //! process there, delete stops the process group it names (SIGTERM, then SIGKILL after a grace).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -23,14 +29,30 @@ use crate::config::ProviderConfig;
 
 /// How long a stopped worker gets to exit before it is killed.
 const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// A worker on this host registers within a second or two; two minutes leave room for a busy
+/// host, and stay well under the job timeout (10 min) so the job says why it failed.
+const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Lines of a worker's output quoted in the job's log when it exits before registering.
+const OUTPUT_LINES: usize = 10;
 
 pub struct LocalProvider {
     command: Vec<String>,
     env: Environment,
     dir: PathBuf,
     stop_grace: Duration,
+    register_timeout: Duration,
     /// Creates and deletes of this replica do not interleave (they are quick).
     lock: Mutex<()>,
+    /// Per worker name: where its latest process' output starts in its log, and how that process
+    /// ended (set by the reaper).
+    runs: Arc<std::sync::Mutex<HashMap<String, Run>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Run {
+    pid: i32,
+    log_offset: u64,
+    exit: Option<String>,
 }
 
 /// A whole argument of `worker_command` that becomes `--ca-file <pem>` when the server speaks TLS
@@ -110,17 +132,52 @@ impl LocalProvider {
         let stop_grace = extra_duration(cfg, "stop_grace")
             .map_err(|e| anyhow::anyhow!("providers.local.local.{e}"))?
             .unwrap_or(DEFAULT_STOP_GRACE);
+        let register_timeout = extra_duration(cfg, "register_timeout")
+            .map_err(|e| anyhow::anyhow!("providers.local.local.{e}"))?
+            .unwrap_or(DEFAULT_REGISTER_TIMEOUT);
         Ok(LocalProvider {
             command,
             env: env.clone(),
             dir: env.data_dir.join("local-workers"),
             stop_grace,
+            register_timeout,
             lock: Mutex::new(()),
+            runs: Arc::default(),
         })
     }
 
     fn pid_file(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.pid"))
+    }
+
+    fn log_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// The last lines the latest process of `name` printed, joined with " | ".
+    fn last_output(&self, name: &str, from: u64) -> String {
+        use std::io::{Read as _, Seek as _};
+        let mut text = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_file(name)) {
+            // The tail is enough: at most the last 64 KiB of this run's output.
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let start = from.max(len.saturating_sub(64 * 1024));
+            if f.seek(std::io::SeekFrom::Start(start)).is_ok() {
+                let _ = f.read_to_end(&mut text);
+            }
+        }
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(OUTPUT_LINES)..];
+        if tail.is_empty() {
+            "(no output)".into()
+        } else {
+            tail.join(" | ")
+        }
     }
 
     fn argv_file(&self, name: &str) -> PathBuf {
@@ -171,8 +228,9 @@ impl LocalProvider {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{name}.log")))
+            .open(self.log_file(name))
             .map_err(|e| fail("open its log", e))?;
+        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| ProviderError::Failed("worker_command is empty".into()))?;
@@ -189,6 +247,14 @@ impl LocalProvider {
             .spawn()
             .map_err(|e| fail(&format!("start {program}"), e))?;
         let pid = child.id().unwrap_or(0) as i32;
+        self.runs.lock().unwrap().insert(
+            name.to_string(),
+            Run {
+                pid,
+                log_offset,
+                exit: None,
+            },
+        );
         let pid_file = self.pid_file(name);
         write_file(&pid_file, &format!("{pid}\n")).map_err(|e| fail("write its pid file", e))?;
         write_file(
@@ -197,9 +263,19 @@ impl LocalProvider {
         )
         .map_err(|e| fail("write its command file", e))?;
         // Reap the process when it exits, and forget it if the pid file still names it.
+        let runs = self.runs.clone();
+        let worker = name.to_string();
         tokio::spawn(async move {
             let status = child.wait().await;
-            tracing::info!(pid, status = ?status.ok(), "local worker process exited");
+            tracing::info!(pid, status = ?status.as_ref().ok(), "local worker process exited");
+            if let Some(run) = runs.lock().unwrap().get_mut(&worker)
+                && run.pid == pid
+            {
+                run.exit = Some(match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("cannot wait for it: {e}"),
+                });
+            }
             if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid.to_string()) {
                 let _ = std::fs::remove_file(&pid_file);
             }
@@ -260,6 +336,32 @@ impl Provider for LocalProvider {
             self.spawn(name, &self.argv(spec))?;
         }
         Ok(loopback(name))
+    }
+
+    fn registration_timeout(&self) -> Option<Duration> {
+        Some(self.register_timeout)
+    }
+
+    async fn check_starting(&self, worker_name: &str) -> ProviderResult<()> {
+        let name = checked_name(worker_name)?;
+        if self.running(name).is_some() {
+            return Ok(());
+        }
+        // The reaper records the exit status just after the process ends: give it a moment.
+        let mut run = None;
+        for _ in 0..20 {
+            run = self.runs.lock().unwrap().get(name).cloned();
+            if run.as_ref().is_none_or(|r| r.exit.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let run = run.unwrap_or_default();
+        let how = run.exit.map(|e| format!(" ({e})")).unwrap_or_default();
+        Err(ProviderError::Failed(format!(
+            "local worker {name} exited before it registered{how}; its last output: {}",
+            self.last_output(name, run.log_offset)
+        )))
     }
 
     async fn delete(&self, worker_name: &str, _region: &str) -> ProviderResult<()> {

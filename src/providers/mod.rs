@@ -77,6 +77,17 @@ pub trait Provider: Send + Sync {
     async fn restart(&self, worker_name: &str, region: &str) -> ProviderResult<()>;
     /// The machines of a region.
     async fn list(&self, region: &str) -> ProviderResult<Vec<Vm>>;
+    /// How long a create job waits, once `create` returned, for the machine's worker to register
+    /// (its row pinged) before the job succeeds. `None`: the job succeeds when `create` returns
+    /// (a cloud VM's installer reports through UpdateJob instead).
+    fn registration_timeout(&self) -> Option<Duration> {
+        None
+    }
+    /// While a create job waits for registration: `Err` when the worker can no longer register
+    /// (its process exited), saying what it printed.
+    async fn check_starting(&self, _worker_name: &str) -> ProviderResult<()> {
+        Ok(())
+    }
     /// The provider's flavor catalogue, for providers that publish one (behavior.md §5.7).
     async fn catalog(&self) -> ProviderResult<Option<Vec<CatalogFlavor>>> {
         Ok(None)

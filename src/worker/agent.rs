@@ -39,6 +39,10 @@ pub(crate) struct Ctx {
     pub executor: Executor,
     pub slots: Arc<Slots>,
     pub store: PathBuf,
+    /// The shell helpers' folder (`<store>/builtin`), if they could be written.
+    pub builtin: Option<PathBuf>,
+    /// CPUs of this machine (a task's `CPU` is its share of them).
+    pub cpus: usize,
     /// SIGTERM: take nothing new; tasks not yet running hand themselves back.
     pub stopping: CancellationToken,
     /// The grace period is over: running tasks are killed and handed back.
@@ -174,6 +178,11 @@ pub async fn run(
         () = &mut shutdown => return Ok(()),
     };
     tracing::info!(worker_id, name = %name, server = %resolved.target.server, "worker registered");
+    if let Some(job_id) = args.job {
+        report_to_job(&client, job_id, &name, worker_id).await;
+    }
+    let builtin = super::builtin::prepare(&store, Some(args.builtin_link.as_path()));
+    let cpus = stats::specifications(&store).0.max(1) as usize;
     let storage = Storage::new(rclone_remotes(&client).await);
     let executor = choose_executor(&client, args.executor, &store).await;
     tracing::info!(executor = executor.name(), store = %store.display(), "worker ready");
@@ -186,6 +195,8 @@ pub async fn run(
         executor,
         slots: Slots::new(f64::from(args.concurrency)),
         store,
+        builtin,
+        cpus,
         stopping: CancellationToken::new(),
         abandon: CancellationToken::new(),
         wake: Notify::new(),
@@ -268,6 +279,23 @@ async fn register_once(
         .await?;
     }
     Ok(id)
+}
+
+/// Tells the provider job that started this worker that it registered (a line in the job's log).
+/// Best effort: the job's runner decides the job's outcome from the worker row.
+async fn report_to_job(client: &Client, job_id: i32, name: &str, worker_id: i32) {
+    let mut c = client.clone();
+    let update = c.update_job(pb::JobUpdate {
+        job_id,
+        status: None,
+        append_log: Some(format!("worker {name} registered (worker id {worker_id})")),
+        progression: None,
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, update).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) => tracing::warn!(job_id, error = %s.message(), "cannot report to the job"),
+        Err(_) => tracing::warn!(job_id, "cannot report to the job: no answer in time"),
+    }
 }
 
 /// The storage remotes from the server; without them only local, file:// and http(s):// work.

@@ -8,7 +8,15 @@
 //! - `TASKQUEUE_INPUT`, `TASKQUEUE_OUTPUT`, `TASKQUEUE_RESOURCE`: the three folders (in docker:
 //!   `/input`, `/output`, `/resource`; in shell: absolute paths under the work directory);
 //! - `TASKQUEUE_WORKDIR` (shell only: the work directory, also the current directory);
-//! - `TASKQUEUE_TASK_ID`, `TASKQUEUE_WORKER_NAME`.
+//! - `TASKQUEUE_TASK_ID`, `TASKQUEUE_WORKER_NAME`;
+//! - `CPU`: the worker's CPUs divided by its concurrency, at least 1 (as the original worker);
+//! - `SCITQ_BUILTIN`: the folder of the shell helpers `std.sh`, `bio.sh` (in docker: `/builtin`,
+//!   mounted read-only; in shell: the store's copy, also at `/builtin` when the worker could
+//!   link it there).
+//!
+//! In docker, `/tmp` is the task's own folder `tmp/` of its work directory (on the store's disk,
+//! not a tmpfs: tools' temporary files may be larger than memory), unless the task's container
+//! options mount something at `/tmp` themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -47,6 +55,8 @@ pub struct WorkDirs {
     pub input: PathBuf,
     pub output: PathBuf,
     pub resource: PathBuf,
+    /// The task's private `/tmp` in docker.
+    pub tmp: PathBuf,
 }
 
 impl WorkDirs {
@@ -55,9 +65,20 @@ impl WorkDirs {
             input: root.join("input"),
             output: root.join("output"),
             resource: root.join("resource"),
+            tmp: root.join("tmp"),
             root,
         }
     }
+}
+
+/// What the worker gives each task besides its folders.
+#[derive(Debug, Clone)]
+pub struct TaskEnv<'a> {
+    pub worker_name: &'a str,
+    /// `CPU`: the worker's share of CPUs per task.
+    pub cpu: u32,
+    /// The shell helpers' folder, when they could be written.
+    pub builtin: Option<&'a Path>,
 }
 
 /// A command ready to start.
@@ -99,14 +120,16 @@ impl Executor {
         &self,
         task: &pb::Task,
         dirs: &WorkDirs,
-        worker_name: &str,
+        task_env: &TaskEnv<'_>,
     ) -> Result<Prepared, String> {
         if task.command.trim().is_empty() {
             return Err("the task has an empty command".into());
         }
+        let worker_name = task_env.worker_name;
         let common = [
             ("TASKQUEUE_TASK_ID", task.task_id.to_string()),
             ("TASKQUEUE_WORKER_NAME", worker_name.to_string()),
+            ("CPU", task_env.cpu.to_string()),
         ];
         match self {
             Executor::Shell => {
@@ -127,6 +150,9 @@ impl Executor {
                 ] {
                     env.push((k.to_string(), p.display().to_string()));
                 }
+                if let Some(dir) = task_env.builtin {
+                    env.push(("SCITQ_BUILTIN".into(), dir.display().to_string()));
+                }
                 Ok(Prepared {
                     program: shell.to_string(),
                     args: vec!["-c".into(), task.command.clone()],
@@ -142,6 +168,15 @@ impl Executor {
                     );
                 }
                 let name = container_name(worker_name, task.task_id);
+                let options = match task
+                    .container_options
+                    .as_deref()
+                    .filter(|o| !o.trim().is_empty())
+                {
+                    Some(opts) => shell_words::split(opts)
+                        .map_err(|e| format!("cannot parse container options {opts:?}: {e}"))?,
+                    None => Vec::new(),
+                };
                 let mut args: Vec<String> = Vec::new();
                 if let Some(dir) = config_dir {
                     args.extend(["--config".into(), dir.display().to_string()]);
@@ -154,6 +189,15 @@ impl Executor {
                 ] {
                     args.extend(["-v".into(), format!("{}:{inside}{mode}", host.display())]);
                 }
+                if let Some(dir) = task_env.builtin {
+                    args.extend(["-v".into(), format!("{}:/builtin:ro", dir.display())]);
+                }
+                if !mounts_tmp(&options) {
+                    args.extend(["-v".into(), format!("{}:/tmp", dirs.tmp.display())]);
+                }
+                let builtin_env = task_env
+                    .builtin
+                    .map(|_| ("SCITQ_BUILTIN".to_string(), "/builtin".to_string()));
                 for (k, v) in common
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.clone()))
@@ -162,19 +206,11 @@ impl Executor {
                         ("TASKQUEUE_OUTPUT".to_string(), "/output".to_string()),
                         ("TASKQUEUE_RESOURCE".to_string(), "/resource".to_string()),
                     ])
+                    .chain(builtin_env)
                 {
                     args.extend(["-e".into(), format!("{k}={v}")]);
                 }
-                if let Some(opts) = task
-                    .container_options
-                    .as_deref()
-                    .filter(|o| !o.trim().is_empty())
-                {
-                    args.extend(
-                        shell_words::split(opts)
-                            .map_err(|e| format!("cannot parse container options {opts:?}: {e}"))?,
-                    );
-                }
+                args.extend(options);
                 args.push(task.container.trim().to_string());
                 match task.shell.as_deref().filter(|s| !s.trim().is_empty()) {
                     Some(shell) => {
@@ -195,6 +231,31 @@ impl Executor {
             }
         }
     }
+}
+
+/// Whether docker options already mount something at `/tmp` (`-v x:/tmp`, `--tmpfs /tmp`,
+/// `--mount …,target=/tmp`): then the task's own `/tmp` is left out, docker refusing two mounts
+/// at one place.
+fn mounts_tmp(options: &[String]) -> bool {
+    let target_is_tmp = |flag: &str, value: &str| match flag {
+        "--tmpfs" => value.split(':').next() == Some("/tmp"),
+        "-v" | "--volume" => value.split(':').nth(1) == Some("/tmp"),
+        "--mount" => value.split(',').any(|kv| {
+            matches!(
+                kv.split_once('='),
+                Some(("target" | "dst" | "destination", "/tmp"))
+            )
+        }),
+        _ => false,
+    };
+    options.iter().enumerate().any(|(i, o)| {
+        let next = options.get(i + 1).map_or("", String::as_str);
+        match o.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => target_is_tmp(flag, value),
+            _ if o.starts_with("-v") && o.len() > 2 => target_is_tmp("-v", &o[2..]),
+            _ => target_is_tmp(o, next),
+        }
+    })
 }
 
 /// A container name unique per worker and task, within docker's allowed characters.
@@ -388,26 +449,54 @@ mod tests {
         WorkDirs::under(PathBuf::from("/store/tasks/42"))
     }
 
+    fn env(worker_name: &str) -> TaskEnv<'_> {
+        TaskEnv {
+            worker_name,
+            cpu: 3,
+            builtin: None,
+        }
+    }
+
     #[test]
     fn shell_runs_under_the_task_shell_or_sh() {
         let p = Executor::Shell
-            .prepare(&task("echo hi > $TASKQUEUE_OUTPUT/x"), &dirs(), "w1")
+            .prepare(&task("echo hi > $TASKQUEUE_OUTPUT/x"), &dirs(), &env("w1"))
             .unwrap();
         assert_eq!(p.program, "sh");
         assert_eq!(p.args, ["-c", "echo hi > $TASKQUEUE_OUTPUT/x"]);
         assert_eq!(p.cwd, PathBuf::from("/store/tasks/42"));
-        let env: std::collections::HashMap<_, _> = p.env.into_iter().collect();
-        assert_eq!(env["TASKQUEUE_OUTPUT"], "/store/tasks/42/output");
-        assert_eq!(env["TASKQUEUE_INPUT"], "/store/tasks/42/input");
-        assert_eq!(env["TASKQUEUE_RESOURCE"], "/store/tasks/42/resource");
-        assert_eq!(env["TASKQUEUE_TASK_ID"], "42");
+        let vars: std::collections::HashMap<_, _> = p.env.into_iter().collect();
+        assert_eq!(vars["TASKQUEUE_OUTPUT"], "/store/tasks/42/output");
+        assert_eq!(vars["TASKQUEUE_INPUT"], "/store/tasks/42/input");
+        assert_eq!(vars["TASKQUEUE_RESOURCE"], "/store/tasks/42/resource");
+        assert_eq!(vars["TASKQUEUE_TASK_ID"], "42");
+        assert_eq!(vars["CPU"], "3");
+        assert!(!vars.contains_key("SCITQ_BUILTIN"));
+        let with_helpers = TaskEnv {
+            builtin: Some(Path::new("/store/builtin")),
+            ..env("w1")
+        };
+        let p = Executor::Shell
+            .prepare(&task("true"), &dirs(), &with_helpers)
+            .unwrap();
+        assert!(
+            p.env
+                .contains(&("SCITQ_BUILTIN".into(), "/store/builtin".into()))
+        );
         let mut t = task("set -e; false");
         t.shell = Some("bash".into());
         assert_eq!(
-            Executor::Shell.prepare(&t, &dirs(), "w1").unwrap().program,
+            Executor::Shell
+                .prepare(&t, &dirs(), &env("w1"))
+                .unwrap()
+                .program,
             "bash"
         );
-        assert!(Executor::Shell.prepare(&task("  "), &dirs(), "w1").is_err());
+        assert!(
+            Executor::Shell
+                .prepare(&task("  "), &dirs(), &env("w1"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -415,7 +504,7 @@ mod tests {
         let mut t = task("bowtie2 -x /resource/idx -U '/input/a b.fq'");
         t.container_options = Some("--gpus all --shm-size 2g".into());
         let p = Executor::Docker { config_dir: None }
-            .prepare(&t, &dirs(), "node 1")
+            .prepare(&t, &dirs(), &env("node 1"))
             .unwrap();
         assert_eq!(p.program, "docker");
         assert_eq!(p.container_name.as_deref(), Some("taskqueue-node-1-task42"));
@@ -430,10 +519,14 @@ mod tests {
             "/store/tasks/42/output:/output",
             "-v",
             "/store/tasks/42/resource:/resource:ro",
+            "-v",
+            "/store/tasks/42/tmp:/tmp",
             "-e",
             "TASKQUEUE_TASK_ID=42",
             "-e",
             "TASKQUEUE_WORKER_NAME=node 1",
+            "-e",
+            "CPU=3",
             "-e",
             "TASKQUEUE_INPUT=/input",
             "-e",
@@ -464,7 +557,7 @@ mod tests {
         let p = Executor::Docker {
             config_dir: Some("/store/docker".into()),
         }
-        .prepare(&t, &dirs(), "w")
+        .prepare(&t, &dirs(), &env("w"))
         .unwrap();
         assert_eq!(&p.args[..3], ["--config", "/store/docker", "run"]);
         assert_eq!(
@@ -479,21 +572,81 @@ mod tests {
     }
 
     #[test]
+    fn docker_mounts_the_helpers_read_only_and_a_private_tmp() {
+        let helpers = TaskEnv {
+            builtin: Some(Path::new("/store/builtin")),
+            ..env("w")
+        };
+        let d = Executor::Docker { config_dir: None };
+        let p = d.prepare(&task("true"), &dirs(), &helpers).unwrap();
+        let pairs: Vec<(String, String)> = p
+            .args
+            .windows(2)
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect();
+        for (flag, value) in [
+            ("-v", "/store/builtin:/builtin:ro"),
+            ("-v", "/store/tasks/42/tmp:/tmp"),
+            ("-e", "SCITQ_BUILTIN=/builtin"),
+            ("-e", "CPU=3"),
+        ] {
+            assert!(
+                pairs.contains(&(flag.into(), value.into())),
+                "{flag} {value} in {:?}",
+                p.args
+            );
+        }
+        // The task's own /tmp gives way to one its options mount.
+        for opts in [
+            "--tmpfs /tmp",
+            "--tmpfs=/tmp:size=1g",
+            "-v /scratch:/tmp",
+            "--volume=/scratch:/tmp:rw",
+            "-v/scratch:/tmp",
+            "--mount type=bind,source=/scratch,target=/tmp",
+        ] {
+            let mut t = task("true");
+            t.container_options = Some(opts.into());
+            let p = d.prepare(&t, &dirs(), &helpers).unwrap();
+            assert!(
+                !p.args.iter().any(|a| a == "/store/tasks/42/tmp:/tmp"),
+                "{opts}: {:?}",
+                p.args
+            );
+        }
+        for opts in ["-v /tmp:/data", "--tmpfs /run", "-e TMP=/tmp"] {
+            let mut t = task("true");
+            t.container_options = Some(opts.into());
+            let p = d.prepare(&t, &dirs(), &helpers).unwrap();
+            assert!(
+                p.args.iter().any(|a| a == "/store/tasks/42/tmp:/tmp"),
+                "{opts}: {:?}",
+                p.args
+            );
+        }
+    }
+
+    #[test]
     fn docker_refuses_what_it_cannot_run() {
         let d = Executor::Docker { config_dir: None };
         let mut no_image = task("true");
         no_image.container = "".into();
-        assert!(d.prepare(&no_image, &dirs(), "w").is_err());
-        assert!(d.prepare(&task("echo 'unclosed"), &dirs(), "w").is_err());
+        assert!(d.prepare(&no_image, &dirs(), &env("w")).is_err());
+        assert!(
+            d.prepare(&task("echo 'unclosed"), &dirs(), &env("w"))
+                .is_err()
+        );
         let mut bad_opts = task("true");
         bad_opts.container_options = Some("--env \"X".into());
-        assert!(d.prepare(&bad_opts, &dirs(), "w").is_err());
+        assert!(d.prepare(&bad_opts, &dirs(), &env("w")).is_err());
     }
 
     async fn run_shell(command: &str, timeout: Option<Duration>) -> (Outcome, Vec<Line>) {
         let dir = tempfile::tempdir().unwrap();
         let dirs = WorkDirs::under(dir.path().to_path_buf());
-        let p = Executor::Shell.prepare(&task(command), &dirs, "w").unwrap();
+        let p = Executor::Shell
+            .prepare(&task(command), &dirs, &env("w"))
+            .unwrap();
         let (tx, mut rx) = mpsc::channel(100);
         let stop = CancellationToken::new();
         let outcome = run(&p, tx, timeout, &stop).await;

@@ -22,6 +22,7 @@
 //! and handed back; a ping answered "worker not found" (the row was deleted) registers again.
 
 mod agent;
+pub mod builtin;
 pub mod executor;
 mod logs;
 pub mod slots;
@@ -88,6 +89,15 @@ pub struct WorkerArgs {
     #[arg(long, env = "TASKQUEUE_WORKER_SHUTDOWN_GRACE", value_parser = humantime::parse_duration,
           default_value = "60s")]
     pub shutdown_grace: Duration,
+    /// The provider job that started this worker (the original's `-job`): once registered, the
+    /// worker adds a line to that job's log (UpdateJob).
+    #[arg(long, env = "TASKQUEUE_WORKER_JOB")]
+    pub job: Option<i32>,
+    /// Where the shell helpers (std.sh, bio.sh) are linked for commands written for the original
+    /// (`. /builtin/std.sh`); only made when absent or already ours, and when allowed (root).
+    /// Empty: no link (commands use `$SCITQ_BUILTIN`).
+    #[arg(long, env = "TASKQUEUE_WORKER_BUILTIN_LINK", default_value = builtin::DEFAULT_LINK)]
+    pub builtin_link: PathBuf,
 }
 
 impl WorkerArgs {
@@ -110,6 +120,9 @@ impl WorkerArgs {
             executor: ExecutorChoice::Shell,
             ping_interval: defaults::PING_INTERVAL,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            job: None,
+            // Embedded workers (tests) leave the host's /builtin alone.
+            builtin_link: PathBuf::new(),
         }
     }
 

@@ -212,7 +212,12 @@ async fn phases(
 
     // Run.
     let started = Instant::now();
-    let outcome = match ctx.executor.prepare(task, dirs, &ctx.worker_name) {
+    let task_env = executor::TaskEnv {
+        worker_name: &ctx.worker_name,
+        cpu: super::builtin::cpu_share(ctx.cpus, ctx.slots.usage().0),
+        builtin: ctx.builtin.as_deref(),
+    };
+    let outcome = match ctx.executor.prepare(task, dirs, &task_env) {
         Err(e) => Outcome::NotStarted(e),
         Ok(prepared) => {
             let (tx, rx) = mpsc::channel(256);
@@ -322,10 +327,17 @@ async fn forward_lines(
 /// Creates the work folders and downloads inputs into `input/`, resources into `resource/`.
 async fn stage_in(ctx: &Ctx, task: &pb::Task, dirs: &WorkDirs) -> Result<(), String> {
     executor::remove_tree(&dirs.root).await;
-    for d in [&dirs.input, &dirs.output, &dirs.resource] {
+    for d in [&dirs.input, &dirs.output, &dirs.resource, &dirs.tmp] {
         tokio::fs::create_dir_all(d)
             .await
             .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    // The container's /tmp: writable by any user the image runs as, sticky like /tmp.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tokio::fs::set_permissions(&dirs.tmp, std::fs::Permissions::from_mode(0o1777))
+            .await
+            .map_err(|e| format!("cannot set the mode of {}: {e}", dirs.tmp.display()))?;
     }
     for uri in task.input.iter().filter(|u| !u.trim().is_empty()) {
         ctx.storage
