@@ -7,16 +7,22 @@ use futures::stream::BoxStream;
 use tonic::{Request, Status, Streaming};
 
 use crate::db;
-use crate::domain::logs::{LogStream, chunk_request};
+use crate::domain::logs::{LogAccess, LogStream, chunk_request};
 use crate::error::{Error, Result};
 use crate::logs::LogLine;
 use crate::proto as pb;
+use crate::server::auth::Caller;
 use crate::server::state::AppState;
 
 pub async fn send_task_logs(
     state: &AppState,
     request: Request<Streaming<pb::TaskLog>>,
 ) -> Result<pb::Ack> {
+    // No token (the original Go worker: its token interceptor is unary-only): held tasks only.
+    let access = match Caller::of(&request) {
+        Caller::AnonymousLogWriter => LogAccess::HeldTasks,
+        _ => LogAccess::AnyTask,
+    };
     let lines = request.into_inner().map(|message| {
         message.map_err(broken_stream).map(|m| LogLine {
             task_id: m.task_id,
@@ -24,7 +30,7 @@ pub async fn send_task_logs(
             text: m.log_text,
         })
     });
-    state.logs.receive(lines).await?;
+    state.logs.receive(lines, access).await?;
     Ok(pb::Ack { success: true })
 }
 

@@ -30,9 +30,15 @@ pub enum Access {
     Admin,
     /// Storage and registry secrets: the worker token or an admin.
     Secrets,
-    /// Log streams: authenticated, or anonymous when `--allow-unauthenticated-log-streams` is set and
-    /// the caller sent no authorization header (legacy workers).
+    /// Log reads (StreamTaskLogs*): authenticated, or anonymous when
+    /// `--allow-unauthenticated-log-streams` is set and the caller sent no authorization header
+    /// (the original Go CLI's `task output`).
     LogStream,
+    /// SendTaskLogs: authenticated; without an authorization header, admitted as
+    /// `Caller::AnonymousLogWriter`, which may only append lines of tasks a worker holds — the
+    /// original Go worker's token interceptor is unary-only, so its log streams carry no token.
+    /// Under `--allow-unauthenticated-log-streams`, as `LogStream` (any task, as the original).
+    LogWrite,
 }
 
 pub struct Rpc {
@@ -56,7 +62,7 @@ pub const RPCS: &[Rpc] = &[
     rpc("RegisterWorker", Unary, Authenticated),
     rpc("PingAndTakeNewTasks", Unary, Authenticated),
     rpc("UpdateTaskStatus", Unary, Authenticated),
-    rpc("SendTaskLogs", ClientStream, LogStream),
+    rpc("SendTaskLogs", ClientStream, LogWrite),
     rpc("StreamTaskLogsOutput", ServerStream, LogStream),
     rpc("StreamTaskLogsErr", ServerStream, LogStream),
     rpc("GetLogsChunk", Unary, Authenticated),

@@ -4,9 +4,14 @@
 //! Reads: pages after a sequence number (followers), and windows of lines counted from the end
 //! (GetLogsChunk) found through `line_end` without reading the rest of the log.
 //!
-//! Lock order: the task's row first (FOR KEY SHARE here; callers such as status updates may already
-//! hold a stronger lock on it), then the task's log lock — the order status updates that append a
-//! line also follow, so the two can never deadlock.
+//! Lock order: the task's row first (FOR KEY SHARE here, FOR SHARE for a caller without a token;
+//! callers such as status updates may already hold a stronger lock on it), then the task's log
+//! lock — the order status updates that append a line also follow, so the two can never deadlock.
+//!
+//! A caller without a token (the original Go worker: its token interceptor is unary-only) may only
+//! append to a task a worker holds (`LogAccess::HeldTasks`). That condition is part of the
+//! statement that locks the row for the append, not a separate read, so a task that leaves the held
+//! statuses while a stream is open gets no line written after it did.
 
 use std::ops::Range;
 
@@ -15,7 +20,7 @@ use scoped_futures::ScopedFutureExt as _;
 use super::locks::NS_TASK_LOG;
 use super::{Db, Op, pg_error};
 use crate::domain::logs::{
-    PendingBatch, follow_ends, lines_in_window, push_lines, window_from_end,
+    LogAccess, PendingBatch, follow_ends, lines_in_window, push_lines, window_from_end,
 };
 use crate::domain::status::TaskStatus;
 use crate::error::{Code, Error, Result};
@@ -29,6 +34,17 @@ pub const NOTIFY_CHANNEL: &str = "task_log";
 /// the task does not exist. The CTE locks the row before the outer query takes the advisory lock.
 const LOCK: &str = "
     WITH t AS (SELECT task_id FROM task WHERE task_id = $1 FOR KEY SHARE)
+    SELECT pg_advisory_xact_lock($2, t.task_id) FROM t";
+
+/// As `LOCK`, only when a worker holds the task (`$3`: `TaskStatus::HELD_BY_WORKER`), for a caller
+/// without a token. FOR SHARE conflicts with every status update, so the status cannot change
+/// between this check and the commit of the append: an update in progress is waited for and the
+/// row re-checked (READ COMMITTED re-reads a row changed while it waited), one that starts later
+/// waits for this transaction. No row: no such task, or not held.
+const LOCK_HELD: &str = "
+    WITH t AS (SELECT task_id FROM task
+                WHERE task_id = $1 AND status = ANY($3::bpchar[]) AND worker_id IS NOT NULL
+                  FOR SHARE)
     SELECT pg_advisory_xact_lock($2, t.task_id) FROM t";
 
 /// Appends one batch with the next seq and line_end of its (task, stream). `$2::bpchar` keeps the
@@ -62,7 +78,7 @@ pub async fn append_lines(
     for line in lines {
         batch.lines += push_lines(&mut batch.body, line);
     }
-    append_batches(tx, task_id, &[(stream, batch)]).await
+    append_batches(tx, task_id, LogAccess::AnyTask, &[(stream, batch)]).await
 }
 
 /// Appends one line written by the server itself (why a task was failed, retried …), inside `tx`.
@@ -77,22 +93,31 @@ pub async fn append_system_line(
 
 /// Appends batches of one task inside `tx`: takes the task's log lock (held to commit), inserts
 /// each non-empty batch with the next seq of its stream, and notifies followers once.
-/// Unknown task → `NotFound` (nothing is inserted; the caller's transaction should roll back).
+/// Unknown task → `NotFound`; with `LogAccess::HeldTasks`, unknown or not held → `Unauthenticated`
+/// (nothing is inserted; the caller's transaction should roll back).
 pub async fn append_batches(
     tx: &deadpool_postgres::Transaction<'_>,
     task_id: i32,
+    access: LogAccess,
     batches: &[(LogStream, PendingBatch)],
 ) -> Result<()> {
     if batches.iter().all(|(_, b)| b.lines == 0) {
         return Ok(());
     }
-    let lock = tx.prepare_cached(LOCK).await.map_err(pg_error)?;
-    let locked = tx
-        .query(&lock, &[&task_id, &NS_TASK_LOG])
-        .await
-        .map_err(pg_error)?;
+    let locked = match access {
+        LogAccess::AnyTask => {
+            let lock = tx.prepare_cached(LOCK).await.map_err(pg_error)?;
+            tx.query(&lock, &[&task_id, &NS_TASK_LOG]).await
+        }
+        LogAccess::HeldTasks => {
+            let lock = tx.prepare_cached(LOCK_HELD).await.map_err(pg_error)?;
+            tx.query(&lock, &[&task_id, &NS_TASK_LOG, &held_letters()])
+                .await
+        }
+    }
+    .map_err(pg_error)?;
     if locked.is_empty() {
-        return Err(no_task(task_id));
+        return Err(refused(task_id, access));
     }
     let append = tx.prepare_cached(APPEND).await.map_err(pg_error)?;
     for (stream, batch) in batches.iter().filter(|(_, b)| b.lines > 0) {
@@ -109,27 +134,63 @@ pub async fn append_batches(
     Ok(())
 }
 
-fn no_task(task_id: i32) -> Error {
-    Error::not_found(format!("task {task_id} not found"))
+/// The letters of `TaskStatus::HELD_BY_WORKER`, as the `$3` of `LOCK_HELD` and `$2` of `IS_HELD`.
+fn held_letters() -> Vec<&'static str> {
+    TaskStatus::HELD_BY_WORKER
+        .iter()
+        .map(|s| s.letter())
+        .collect()
+}
+
+/// Why lines for `task_id` are not stored: the task does not exist, or, for a caller without a
+/// token, no worker holds it (the same answer whether it exists or not).
+pub fn refused(task_id: i32, access: LogAccess) -> Error {
+    match access {
+        LogAccess::AnyTask => Error::not_found(format!(
+            "task {task_id} not found: its log lines are not stored"
+        )),
+        LogAccess::HeldTasks => Error::unauthenticated(format!(
+            "missing token: without 'authorization: Bearer <token>' log lines are stored only \
+             for a task a worker holds (status C, D, O, R, U or V), and task {task_id} is not"
+        )),
+    }
 }
 
 /// Stores the batches of one task in their own transaction (an SendTaskLogs flush).
-pub async fn store(db: &Db, task_id: i32, batches: &[(LogStream, PendingBatch)]) -> Result<()> {
+pub async fn store(
+    db: &Db,
+    task_id: i32,
+    access: LogAccess,
+    batches: &[(LogStream, PendingBatch)],
+) -> Result<()> {
     db.tx(Op::LogIngest, |tx| {
-        async move { append_batches(tx, task_id, batches).await }.scope_boxed()
+        async move { append_batches(tx, task_id, access, batches).await }.scope_boxed()
     })
     .await
 }
 
-/// Whether a task exists (hidden tasks included: a replaced task's late log lines are kept).
-pub async fn task_exists(db: &Db, task_id: i32) -> Result<bool> {
+const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM task WHERE task_id = $1)";
+const IS_HELD: &str = "
+    SELECT EXISTS (SELECT 1 FROM task
+                    WHERE task_id = $1 AND status = ANY($2::bpchar[]) AND worker_id IS NOT NULL)";
+
+/// Whether a stream with `access` may send lines for a task: it exists (hidden tasks included: a
+/// replaced task's late log lines are kept), and for `HeldTasks` a worker holds it. A first check
+/// when the id first appears in a stream; the append checks again (`LOCK_HELD`).
+pub async fn accepts_lines(db: &Db, task_id: i32, access: LogAccess) -> Result<bool> {
     db.run(Op::LogIngest, |c| {
         async move {
-            let stmt = c
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM task WHERE task_id = $1)")
-                .await
-                .map_err(pg_error)?;
-            let row = c.query_one(&stmt, &[&task_id]).await.map_err(pg_error)?;
+            let row = match access {
+                LogAccess::AnyTask => {
+                    let stmt = c.prepare_cached(EXISTS).await.map_err(pg_error)?;
+                    c.query_one(&stmt, &[&task_id]).await
+                }
+                LogAccess::HeldTasks => {
+                    let stmt = c.prepare_cached(IS_HELD).await.map_err(pg_error)?;
+                    c.query_one(&stmt, &[&task_id, &held_letters()]).await
+                }
+            }
+            .map_err(pg_error)?;
             Ok(row.get(0))
         }
         .scope_boxed()

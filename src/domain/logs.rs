@@ -54,6 +54,19 @@ impl LogStream {
     }
 }
 
+/// Which tasks a SendTaskLogs stream may append lines to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAccess {
+    /// Any existing task: a caller with a token, or any caller under
+    /// `--allow-unauthenticated-log-streams`.
+    AnyTask,
+    /// Only a task a worker holds at the moment of the write (`TaskStatus::HELD_BY_WORKER`): a
+    /// caller without a token. The original Go worker's token interceptor is unary-only, so its
+    /// SendTaskLogs streams carry no `authorization` header; this keeps its logs without letting an
+    /// anonymous caller touch a task no worker is running.
+    HeldTasks,
+}
+
 /// Appends `text` to a batch body as lines: every `\n` in the text starts a new line (so line counts
 /// match what a reader of the log sees, as with the original's line-per-message files), and each
 /// line is stored followed by `\n`. NUL, which Postgres text cannot hold, becomes U+FFFD. Returns

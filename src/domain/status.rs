@@ -108,6 +108,18 @@ impl TaskStatus {
         TaskStatus::UploadingFailure,
     ];
 
+    /// Statuses in which a worker holds a task: it accepted it and is downloading, waiting,
+    /// running or uploading it (`ON_WORKER` without A, which the worker has not seen yet). Lines of
+    /// such a task may come from a log stream without a token (`LogAccess::HeldTasks`).
+    pub const HELD_BY_WORKER: &'static [TaskStatus] = &[
+        TaskStatus::Accepted,
+        TaskStatus::Downloading,
+        TaskStatus::OnHold,
+        TaskStatus::Running,
+        TaskStatus::UploadingSuccess,
+        TaskStatus::UploadingFailure,
+    ];
+
     pub fn holds_capacity(self) -> bool {
         Self::HOLDING_CAPACITY.contains(&self)
     }
@@ -173,6 +185,19 @@ mod tests {
         }
         let msg = TaskStatus::parse("Y").unwrap_err().to_string();
         assert!(msg.contains("IWPACDORUVSFXZ"), "{msg}");
+    }
+
+    #[test]
+    fn held_by_worker_is_on_worker_once_accepted() {
+        let held: String = TaskStatus::HELD_BY_WORKER
+            .iter()
+            .map(|s| s.as_char())
+            .collect();
+        assert_eq!(held, "CDORUV");
+        for s in TaskStatus::ALL {
+            let expected = s.is_on_worker() && *s != TaskStatus::Assigned;
+            assert_eq!(TaskStatus::HELD_BY_WORKER.contains(s), expected, "{s:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,15 @@
 //!   lines are stored;
 //! - the stream breaks (client gone) or the replica drains (Unavailable): what was received is
 //!   stored, best effort.
+//!
+//! A stream without a token (`LogAccess::HeldTasks`: the original Go worker, whose token
+//! interceptor is unary-only) may only append lines of tasks a worker holds. The rule is checked
+//! per task, when its id first appears in the stream and again by the statement that appends each
+//! batch. A line for a task not held ends the stream with `Unauthenticated` (the lines of held
+//! tasks received before it are stored, as above); a task that leaves the held statuses while its
+//! lines are buffered gets none of them stored, and the stream ends with `Unauthenticated` too. A
+//! stream without a token that carried no line at all is `Unauthenticated` as well: without a
+//! token, nothing but appending lines of a held task is ever answered with success.
 
 use std::collections::HashSet;
 use std::pin::pin;
@@ -22,7 +31,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{FLUSH_BYTES, FLUSH_INTERVAL, FLUSH_KEYS, LogService, OpenStream};
 use crate::db;
-use crate::domain::logs::{IngestBuffer, LogStream};
+use crate::domain::logs::{IngestBuffer, LogAccess, LogStream};
 use crate::error::{Error, Result};
 use crate::telemetry::metrics as m;
 
@@ -38,51 +47,65 @@ pub struct LogLine {
 const KNOWN_TASKS_MAX: usize = 1024;
 
 impl LogService {
-    /// Receives a SendTaskLogs stream to its end and stores it (see the module doc for what is
-    /// stored when something goes wrong). Returns once everything received is committed.
-    pub async fn receive(&self, lines: impl Stream<Item = Result<LogLine>>) -> Result<()> {
+    /// Receives a SendTaskLogs stream to its end and stores what `access` allows (see the module
+    /// doc for what is stored when something goes wrong). Returns once everything received is
+    /// committed.
+    pub async fn receive(
+        &self,
+        lines: impl Stream<Item = Result<LogLine>>,
+        access: LogAccess,
+    ) -> Result<()> {
         let _open = OpenStream::new("send");
         let mut lines = pin!(lines);
         let mut buffer = IngestBuffer::default();
         let mut known: HashSet<i32> = HashSet::new();
+        // A line passed `check` (without a token: a task a worker holds was named).
+        let mut admitted = false;
         let mut deadline: Option<Instant> = None;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = self.draining.cancelled() => {
-                    self.flush(&mut buffer).await?;
+                    self.flush(&mut buffer, access).await?;
                     return Err(Error::unavailable(
                         "replica shutting down: the lines received so far are stored; \
                          send the rest through another replica",
                     ));
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    self.flush(&mut buffer).await?;
+                    self.flush(&mut buffer, access).await?;
                     deadline = None;
                     continue;
                 }
                 next = lines.next() => next,
             };
             let line = match next {
-                None => return self.flush(&mut buffer).await,
+                None if access == LogAccess::HeldTasks && !admitted => {
+                    return Err(Error::unauthenticated(
+                        "missing token: send 'authorization: Bearer <token>' \
+                         (without one, a stream may only carry lines of tasks a worker holds)",
+                    ));
+                }
+                None => return self.flush(&mut buffer, access).await,
                 Some(Err(e)) => {
-                    if let Err(flush) = self.flush(&mut buffer).await {
+                    if let Err(flush) = self.flush(&mut buffer, access).await {
                         tracing::warn!(error = %flush, "cannot store the lines of a broken log stream");
                     }
                     return Err(e);
                 }
                 Some(Ok(line)) => line,
             };
-            let stream = match self.check(&line, &mut known).await {
+            let stream = match self.check(&line, &mut known, access).await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    self.flush(&mut buffer).await?;
+                    self.flush(&mut buffer, access).await?;
                     return Err(e);
                 }
             };
+            admitted = true;
             buffer.push(line.task_id, stream, &line.text);
             if buffer.bytes() >= FLUSH_BYTES || buffer.keys() >= FLUSH_KEYS {
-                self.flush(&mut buffer).await?;
+                self.flush(&mut buffer, access).await?;
                 deadline = None;
             } else if deadline.is_none() {
                 deadline = Some(Instant::now() + FLUSH_INTERVAL);
@@ -90,29 +113,30 @@ impl LogService {
         }
     }
 
-    /// Refuses a message with an invalid `log_type` or for a task that does not exist; returns
-    /// the output the message belongs to.
-    async fn check(&self, line: &LogLine, known: &mut HashSet<i32>) -> Result<LogStream> {
-        let stream = LogStream::parse(&line.log_type)?;
-        if known.contains(&line.task_id) {
-            return Ok(stream);
+    /// Refuses a message for a task `access` does not allow (checked when its id first appears,
+    /// before anything else, so a caller without a token learns nothing more) or with an invalid
+    /// `log_type`; returns the output the message belongs to.
+    async fn check(
+        &self,
+        line: &LogLine,
+        known: &mut HashSet<i32>,
+        access: LogAccess,
+    ) -> Result<LogStream> {
+        if !known.contains(&line.task_id) {
+            if !db::logs::accepts_lines(&self.db, line.task_id, access).await? {
+                return Err(db::logs::refused(line.task_id, access));
+            }
+            if known.len() >= KNOWN_TASKS_MAX {
+                known.clear();
+            }
+            known.insert(line.task_id);
         }
-        if !db::logs::task_exists(&self.db, line.task_id).await? {
-            return Err(Error::not_found(format!(
-                "task {} not found: its log lines are not stored",
-                line.task_id
-            )));
-        }
-        if known.len() >= KNOWN_TASKS_MAX {
-            known.clear();
-        }
-        known.insert(line.task_id);
-        Ok(stream)
+        Ok(LogStream::parse(&line.log_type)?)
     }
 
     /// Writes everything buffered, one transaction per task, while holding a writer permit.
     /// Returns the first failure after trying every task.
-    async fn flush(&self, buffer: &mut IngestBuffer) -> Result<()> {
+    async fn flush(&self, buffer: &mut IngestBuffer, access: LogAccess) -> Result<()> {
         if buffer.is_empty() {
             return Ok(());
         }
@@ -123,7 +147,7 @@ impl LogService {
             .map_err(|_| Error::unavailable("shutting down"))?;
         let mut first_error = None;
         for (task_id, batches) in buffer.take() {
-            match db::logs::store(&self.db, task_id, &batches).await {
+            match db::logs::store(&self.db, task_id, access, &batches).await {
                 Ok(()) => {
                     let lines: u64 = batches.iter().map(|(_, b)| u64::from(b.lines)).sum();
                     let bytes: usize = batches.iter().map(|(_, b)| b.body.len()).sum();

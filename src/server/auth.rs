@@ -36,6 +36,10 @@ pub enum Caller {
     User(User),
     /// No token: public RPCs, and log streams when legacy unauthenticated streams are allowed.
     Anonymous,
+    /// No token on SendTaskLogs, legacy unauthenticated streams not allowed: may only append lines
+    /// of tasks a worker holds (`LogAccess::HeldTasks`). This is how the original Go worker's logs
+    /// arrive: its token interceptor is unary-only, so its streams carry no `authorization` header.
+    AnonymousLogWriter,
 }
 
 impl Caller {
@@ -196,9 +200,12 @@ where
             let header = req.headers().get(http::header::AUTHORIZATION).cloned();
             let caller = match (rpc.access, header) {
                 (Access::Public, _) => Ok(Caller::Anonymous),
-                (Access::LogStream, None) if auth.allow_anonymous_log_streams => {
+                (Access::LogStream | Access::LogWrite, None)
+                    if auth.allow_anonymous_log_streams =>
+                {
                     Ok(Caller::Anonymous)
                 }
+                (Access::LogWrite, None) => Ok(Caller::AnonymousLogWriter),
                 (access, header) => match auth.authenticate(header.as_ref()).await {
                     Ok(caller) => auth.authorize(access, &caller, rpc.name).map(|()| caller),
                     Err(e) => Err(e),
