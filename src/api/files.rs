@@ -1,7 +1,8 @@
 //! Remote file listing RPCs (FetchList, FetchInfo), through the storage layer configured with the
-//! `rclone:` remotes. Errors keep their kind: a bad or unknown location (or a `..` segment) →
-//! InvalidArgument, nothing there → NotFound, a remote that does not answer → Unavailable, a
-//! listing that takes longer than `FETCH_TIMEOUT` → DeadlineExceeded.
+//! `rclone:` remotes. Errors keep their kind: a bad or unknown location (a `..` segment, a glob
+//! malformed or too large) → InvalidArgument, nothing there → NotFound ("object not found"), a
+//! remote that does not answer → Unavailable, a listing that takes longer than `FETCH_TIMEOUT` →
+//! DeadlineExceeded.
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,8 +34,9 @@ fn required_uri(request: &Request<pb::FetchListRequest>) -> Result<&str> {
     Ok(uri)
 }
 
-/// FetchList: a directory recursively, a glob's matches (`*` within a segment, `**` across), or a
-/// file alone; full locations in the form given, directories suffixed with `/`.
+/// FetchList: a directory recursively, a glob's matches (rclone's filter rules, as the original:
+/// see `storage::Glob`), or a file alone; full locations in the form given, directories suffixed
+/// with `/`.
 pub async fn fetch_list(
     state: &AppState,
     request: Request<pb::FetchListRequest>,

@@ -24,7 +24,7 @@ pub struct Location {
     /// Path inside the backend root, without a leading `/`; a directory ends with `/`. When the
     /// location has a glob this is the fixed part before the first glob segment (a directory).
     pub path: String,
-    /// The glob below `path` (`*` matches within a segment, `**` across segments), if any.
+    /// The glob below `path` (rclone's filter rules: see `glob`), if any.
     pub glob: Option<String>,
     /// What goes before `path` to print an entry back as a location of the same form.
     pub prefix: String,
@@ -159,6 +159,8 @@ fn normalize(path: &str) -> Result<String, String> {
     Ok(joined)
 }
 
+/// A segment holding `*`, `?` or `[` starts the glob, as in the original's split of a location
+/// (`{` alone does not).
 fn has_glob(segment: &str) -> bool {
     segment.contains(['*', '?', '['])
 }
@@ -176,19 +178,6 @@ fn split_glob(path: &str) -> (String, Option<String>) {
             (base, Some(segments[i..].join("/")))
         }
     }
-}
-
-/// A matcher for `glob`: `*` and `?` stay within a segment, `**` crosses segments.
-pub fn glob_matcher(glob: &str) -> Result<globset::GlobMatcher, Error> {
-    globset::GlobBuilder::new(glob)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| Error::InvalidUri {
-            uri: glob.to_string(),
-            reason: format!("bad glob: {e}"),
-        })
 }
 
 #[cfg(test)]
@@ -244,12 +233,14 @@ mod tests {
         let g = parse("s3://b/data/run*/**/*.fq");
         assert_eq!(g.path, "data/");
         assert_eq!(g.glob.as_deref(), Some("run*/**/*.fq"));
-        let m = glob_matcher("*.fq").unwrap();
-        assert!(m.is_match("a.fq"));
-        assert!(!m.is_match("sub/a.fq"), "* must not cross '/'");
-        let deep = glob_matcher("**/*.fq").unwrap();
-        assert!(deep.is_match("a.fq"));
-        assert!(deep.is_match("x/y/a.fq"));
+        let top = parse("/data/*.fq");
+        assert_eq!(
+            (top.path.as_str(), top.glob.as_deref()),
+            ("data/", Some("*.fq"))
+        );
+        // `{` alone does not start a glob (the original splits at `*`, `?` or `[`).
+        let braces = parse("/data/{a,b}/x*.fq");
+        assert_eq!(braces.path, "data/{a,b}/");
     }
 
     #[test]

@@ -6,9 +6,13 @@
 //!
 //! Location forms: `/abs/path`, `relative/path`, `file:///abs/path`, `https://host/path`,
 //! `<remote>://<bucket>/<path>` (object stores) and `<remote>://<path>` (http and local remotes).
-//! A path ending in `/` is a directory. A segment holding `*`, `?` or `[` starts a glob: `*`
-//! matches within a segment, `**` across segments.
+//! A path ending in `/` is a directory. A segment holding `*`, `?` or `[` starts a glob: the part
+//! before it is listed recursively and every entry below it (files and directories) is kept when
+//! the glob matches its path relative to that part, under rclone's filter rules as the original
+//! applies them (`glob`: `data/*.fq` lists `data/a.fq` and `data/s1/b.fq`). A glob download
+//! fetches the files the same listing lists.
 
+mod glob;
 mod location;
 mod remotes;
 
@@ -20,6 +24,7 @@ use futures::TryStreamExt as _;
 use opendal::{ErrorKind, Operator};
 use tokio::io::AsyncWriteExt as _;
 
+pub use glob::{Glob, MAX_GLOB_ALTERNATIVES, MAX_GLOB_LEN, MAX_GLOB_WILDCARDS};
 pub use location::{Backend, Location};
 
 use crate::config::RcloneRemotes;
@@ -37,7 +42,9 @@ pub enum Error {
     UnsupportedType { name: String, kind: String },
     #[error("remote {name:?} is misconfigured: {reason}")]
     BadRemote { name: String, reason: String },
-    #[error("{uri}: not found")]
+    /// "object not found" is rclone's wording (its ErrorObjectNotFound), which the original's
+    /// FetchInfo passed on and the DSL looks for in the message.
+    #[error("{uri}: object not found")]
     NotFound { uri: String },
     #[error("{uri}: {source}")]
     Backend {
@@ -55,7 +62,17 @@ pub enum Error {
 
 impl From<Error> for crate::Error {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
+        // The message goes back in a response header: a huge location must not make it too large
+        // for HTTP/2 (the stream would be reset instead of answered).
+        let mut message = e.to_string();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("…");
+        }
         match e {
             Error::InvalidUri { .. } | Error::UnknownRemote { .. } => {
                 crate::Error::invalid(message)
@@ -79,6 +96,9 @@ impl From<Error> for crate::Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Longest error message handed to a caller, in bytes.
+const MAX_MESSAGE: usize = 1024;
 
 /// What `stat` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +199,8 @@ impl Storage {
         }
     }
 
-    /// Lists a location: a directory recursively (unbounded depth), a glob's matches, or a file
-    /// alone. Returns locations in the form `uri` was given, directories suffixed with `/`, sorted.
+    /// Lists a location: a directory recursively (unbounded depth), a glob's matches (files and
+    /// directories), or a file alone. Returns locations in the form `uri` was given, directories suffixed with `/`, sorted.
     pub async fn list(&self, uri: &str) -> Result<Vec<String>> {
         let loc = self.locate(uri)?;
         let op = self.operator(&loc)?;
@@ -265,6 +285,8 @@ impl Storage {
     }
 
     /// Entries of a location: recursive listing of a directory, matches of a glob, or the file.
+    /// The original lists the part before the glob recursively and keeps each entry (file or
+    /// directory, its path without a trailing `/`) that its rclone rules `+ <glob>`, `- *` include.
     async fn entries(&self, op: &Operator, loc: &Location, uri: &str) -> Result<Vec<Listed>> {
         let dir = if loc.glob.is_some() || loc.path.ends_with('/') || loc.path.is_empty() {
             dir_path(&loc.path)
@@ -278,11 +300,13 @@ impl Storage {
             }
             path
         };
-        let matcher = loc
-            .glob
-            .as_deref()
-            .map(location::glob_matcher)
-            .transpose()?;
+        let matcher = match loc.glob.as_deref() {
+            Some(g) => Some(Glob::new(g).map_err(|reason| Error::InvalidUri {
+                uri: uri.into(),
+                reason,
+            })?),
+            None => None,
+        };
         let listed = op
             .list_with(&dir)
             .recursive(true)
@@ -297,7 +321,7 @@ impl Storage {
             let is_dir = entry.metadata().is_dir();
             if let Some(m) = &matcher {
                 let relative = path[dir.len()..].trim_end_matches('/');
-                if is_dir || !m.is_match(relative) {
+                if !m.is_match(relative) {
                     continue;
                 }
             }

@@ -59,19 +59,27 @@ async fn lists_recursively_with_directories_marked() {
 }
 
 #[tokio::test]
-async fn globs_stay_in_a_segment_unless_doubled() {
+async fn globs_match_the_end_of_the_path_as_rclone_rules() {
     let t = tree();
     let s = Storage::local_only();
     let root = t.path().display();
-    let one = s.list(&format!("{root}/*.fq")).await.unwrap();
-    assert_eq!(relative(&one, t.path(), ""), ["a.fq"]);
-    let runs = s.list(&format!("{root}/run*/*.fq")).await.unwrap();
-    assert_eq!(relative(&runs, t.path(), ""), ["run1/c.fq", "run2/e.fq"]);
-    let all = s.list(&format!("{root}/**/*.fq")).await.unwrap();
+    // `*.fq` is the rclone rule `(^|/)[^/]*\.fq$`: a `.fq` at any depth below the fixed part.
+    let any = s.list(&format!("{root}/*.fq")).await.unwrap();
     assert_eq!(
-        relative(&all, t.path(), ""),
+        relative(&any, t.path(), ""),
         ["a.fq", "run1/c.fq", "run1/deep/d.fq", "run2/e.fq"]
     );
+    let runs = s.list(&format!("{root}/run*/*.fq")).await.unwrap();
+    assert_eq!(relative(&runs, t.path(), ""), ["run1/c.fq", "run2/e.fq"]);
+    // `**` is `.*`, so `**/` needs a `/`: the top-level `a.fq` is not matched.
+    let below = s.list(&format!("{root}/**/*.fq")).await.unwrap();
+    assert_eq!(
+        relative(&below, t.path(), ""),
+        ["run1/c.fq", "run1/deep/d.fq", "run2/e.fq"]
+    );
+    // Directories are entries of the listing too.
+    let dirs = s.list(&format!("{root}/run?")).await.unwrap();
+    assert_eq!(relative(&dirs, t.path(), ""), ["run1/", "run2/"]);
     let none = s.list(&format!("{root}/*.bam")).await.unwrap();
     assert!(none.is_empty());
 }
@@ -132,6 +140,28 @@ async fn downloads_a_file_a_directory_and_a_glob() {
         .unwrap();
     assert_eq!(moved.files, 2);
     assert!(globbed.path().join("run2/e.fq").exists());
+
+    // A glob download fetches the files its listing lists, at their path below the fixed part.
+    let any = tempfile::tempdir().unwrap();
+    let moved = s
+        .download(&format!("{root}/*.fq"), any.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        Transfer {
+            files: 4,
+            bytes: 13
+        }
+    );
+    assert!(any.path().join("run1/deep/d.fq").exists());
+    // A glob matching only directories downloads no file.
+    let dirs = tempfile::tempdir().unwrap();
+    let moved = s
+        .download(&format!("{root}/run?"), dirs.path())
+        .await
+        .unwrap();
+    assert_eq!(moved, Transfer::default());
 
     let missing = s.download(&format!("{root}/nope.txt"), dest.path()).await;
     assert!(
