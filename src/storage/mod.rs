@@ -71,7 +71,7 @@ impl From<Error> for crate::Error {
                 end -= 1;
             }
             message.truncate(end);
-            message.push_str("…");
+            message.push('…');
         }
         match e {
             Error::InvalidUri { .. } | Error::UnknownRemote { .. } => {
