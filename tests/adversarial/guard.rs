@@ -161,6 +161,19 @@ impl Guard {
 /// Asserts `result` failed with `code`, with a short message free of Postgres DETAIL text; counts it.
 #[track_caller]
 pub fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: &str) -> Status {
+    if std::env::var_os("ADVERSARIAL_PROBE").is_some() {
+        // Survey mode: print every mismatch instead of stopping at the first.
+        match &result {
+            Ok(_) => eprintln!("PROBE {what}: expected {code:?}, got a success"),
+            Err(s) if s.code() != code => eprintln!(
+                "PROBE {what}: expected {code:?}, got {:?}: {}",
+                s.code(),
+                s.message()
+            ),
+            Err(_) => {}
+        }
+        return result.err().unwrap_or_else(|| Status::ok(""));
+    }
     let status = match result {
         Ok(v) => panic!("{what}: expected {code:?}, got a success: {v:?}"),
         Err(s) => s,

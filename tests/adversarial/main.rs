@@ -9,4 +9,5 @@ mod common;
 mod guard;
 
 mod every_rpc;
+mod inputs;
 mod smoke;
