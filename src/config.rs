@@ -60,6 +60,15 @@ pub mod defaults {
     pub const MAX_LOG_FOLLOWERS: usize = 20_000;
     /// The original's gRPC message limit (50 MiB): large submissions and log chunks fit.
     pub const MAX_MESSAGE_BYTES: usize = 50 << 20;
+    /// Log bytes stored per task (1 GiB): a runaway task or a hostile stream cannot fill the
+    /// database; past it one "truncated" line is stored and the rest dropped.
+    pub const MAX_LOG_BYTES_PER_TASK: u64 = 1 << 30;
+    /// Log follow streams one user holds at once on a replica: a web UI with many tabs open stays
+    /// far below it, one user cannot take every follower slot.
+    pub const MAX_LOG_FOLLOWERS_PER_USER: usize = 100;
+    /// HTTP/2 streams one connection may open at once: far above what a client multiplexes
+    /// (a worker uses a handful), low enough that one connection cannot pin unbounded state.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 10_240;
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -199,6 +208,17 @@ pub struct ServeArgs {
     /// [default: the server's own user].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
     pub template_run_as: Option<String>,
+    /// Log bytes stored per task; past it one "truncated" line is stored and further lines are
+    /// dropped [default: 1073741824].
+    #[arg(long, env = "TASKQUEUE_MAX_LOG_BYTES_PER_TASK")]
+    pub max_log_bytes_per_task: Option<u64>,
+    /// Log follow streams (StreamTaskLogsOutput/Err) one user holds at once on a replica; more
+    /// are refused with RESOURCE_EXHAUSTED [default: 100].
+    #[arg(long, env = "TASKQUEUE_MAX_LOG_FOLLOWERS_PER_USER")]
+    pub max_log_followers_per_user: Option<usize>,
+    /// HTTP/2 streams one client connection may have open at once [default: 10240].
+    #[arg(long, env = "TASKQUEUE_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// How the gRPC port is secured.
@@ -322,6 +342,9 @@ pub struct Config {
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
+    pub max_log_bytes_per_task: u64,
+    pub max_log_followers_per_user: usize,
+    pub max_concurrent_streams: u32,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -410,6 +433,9 @@ struct ScitqSection {
     docker_credentials: Vec<DockerCredential>,
     docker_registry: Option<String>,
     docker_authentication: Option<String>,
+    max_log_bytes_per_task: Option<u64>,
+    max_log_followers_per_user: Option<usize>,
+    max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -499,8 +525,9 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration
     }
     match Option::<Raw>::deserialize(d)? {
         None => Ok(None),
-        Some(Raw::Secs(s)) if s >= 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
-        Some(Raw::Secs(s)) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+        Some(Raw::Secs(s)) => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("invalid duration {s}"))),
         Some(Raw::Text(t)) => humantime::parse_duration(&t)
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
@@ -770,6 +797,18 @@ impl Config {
             docker_credentials,
             providers: file.providers,
             rclone,
+            max_log_bytes_per_task: args
+                .max_log_bytes_per_task
+                .or(s.max_log_bytes_per_task)
+                .unwrap_or(defaults::MAX_LOG_BYTES_PER_TASK),
+            max_log_followers_per_user: args
+                .max_log_followers_per_user
+                .or(s.max_log_followers_per_user)
+                .unwrap_or(defaults::MAX_LOG_FOLLOWERS_PER_USER),
+            max_concurrent_streams: args
+                .max_concurrent_streams
+                .or(s.max_concurrent_streams)
+                .unwrap_or(defaults::MAX_CONCURRENT_STREAMS),
         };
         config.validate()?;
         Ok(config)
@@ -845,6 +884,18 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "server_name must be letters, digits or '-' (it prefixes worker host names)"
+        );
+        anyhow::ensure!(
+            self.max_log_bytes_per_task >= 1024,
+            "--max-log-bytes-per-task must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.max_log_followers_per_user >= 1,
+            "--max-log-followers-per-user must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_streams >= 1,
+            "--max-concurrent-streams must be at least 1"
         );
         for (class, configs) in &self.providers {
             anyhow::ensure!(

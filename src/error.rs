@@ -114,6 +114,12 @@ impl From<Error> for tonic::Status {
             // Internal errors are logged where they become a response: a person must look.
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "internal error");
         }
-        tonic::Status::new(code, e.message)
+        // A last bound on what a client is sent, whatever built the message.
+        let message = if e.message.len() > crate::domain::limits::MAX_ERROR_MESSAGE_BYTES {
+            crate::domain::limits::clip(&e.message, crate::domain::limits::MAX_ERROR_MESSAGE_BYTES)
+        } else {
+            e.message
+        };
+        tonic::Status::new(code, message)
     }
 }

@@ -5,7 +5,7 @@
 use tonic::Request;
 
 use crate::db::catalog::{self, Flavor, NewFlavor};
-use crate::domain::protofilter;
+use crate::domain::{limits, protofilter};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::server::state::AppState;
@@ -45,7 +45,12 @@ pub async fn list_flavors(
     let filter = protofilter::parse(&req.filter)?;
     let rows = state
         .flavors
-        .list(&state.db, &req.filter, &filter, i64::from(req.limit))
+        .list(
+            &state.db,
+            &req.filter,
+            &filter,
+            i64::from(req.limit).min(limits::LIST_FLAVORS.max),
+        )
         .await?;
     Ok(pb::FlavorsList {
         flavors: rows.iter().map(flavor_to_pb).collect(),

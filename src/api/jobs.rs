@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tonic::Request;
 
 use crate::db::jobs::{self, NewWorkers};
+use crate::domain::limits;
 use crate::domain::status::JobStatus;
 use crate::error::{Error, Result};
 use crate::proto as pb;
@@ -13,8 +14,6 @@ use crate::server::state::AppState;
 
 /// Most workers one CreateWorker may ask for.
 const MAX_CREATE: i32 = 10_000;
-/// ListJobs without a limit: the newest this many.
-const DEFAULT_JOB_LIMIT: i64 = 1_000;
 
 impl TryFrom<pb::WorkerRequest> for NewWorkers {
     type Error = Error;
@@ -111,7 +110,8 @@ pub async fn list_jobs(
     request: Request<pb::ListJobsRequest>,
 ) -> Result<pb::JobsList> {
     let req = request.into_inner();
-    let limit = req.limit.map_or(DEFAULT_JOB_LIMIT, |l| i64::from(l.max(1)));
+    // A limit below 1 means 1, as in the original; a larger one than the page allows is clamped.
+    let limit = limits::LIST_JOBS.rows("limit", req.limit.map(|l| l.max(1)))?;
     let offset = i64::from(req.offset.unwrap_or(0).max(0));
     let jobs = jobs::list_jobs(&state.db, limit, offset).await?;
     Ok(pb::JobsList {

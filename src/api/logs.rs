@@ -38,14 +38,28 @@ pub async fn stream_task_logs_output(
     state: &AppState,
     request: Request<pb::TaskId>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
-    follow(state, request.into_inner().task_id, LogStream::Stdout).await
+    let user_id = Caller::of(&request).user_id();
+    follow(
+        state,
+        request.into_inner().task_id,
+        LogStream::Stdout,
+        user_id,
+    )
+    .await
 }
 
 pub async fn stream_task_logs_err(
     state: &AppState,
     request: Request<pb::TaskId>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
-    follow(state, request.into_inner().task_id, LogStream::Stderr).await
+    let user_id = Caller::of(&request).user_id();
+    follow(
+        state,
+        request.into_inner().task_id,
+        LogStream::Stderr,
+        user_id,
+    )
+    .await
 }
 
 /// One TaskLog per line, with the `log_type` name the original sends ("stdout"/"stderr").
@@ -53,8 +67,9 @@ async fn follow(
     state: &AppState,
     task_id: i32,
     stream: LogStream,
+    user_id: Option<i32>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
-    let lines = state.logs.follow(task_id, stream).await?;
+    let lines = state.logs.follow(task_id, stream, user_id).await?;
     Ok(lines
         .map(move |line| {
             line.map(|log_text| pb::TaskLog {

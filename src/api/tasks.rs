@@ -3,6 +3,7 @@
 use tonic::Request;
 
 use crate::db::tasks::{self, NewTask, TaskFilter};
+use crate::domain::limits;
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::Submission;
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ pub async fn list_tasks(
         workflow_id: r.workflow_id_filter.filter(|&v| v != 0),
         command: r.command_filter.filter(|s| !s.is_empty()),
         show_hidden: r.show_hidden.unwrap_or(false),
-        limit: positive("limit", r.limit)?,
+        limit: Some(page_limit(&limits::LIST_TASKS, r.limit)?),
         offset: non_negative("offset", r.offset)?,
     };
     Ok(pb::TaskList {
@@ -99,6 +100,13 @@ pub fn positive(name: &str, v: Option<i32>) -> Result<Option<i64>> {
         ))),
         v => Ok(v.map(i64::from)),
     }
+}
+
+/// The rows a List RPC answers for an optional `limit` of at least 1: absent → the page's default,
+/// more than its maximum → the maximum.
+pub fn page_limit(page: &limits::Page, v: Option<i32>) -> Result<i64> {
+    positive("limit", v)?;
+    Ok(page.rows("limit", v)?)
 }
 
 /// An optional offset: absent → 0; never negative.

@@ -6,6 +6,7 @@ use std::time::Instant;
 use metrics::{counter, histogram};
 use tonic::Request;
 
+use super::limits::fit_ping_answer;
 use crate::db::dispatch;
 use crate::db::workers::{self, Registration, WorkerChanges};
 use crate::domain::status::{RecyclableScope, WorkerStatus};
@@ -90,13 +91,22 @@ pub async fn ping_and_take_new_tasks(
         .into_iter()
         .map(|(id, weight)| (id, pb::TaskUpdate { weight }))
         .collect();
-    histogram!(m::PING_SECONDS).record(start.elapsed().as_secs_f64());
-    Ok(pb::TaskListAndOther {
+    let mut reply = pb::TaskListAndOther {
         tasks: answer.tasks,
         concurrency: answer.concurrency,
         updates: Some(pb::TaskUpdateList { updates }),
         active_tasks: answer.active,
-    })
+    };
+    let held_back = fit_ping_answer(&mut reply, crate::config::defaults::MAX_MESSAGE_BYTES);
+    if held_back > 0 {
+        tracing::debug!(
+            worker_id = r.worker_id,
+            held_back,
+            "ping answer full: the rest goes with the next ping"
+        );
+    }
+    histogram!(m::PING_SECONDS).record(start.elapsed().as_secs_f64());
+    Ok(reply)
 }
 
 pub async fn list_workers(

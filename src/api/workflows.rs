@@ -2,8 +2,9 @@
 
 use tonic::Request;
 
-use super::tasks::{non_negative, positive};
+use super::tasks::{non_negative, page_limit};
 use crate::db::workflows::{self, WorkflowRef};
+use crate::domain::limits;
 use crate::domain::status::RunStrategy;
 use crate::error::{Error, Result};
 use crate::proto as pb;
@@ -17,7 +18,7 @@ pub async fn list_workflows(
 ) -> Result<pb::WorkflowList> {
     let r = request.into_inner();
     let (limit, offset) = (
-        positive("limit", r.limit)?,
+        Some(page_limit(&limits::LIST_WORKFLOWS, r.limit)?),
         non_negative("offset", r.offset)?,
     );
     let name = r.name_like.filter(|s| !s.is_empty());
@@ -64,7 +65,7 @@ pub async fn list_steps(
 ) -> Result<pb::StepList> {
     let r = request.into_inner();
     let (limit, offset) = (
-        positive("limit", r.limit)?,
+        Some(page_limit(&limits::LIST_STEPS, r.limit)?),
         non_negative("offset", r.offset)?,
     );
     let workflow = Some(r.workflow_id).filter(|&w| w != 0);

@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 use super::locks::NS_CATALOG;
 use super::{Db, Op, pg_error};
 use crate::config::Providers as ProvidersConfig;
+use crate::domain::limits;
 use crate::domain::protofilter::Filter;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::CACHE_REQUESTS;
@@ -199,8 +200,9 @@ pub async fn list_providers(db: &Db) -> Result<Vec<Provider>> {
         async move {
             let rows = c
                 .query(
-                    "SELECT provider_id, provider_name, config_name FROM provider ORDER BY provider_id",
-                    &[],
+                    "SELECT provider_id, provider_name, config_name FROM provider
+                      ORDER BY provider_id LIMIT $1",
+                    &[&limits::LIST_PROVIDERS.max],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -223,8 +225,9 @@ pub async fn list_regions(db: &Db) -> Result<Vec<Region>> {
         async move {
             let rows = c
                 .query(
-                    "SELECT region_id, provider_id, region_name, is_default FROM region ORDER BY region_id",
-                    &[],
+                    "SELECT region_id, provider_id, region_name, is_default FROM region
+                      ORDER BY region_id LIMIT $1",
+                    &[&limits::LIST_REGIONS.max],
                 )
                 .await
                 .map_err(pg_error)?;

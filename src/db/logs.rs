@@ -20,7 +20,8 @@ use scoped_futures::ScopedFutureExt as _;
 use super::locks::NS_TASK_LOG;
 use super::{Db, Op, pg_error};
 use crate::domain::logs::{
-    LogAccess, PendingBatch, follow_ends, lines_in_window, push_lines, window_from_end,
+    LogAccess, LogBudget, PendingBatch, follow_ends, lines_in_window, push_lines, truncation_body,
+    window_from_end,
 };
 use crate::domain::status::TaskStatus;
 use crate::error::{Code, Error, Result};
@@ -104,6 +105,16 @@ pub async fn append_batches(
     if batches.iter().all(|(_, b)| b.lines == 0) {
         return Ok(());
     }
+    lock_for_append(tx, task_id, access).await?;
+    insert_batches(tx, task_id, batches).await
+}
+
+/// Takes the task's log lock for an append (see `append_batches`).
+async fn lock_for_append(
+    tx: &deadpool_postgres::Transaction<'_>,
+    task_id: i32,
+    access: LogAccess,
+) -> Result<()> {
     let locked = match access {
         LogAccess::AnyTask => {
             let lock = tx.prepare_cached(LOCK).await.map_err(pg_error)?;
@@ -118,6 +129,18 @@ pub async fn append_batches(
     .map_err(pg_error)?;
     if locked.is_empty() {
         return Err(refused(task_id, access));
+    }
+    Ok(())
+}
+
+/// Inserts the non-empty batches (the log lock held) and notifies followers once.
+async fn insert_batches(
+    tx: &deadpool_postgres::Transaction<'_>,
+    task_id: i32,
+    batches: &[(LogStream, PendingBatch)],
+) -> Result<()> {
+    if batches.iter().all(|(_, b)| b.lines == 0) {
+        return Ok(());
     }
     let append = tx.prepare_cached(APPEND).await.map_err(pg_error)?;
     for (stream, batch) in batches.iter().filter(|(_, b)| b.lines > 0) {
@@ -156,15 +179,45 @@ pub fn refused(task_id: i32, access: LogAccess) -> Error {
     }
 }
 
-/// Stores the batches of one task in their own transaction (an SendTaskLogs flush).
+/// The log bytes a task stores (both outputs), and whether its log was truncated already (its
+/// truncation line is a batch of its own). Under the task's log lock this is exact across
+/// replicas; it reads the lengths of the task's batches (from their headers, not their bodies).
+const STORED: &str = "
+    SELECT COALESCE(sum(octet_length(body)), 0)::bigint, COALESCE(bool_or(body = $2), false)
+      FROM task_log WHERE task_id = $1";
+
+/// Stores the batches of one task in their own transaction (an SendTaskLogs flush), keeping the
+/// task's log within `max_bytes`: past it, one truncation line is stored and the rest dropped.
+/// Returns how many bytes of body were dropped.
 pub async fn store(
     db: &Db,
     task_id: i32,
     access: LogAccess,
     batches: &[(LogStream, PendingBatch)],
-) -> Result<()> {
+    max_bytes: u64,
+) -> Result<u64> {
     db.tx(Op::LogIngest, |tx| {
-        async move { append_batches(tx, task_id, access, batches).await }.scope_boxed()
+        async move {
+            if batches.iter().all(|(_, b)| b.lines == 0) {
+                return Ok(0);
+            }
+            lock_for_append(tx, task_id, access).await?;
+            let stored = tx.prepare_cached(STORED).await.map_err(pg_error)?;
+            let row = tx
+                .query_one(&stored, &[&task_id, &truncation_body()])
+                .await
+                .map_err(pg_error)?;
+            let (bytes, truncated): (i64, bool) = (row.get(0), row.get(1));
+            let budget = LogBudget {
+                stored: u64::try_from(bytes).unwrap_or(0),
+                truncated,
+                max: max_bytes,
+            };
+            let (kept, dropped) = budget.apply(batches);
+            insert_batches(tx, task_id, &kept).await?;
+            Ok(dropped)
+        }
+        .scope_boxed()
     })
     .await
 }

@@ -267,18 +267,27 @@ pub(crate) async fn retry_allowed(op: Op, attempt: &mut u32, e: &Error) -> bool 
     true
 }
 
-/// Maps a Postgres error to the crate error: the ONE place SQLSTATEs are interpreted.
+/// Maps a Postgres error to the crate error: the ONE place SQLSTATEs are interpreted. The message
+/// a client sees is Postgres' primary message only — never its DETAIL, which quotes stored
+/// values — cut to `MAX_ECHO_BYTES` (the full error stays the source, for the server's log).
+/// Unique violations keep their literal text (`duplicate key value violates unique constraint`):
+/// the original's clients match it.
 pub fn pg_error(e: tokio_postgres::Error) -> Error {
+    let mut err = pg_error_unbounded(&e);
+    err.message = crate::domain::limits::excerpt(&err.message);
+    err.with_source(e)
+}
+
+fn pg_error_unbounded(e: &tokio_postgres::Error) -> Error {
     let Some(db) = e.as_db_error() else {
         if e.is_closed() {
-            return Error::unavailable("database connection lost").with_source(e);
+            return Error::unavailable("database connection lost");
         }
-        return Error::unavailable(format!("database unavailable: {e}")).with_source(e);
+        return Error::unavailable(format!("database unavailable: {e}"));
     };
     let code = db.code().clone();
-    let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-    let text = format!("{}{detail}", db.message());
-    let err = match code {
+    let text = db.message().to_string();
+    match code {
         c if c == SqlState::UNIQUE_VIOLATION => Error::new(Code::AlreadyExists, text),
         c if c == SqlState::FOREIGN_KEY_VIOLATION => Error::new(Code::NotFound, text),
         c if c == SqlState::CHECK_VIOLATION
@@ -294,6 +303,10 @@ pub fn pg_error(e: tokio_postgres::Error) -> Error {
         {
             Error::new(Code::InvalidArgument, text)
         }
+        c if c == SqlState::PROGRAM_LIMIT_EXCEEDED => Error::new(
+            Code::InvalidArgument,
+            format!("a value is too large for the database: {text}"),
+        ),
         c if c == SqlState::T_R_SERIALIZATION_FAILURE || c == SqlState::T_R_DEADLOCK_DETECTED => {
             let mut e = Error::new(
                 Code::Aborted,
@@ -312,8 +325,7 @@ pub fn pg_error(e: tokio_postgres::Error) -> Error {
             Error::new(Code::Unavailable, format!("database unavailable: {text}"))
         }
         _ => Error::new(Code::Internal, format!("database error: {text}")),
-    };
-    err.with_source(e)
+    }
 }
 
 fn pool_error(e: PoolError) -> Error {

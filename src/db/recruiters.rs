@@ -8,6 +8,7 @@ use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_WORKER;
 use super::{Db, Op, pg_error};
+use crate::domain::limits;
 use crate::domain::recruitment::{Candidate, Recycle, Resources, Sizing, validate_settings};
 use crate::domain::status::RecyclableScope;
 use crate::error::{Code, Error, Result};
@@ -177,9 +178,9 @@ pub async fn list(db: &Db, step_id: Option<i32>) -> Result<Vec<Recruiter>> {
                 .query(
                     &format!(
                         "SELECT {COLUMNS} FROM recruiter WHERE $1::int4 IS NULL OR step_id = $1
-                          ORDER BY step_id, rank"
+                          ORDER BY step_id, rank LIMIT $2"
                     ),
-                    &[&step_id],
+                    &[&step_id, &limits::LIST_RECRUITERS.max],
                 )
                 .await
                 .map_err(pg_error)?;

@@ -15,6 +15,7 @@ use tokio_postgres::Row;
 
 use super::logs::{LogStream, append_system_line};
 use super::{Db, Op, pg_error};
+use crate::domain::limits;
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::{self as rules, DurationColumn, StatusChange, Submission};
 use crate::error::{Code, Error, Result};
@@ -593,7 +594,9 @@ pub async fn list(db: &Db, f: &TaskFilter) -> Result<Vec<pb::Task>> {
                         &f.workflow_id,
                         &command,
                         &f.show_hidden,
-                        &f.limit,
+                        &f.limit
+                            .unwrap_or(limits::LIST_TASKS.default)
+                            .min(limits::LIST_TASKS.max),
                         &f.offset,
                     ],
                 )

@@ -8,6 +8,7 @@ use scoped_futures::ScopedFutureExt as _;
 use serde_json::Value;
 
 use super::{Db, Op, pg_error};
+use crate::domain::limits;
 use crate::error::{Error, Result};
 use crate::proto as pb;
 
@@ -160,7 +161,8 @@ const LIST_TEMPLATES: &str = "
                AND ($2::text IS NULL OR name LIKE $2)
                AND ($3::text IS NULL OR version LIKE $3)) t
      WHERE NOT $4 OR newest = 1
-     ORDER BY uploaded_at DESC, workflow_template_id DESC";
+     ORDER BY uploaded_at DESC, workflow_template_id DESC
+     LIMIT $5";
 
 pub async fn list(
     db: &Db,
@@ -173,7 +175,10 @@ pub async fn list(
     db.run(Op::Templates, |c| {
         async move {
             let rows = c
-                .query(LIST_TEMPLATES, &[&id, &name, &version, &latest])
+                .query(
+                    LIST_TEMPLATES,
+                    &[&id, &name, &version, &latest, &limits::LIST_TEMPLATES.max],
+                )
                 .await
                 .map_err(pg_error)?;
             Ok(rows
@@ -342,7 +347,8 @@ const LIST_RUNS: &str = "
       LEFT JOIN scitq_user u ON u.user_id = r.run_by
      WHERE ($1::int IS NULL OR r.workflow_template_id = $1)
        AND ($2::int IS NULL OR r.template_run_id = $2)
-     ORDER BY r.created_at DESC, r.template_run_id DESC";
+     ORDER BY r.created_at DESC, r.template_run_id DESC
+     LIMIT $3";
 
 /// ListTemplateRuns (optionally of one template), newest first; or one run by id.
 pub async fn list_runs(
@@ -353,7 +359,10 @@ pub async fn list_runs(
     db.run(Op::Templates, |c| {
         async move {
             let rows = c
-                .query(LIST_RUNS, &[&template_id, &run_id])
+                .query(
+                    LIST_RUNS,
+                    &[&template_id, &run_id, &limits::LIST_TEMPLATE_RUNS.max],
+                )
                 .await
                 .map_err(pg_error)?;
             Ok(rows

@@ -7,6 +7,7 @@ use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_BOOTSTRAP;
 use super::{Db, Op, pg_error};
+use crate::domain::limits;
 use crate::error::{Code, Error, Result};
 
 /// A user as the API shows it.
@@ -183,8 +184,9 @@ pub async fn list_users(db: &Db) -> Result<Vec<User>> {
         async move {
             let rows = c
                 .query(
-                    "SELECT user_id, username, email, is_admin FROM scitq_user ORDER BY user_id",
-                    &[],
+                    "SELECT user_id, username, email, is_admin FROM scitq_user
+                      ORDER BY user_id LIMIT $1",
+                    &[&limits::LIST_USERS.max],
                 )
                 .await
                 .map_err(pg_error)?;

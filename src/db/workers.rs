@@ -5,6 +5,7 @@ use prost::Message as _;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::{Db, Op, pg_error};
+use crate::domain::limits;
 use crate::domain::status::{RecyclableScope, WorkerStatus};
 use crate::error::{Error, Result};
 use crate::proto as pb;
@@ -206,14 +207,16 @@ const LIST_WORKERS: &str = "
       LEFT JOIN step s ON s.step_id = w.step_id
       LEFT JOIN workflow wf ON wf.workflow_id = s.workflow_id
      WHERE ($1::integer IS NULL OR s.workflow_id = $1)
-     ORDER BY w.worker_id";
+     ORDER BY w.worker_id
+     LIMIT $2";
 
-/// ListWorkers: all workers, or those whose step belongs to `workflow_id`.
+/// ListWorkers: all workers (at most `LIST_WORKERS.max`), or those whose step belongs to
+/// `workflow_id`.
 pub async fn list(db: &Db, workflow_id: Option<i32>) -> Result<Vec<pb::Worker>> {
     db.run(Op::Workers, |c| {
         async move {
             let rows = c
-                .query(LIST_WORKERS, &[&workflow_id])
+                .query(LIST_WORKERS, &[&workflow_id, &limits::LIST_WORKERS.max])
                 .await
                 .map_err(pg_error)?;
             Ok(rows

@@ -100,6 +100,71 @@ pub struct PendingBatch {
     pub lines: u32,
 }
 
+/// The line stored once when a task's log reaches its byte bound; nothing is stored after it.
+pub const TRUNCATION_LINE: &str = "[taskqueue] log truncated: this task reached --max-log-bytes-per-task, later lines are dropped";
+
+/// The stored body of the truncation batch (a line is stored followed by a newline).
+pub fn truncation_body() -> String {
+    format!("{TRUNCATION_LINE}\n")
+}
+
+/// A task's log volume when a batch arrives: bytes stored so far (both outputs), whether the
+/// truncation line is already stored, and the bound.
+#[derive(Debug, Clone, Copy)]
+pub struct LogBudget {
+    pub stored: u64,
+    pub truncated: bool,
+    pub max: u64,
+}
+
+impl LogBudget {
+    /// What of `batches` is stored: every batch while the total stays within `max`; of the batch
+    /// that crosses it, the whole lines that fit, then the truncation line (its own batch); nothing
+    /// once truncated. Returns the batches to store and how many bytes were dropped.
+    pub fn apply(
+        &self,
+        batches: &[(LogStream, PendingBatch)],
+    ) -> (Vec<(LogStream, PendingBatch)>, u64) {
+        let total: u64 = batches.iter().map(|(_, b)| b.body.len() as u64).sum();
+        if self.truncated {
+            return (Vec::new(), total);
+        }
+        let mut stored = self.stored;
+        let mut kept = Vec::with_capacity(batches.len());
+        for (stream, batch) in batches {
+            let len = batch.body.len() as u64;
+            if stored.saturating_add(len) <= self.max {
+                stored += len;
+                kept.push((*stream, batch.clone()));
+                continue;
+            }
+            let room = usize::try_from(self.max.saturating_sub(stored)).unwrap_or(usize::MAX);
+            let mut head = PendingBatch::default();
+            for line in batch.body.split_inclusive('\n') {
+                if head.body.len() + line.len() > room {
+                    break;
+                }
+                head.body.push_str(line);
+                head.lines += 1;
+            }
+            stored += head.body.len() as u64;
+            if head.lines > 0 {
+                kept.push((*stream, head));
+            }
+            kept.push((
+                *stream,
+                PendingBatch {
+                    body: truncation_body(),
+                    lines: 1,
+                },
+            ));
+            break;
+        }
+        let dropped = (self.stored + total).saturating_sub(stored);
+        (kept, dropped)
+    }
+}
+
 /// What a log stream has received and not yet stored, per (task, output). Bounded by the caller:
 /// it flushes when `bytes()` reaches its threshold or when the oldest line is old enough.
 #[derive(Debug, Default)]
@@ -162,7 +227,8 @@ pub fn follow_ends(status: TaskStatus, hidden: bool) -> bool {
 pub const CHUNK_MAX_TASKS: usize = 1000;
 
 /// Checks a GetLogsChunk request; returns (chunk, skip) as line counts. `chunkSize` 0 selects
-/// nothing (as the original); negative sizes and too many ids are refused.
+/// nothing (as the original), a larger one than `GET_LOGS_CHUNK.max` is clamped to it; negative
+/// sizes and too many ids are refused.
 pub fn chunk_request(
     task_ids: usize,
     chunk_size: i32,
@@ -184,7 +250,8 @@ pub fn chunk_request(
             "skipFromEnd must not be negative (got {skip})"
         )));
     }
-    Ok((i64::from(chunk_size), i64::from(skip)))
+    let chunk = i64::from(chunk_size).min(super::limits::GET_LOGS_CHUNK.max);
+    Ok((chunk, i64::from(skip)))
 }
 
 /// The lines `[start, end)` (0-based, counted from the beginning of the output) that a
@@ -219,6 +286,59 @@ pub fn lines_in_window<'a>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn batch(lines: &[&str]) -> PendingBatch {
+        let mut b = PendingBatch::default();
+        for l in lines {
+            b.lines += push_lines(&mut b.body, l);
+        }
+        b
+    }
+
+    #[test]
+    fn a_log_budget_keeps_what_fits_then_one_truncation_line() {
+        let batches = vec![
+            (LogStream::Stdout, batch(&["aaaa", "bbbb"])),
+            (LogStream::Stderr, batch(&["cccc", "dddd", "eeee"])),
+        ];
+        let budget = LogBudget {
+            stored: 0,
+            truncated: false,
+            max: 100,
+        };
+        assert_eq!(budget.apply(&batches), (batches.clone(), 0));
+        let tight = LogBudget { max: 20, ..budget };
+        let (kept, dropped) = tight.apply(&batches);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[1], (LogStream::Stderr, batch(&["cccc", "dddd"])));
+        assert_eq!(kept[2].1.body, truncation_body());
+        assert_eq!(dropped, 5);
+        let done = LogBudget {
+            truncated: true,
+            ..budget
+        };
+        assert_eq!(done.apply(&batches), (Vec::new(), 25));
+    }
+
+    proptest! {
+        #[test]
+        fn a_log_budget_never_stores_past_its_bound(
+            stored in 0u64..200,
+            max in 1u64..200,
+            lines in proptest::collection::vec("[a-z]{0,30}", 0..20),
+        ) {
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let batches = vec![(LogStream::Stdout, batch(&refs))];
+            let (kept, _) = LogBudget { stored, truncated: false, max }.apply(&batches);
+            let body: u64 = kept
+                .iter()
+                .filter(|(_, b)| b.body != truncation_body())
+                .map(|(_, b)| b.body.len() as u64)
+                .sum();
+            prop_assert!(body == 0 || stored + body <= max);
+            prop_assert!(kept.iter().filter(|(_, b)| b.body == truncation_body()).count() <= 1);
+        }
+    }
 
     #[test]
     fn log_types() {

@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod dispatch;
 pub mod events;
+pub mod limits;
 pub mod logs;
 pub mod protofilter;
 pub mod quota;

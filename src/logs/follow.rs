@@ -32,14 +32,30 @@ use crate::telemetry::metrics as m;
 
 impl LogService {
     /// Opens a follow stream of one output of `task_id`: its lines, oldest first. Unknown task →
-    /// `NotFound`; too many streams on this replica → `ResourceExhausted`. The stream ends with
+    /// `NotFound`; too many streams on this replica, or of this user (`user_id`, when the caller is
+    /// a logged-in user) → `ResourceExhausted`. The stream ends with
     /// `Unavailable` when the replica drains (the client may reconnect elsewhere and skip what it
     /// already has), and with `NotFound` if the task is deleted meanwhile.
     pub async fn follow(
         &self,
         task_id: i32,
         stream: LogStream,
+        user_id: Option<i32>,
     ) -> Result<BoxStream<'static, Result<String>>> {
+        let user_slot = match user_id {
+            Some(user_id) => Some(self.user_follows.acquire(user_id).ok_or_else(|| {
+                metrics::counter!(m::LOG_STREAMS_REFUSED).increment(1);
+                Error::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "you already follow {} task logs on this replica \
+                         (--max-log-followers-per-user): close some first",
+                        self.user_follows.max
+                    ),
+                )
+            })?),
+            None => None,
+        };
         let slot = self.follow_slots.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!(m::LOG_STREAMS_REFUSED).increment(1);
             Error::new(
@@ -62,7 +78,7 @@ impl LogService {
             stream,
             subscription,
         };
-        Ok(follower.lines(slot).boxed())
+        Ok(follower.lines(slot, user_slot).boxed())
     }
 
     /// The next page of batches after `after_seq`, whether the follow ends (read in the same
@@ -112,7 +128,11 @@ struct Follower {
 
 impl Follower {
     /// The follow loop, as a stream of lines (see the module doc).
-    fn lines(self, slot: tokio::sync::OwnedSemaphorePermit) -> impl Stream<Item = Result<String>> {
+    fn lines(
+        self,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        user_slot: Option<super::UserFollow>,
+    ) -> impl Stream<Item = Result<String>> {
         let Follower {
             service,
             task_id,
@@ -121,6 +141,7 @@ impl Follower {
         } = self;
         async_stream::try_stream! {
             let _slot = slot;
+            let _user_slot = user_slot;
             let _open = OpenStream::new("follow");
             let mut last_seq = 0;
             // Batches read after the first catch-up are live: their lag is measured.

@@ -14,6 +14,11 @@
 //! - the stream breaks (client gone) or the replica drains (Unavailable): what was received is
 //!   stored, best effort.
 //!
+//! A task stores at most `--max-log-bytes-per-task` of log (both outputs, counted in the database
+//! under the task's log lock, so across streams and replicas): the batch that crosses the bound
+//! keeps the lines that fit, then one truncation line is stored and every later line is dropped
+//! (the stream itself carries on: a worker is not failed for a chatty task).
+//!
 //! A stream without a token (`LogAccess::HeldTasks`: the original Go worker, whose token
 //! interceptor is unary-only) may only append lines of tasks a worker holds. The rule is checked
 //! per task, when its id first appears in the stream and again by the statement that appends each
@@ -147,8 +152,12 @@ impl LogService {
             .map_err(|_| Error::unavailable("shutting down"))?;
         let mut first_error = None;
         for (task_id, batches) in buffer.take() {
-            match db::logs::store(&self.db, task_id, access, &batches).await {
-                Ok(()) => {
+            let max = self.max_log_bytes_per_task;
+            match db::logs::store(&self.db, task_id, access, &batches, max).await {
+                Ok(dropped) => {
+                    if dropped > 0 {
+                        metrics::counter!(m::LOG_DROPPED_BYTES).increment(dropped);
+                    }
                     let lines: u64 = batches.iter().map(|(_, b)| u64::from(b.lines)).sum();
                     let bytes: usize = batches.iter().map(|(_, b)| b.body.len()).sum();
                     metrics::counter!(m::LOG_RECEIVED_LINES).increment(lines);

@@ -12,13 +12,17 @@
 //! - A follow stream holds no database connection while it waits or sends; it reads pages of at
 //!   most `FOLLOW_PAGE_BYTES` (64 KiB, or one larger batch) with short pooled queries, at most a
 //!   third of the pool at once, and wakes on NOTIFY (one LISTEN connection per replica) or every
-//!   `FOLLOW_POLL` as a safety net. `--max-log-followers` (20,000) streams per replica at most.
+//!   `FOLLOW_POLL` as a safety net. `--max-log-followers` (20,000) streams per replica at most,
+//!   `--max-log-followers-per-user` (100) of them for one logged-in user.
+//! - A task stores at most `--max-log-bytes-per-task` (1 GiB) of log, counted in the database so
+//!   the bound holds across replicas; past it one "truncated" line is stored and the rest dropped.
 
 mod follow;
 mod ingest;
 mod pages;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -62,13 +66,18 @@ pub struct LogService {
     /// Follow streams open on this replica.
     follow_slots: Arc<Semaphore>,
     max_followers: usize,
+    /// Follow streams open on this replica per logged-in user.
+    user_follows: UserFollows,
+    /// Log bytes one task may store.
+    max_log_bytes_per_task: u64,
     draining: CancellationToken,
     _stop_notifier: Arc<DropGuard>,
 }
 
 impl LogService {
     /// Starts the service (and its LISTEN session) on `db`.
-    pub fn start(db: Db, max_followers: usize, draining: CancellationToken) -> LogService {
+    pub fn start(db: Db, limits: LogLimits, draining: CancellationToken) -> LogService {
+        let max_followers = limits.max_followers;
         let stop = draining.child_token();
         let notifier = Notifier::start(
             db.session_config("taskqueue-notify"),
@@ -84,6 +93,8 @@ impl LogService {
             pages: Arc::default(),
             follow_slots: Arc::new(Semaphore::new(max_followers)),
             max_followers,
+            user_follows: UserFollows::new(limits.max_followers_per_user),
+            max_log_bytes_per_task: limits.max_log_bytes_per_task,
             draining,
             _stop_notifier: Arc::new(stop.drop_guard()),
         }
@@ -92,6 +103,66 @@ impl LogService {
     /// Whether the LISTEN session is up (tests wait for it).
     pub fn is_listening(&self) -> bool {
         self.notifier.is_listening()
+    }
+}
+
+/// The configured bounds of the log service.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// Follow streams on this replica (`--max-log-followers`).
+    pub max_followers: usize,
+    /// Follow streams of one user on this replica (`--max-log-followers-per-user`).
+    pub max_followers_per_user: usize,
+    /// Log bytes one task stores (`--max-log-bytes-per-task`).
+    pub max_log_bytes_per_task: u64,
+}
+
+/// Follow streams open per logged-in user. Callers without a user (the worker token, anonymous
+/// legacy streams) are bounded by the replica-wide cap only.
+#[derive(Clone)]
+struct UserFollows {
+    open: Arc<Mutex<HashMap<i32, usize>>>,
+    max: usize,
+}
+
+/// One open follow stream of a user, given back when dropped.
+struct UserFollow {
+    open: Arc<Mutex<HashMap<i32, usize>>>,
+    user_id: i32,
+}
+
+impl UserFollows {
+    fn new(max: usize) -> UserFollows {
+        UserFollows {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// Takes one of `user_id`'s follow slots; `None` when all are taken.
+    fn acquire(&self, user_id: i32) -> Option<UserFollow> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(user_id).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UserFollow {
+            open: self.open.clone(),
+            user_id,
+        })
+    }
+}
+
+impl Drop for UserFollow {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user_id);
+            }
+        }
     }
 }
 

@@ -195,9 +195,9 @@ pub(crate) fn extra_duration(cfg: &ProviderConfig, key: &str) -> anyhow::Result<
         Some(serde_yaml::Value::Number(n)) => {
             let secs = n
                 .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or_else(|| anyhow::anyhow!("{key}: invalid duration {n}"))?;
-            Ok(Some(Duration::from_secs_f64(secs)))
+            Ok(Some(secs))
         }
         Some(serde_yaml::Value::String(s)) => humantime::parse_duration(s)
             .map(Some)

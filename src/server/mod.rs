@@ -154,7 +154,8 @@ async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(config.max_concurrent_streams));
     if let Some(tls) = tls::server_tls(&config)? {
         builder = builder.tls_config(tls)?;
     }

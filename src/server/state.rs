@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::DispatchConfig;
-use crate::logs::LogService;
+use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
@@ -53,7 +53,12 @@ impl AppState {
             last_ping_write_interval: config.last_ping_write_interval(),
         };
         let draining = CancellationToken::new();
-        let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
+        let log_limits = LogLimits {
+            max_followers: config.max_log_followers,
+            max_followers_per_user: config.max_log_followers_per_user,
+            max_log_bytes_per_task: config.max_log_bytes_per_task,
+        };
+        let logs = LogService::start(db.clone(), log_limits, draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::new(config.rclone.clone());
         let templates = Templates::new(&config, grpc_addr);

@@ -32,6 +32,7 @@ pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 pub const LOG_RECEIVED_BYTES: &str = "taskqueue_log_received_bytes_total";
 pub const LOG_RECEIVED_LINES: &str = "taskqueue_log_received_lines_total";
 pub const LOG_BATCHES_WRITTEN: &str = "taskqueue_log_batches_written_total";
+pub const LOG_DROPPED_BYTES: &str = "taskqueue_log_dropped_bytes_total";
 pub const LOG_STREAMS_ACTIVE: &str = "taskqueue_log_streams_active";
 pub const LOG_STREAMS_REFUSED: &str = "taskqueue_log_streams_refused_total";
 pub const LOG_FOLLOW_LAG_SECONDS: &str = "taskqueue_log_follow_lag_seconds";
@@ -178,6 +179,11 @@ fn describe() {
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
     describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
+    describe_counter!(
+        LOG_DROPPED_BYTES,
+        Unit::Bytes,
+        "Task log bytes dropped because their task reached --max-log-bytes-per-task"
+    );
     describe_counter!(
         LOG_RECEIVED_BYTES,
         Unit::Bytes,

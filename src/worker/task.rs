@@ -108,11 +108,16 @@ fn secs(since: Instant) -> i32 {
     since.elapsed().as_secs_f64().round() as i32
 }
 
-/// A task timeout in seconds (absent or ≤ 0: none).
+/// A task timeout in seconds (absent or ≤ 0: none). A value beyond the longest timeout a task may
+/// have (a server older than that limit may still send one) is held to that longest timeout rather
+/// than overflowing `Duration`.
 fn timeout_of(seconds: Option<f32>) -> Option<Duration> {
-    seconds
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(|s| Duration::from_secs_f64(f64::from(s)))
+    let max = Duration::from_secs(crate::domain::limits::MAX_TIMEOUT_SECS);
+    seconds.filter(|s| s.is_finite() && *s > 0.0).map(|s| {
+        Duration::try_from_secs_f64(f64::from(s))
+            .unwrap_or(max)
+            .min(max)
+    })
 }
 
 /// Runs `fut` within `limit`, unless `stop` is cancelled first (then `None`).
@@ -448,6 +453,9 @@ mod tests {
         assert_eq!(timeout_of(Some(-3.0)), None);
         assert_eq!(timeout_of(Some(f32::NAN)), None);
         assert_eq!(timeout_of(Some(1.5)), Some(Duration::from_millis(1500)));
+        let longest = Duration::from_secs(crate::domain::limits::MAX_TIMEOUT_SECS);
+        assert_eq!(timeout_of(Some(3e38)), Some(longest));
+        assert_eq!(timeout_of(Some(f32::INFINITY)), None);
     }
 
     #[tokio::test]
