@@ -60,6 +60,8 @@ pub mod defaults {
     pub const MAX_LOG_FOLLOWERS: usize = 20_000;
     /// The original's gRPC message limit (50 MiB): large submissions and log chunks fit.
     pub const MAX_MESSAGE_BYTES: usize = 50 << 20;
+    /// The `local` provider runs workers as processes of the leader's host: opt-in.
+    pub const LOCAL_PROVIDER: bool = false;
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -199,6 +201,11 @@ pub struct ServeArgs {
     /// [default: the server's own user].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
     pub template_run_as: Option<String>,
+    /// Offer the `local` provider: CreateWorker on it starts worker processes on the leader's
+    /// host, so it is off unless asked for [default: false, true when the file configures
+    /// `providers.local`].
+    #[arg(long, env = "TASKQUEUE_LOCAL_PROVIDER", num_args = 0..=1, default_missing_value = "true")]
+    pub local_provider: Option<bool>,
 }
 
 /// How the gRPC port is secured.
@@ -322,6 +329,8 @@ pub struct Config {
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
+    /// `--local-provider`: the `local` provider is offered (listed, usable by CreateWorker).
+    pub local_provider: bool,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -410,6 +419,7 @@ struct ScitqSection {
     docker_credentials: Vec<DockerCredential>,
     docker_registry: Option<String>,
     docker_authentication: Option<String>,
+    local_provider: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -648,6 +658,7 @@ impl Config {
             .clone()
             .or(s.replica_name)
             .unwrap_or_else(default_replica_name);
+        let local_configured = file.providers.contains_key("local");
         let config = Config {
             listen,
             metrics_listen,
@@ -770,6 +781,11 @@ impl Config {
             docker_credentials,
             providers: file.providers,
             rclone,
+            // A `providers.local` section in the file is an explicit choice too.
+            local_provider: args
+                .local_provider
+                .or(s.local_provider)
+                .unwrap_or(defaults::LOCAL_PROVIDER || local_configured),
         };
         config.validate()?;
         Ok(config)

@@ -2,6 +2,7 @@
 //! business rules here: those live in `domain/` and `db/`. This file routes each of the 59 RPCs to
 //! its area; `rpcs` says who may call each one.
 
+pub mod access;
 pub mod catalog;
 pub mod events;
 pub mod files;

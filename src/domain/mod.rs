@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod dispatch;
 pub mod events;
 pub mod logs;
+pub mod ownership;
 pub mod protofilter;
 pub mod quota;
 pub mod recruitment;
