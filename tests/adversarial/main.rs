@@ -6,8 +6,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../fleet_support/mod.rs"]
+mod fleet_support;
 mod guard;
 
 mod every_rpc;
 mod inputs;
+mod roles;
 mod smoke;
