@@ -69,6 +69,8 @@ pub mod defaults {
     /// HTTP/2 streams one connection may open at once: far above what a client multiplexes
     /// (a worker uses a handful), low enough that one connection cannot pin unbounded state.
     pub const MAX_CONCURRENT_STREAMS: u32 = 10_240;
+    /// The `local` provider runs workers as processes of the leader's host: opt-in.
+    pub const LOCAL_PROVIDER: bool = false;
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -219,6 +221,11 @@ pub struct ServeArgs {
     /// HTTP/2 streams one client connection may have open at once [default: 10240].
     #[arg(long, env = "TASKQUEUE_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Offer the `local` provider: CreateWorker on it starts worker processes on the leader's
+    /// host, so it is off unless asked for [default: false, true when the file configures
+    /// `providers.local`].
+    #[arg(long, env = "TASKQUEUE_LOCAL_PROVIDER", num_args = 0..=1, default_missing_value = "true")]
+    pub local_provider: Option<bool>,
 }
 
 /// How the gRPC port is secured.
@@ -345,6 +352,8 @@ pub struct Config {
     pub max_log_bytes_per_task: u64,
     pub max_log_followers_per_user: usize,
     pub max_concurrent_streams: u32,
+    /// `--local-provider`: the `local` provider is offered (listed, usable by CreateWorker).
+    pub local_provider: bool,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -436,6 +445,7 @@ struct ScitqSection {
     max_log_bytes_per_task: Option<u64>,
     max_log_followers_per_user: Option<usize>,
     max_concurrent_streams: Option<u32>,
+    local_provider: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -675,6 +685,7 @@ impl Config {
             .clone()
             .or(s.replica_name)
             .unwrap_or_else(default_replica_name);
+        let local_configured = file.providers.contains_key("local");
         let config = Config {
             listen,
             metrics_listen,
@@ -809,6 +820,11 @@ impl Config {
                 .max_concurrent_streams
                 .or(s.max_concurrent_streams)
                 .unwrap_or(defaults::MAX_CONCURRENT_STREAMS),
+            // A `providers.local` section in the file is an explicit choice too.
+            local_provider: args
+                .local_provider
+                .or(s.local_provider)
+                .unwrap_or(defaults::LOCAL_PROVIDER || local_configured),
         };
         config.validate()?;
         Ok(config)

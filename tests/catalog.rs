@@ -60,7 +60,8 @@ async fn names(client: &mut taskqueue::client::Client, filter: &str, limit: i32)
 
 #[tokio::test]
 async fn catalog_sync_from_config_is_idempotent_and_keeps_used_regions() {
-    let (r, ctx) = fleet_replica(PROVIDERS).await;
+    // The `local` provider is opt-in.
+    let (r, ctx) = fleet_replica_with(PROVIDERS, |c| c.local_provider = true).await;
     let mut c = r.worker();
     let providers = c.list_providers(()).await.unwrap().into_inner().providers;
     let full: Vec<String> = providers
@@ -507,7 +508,11 @@ async fn credentials_go_to_workers_and_admins_only() {
 
 #[tokio::test]
 async fn a_replica_without_providers_still_has_local() {
-    let (r, _ctx) = fleet_replica_with("{}", |_| {}).await;
+    // Unless `--local-provider` is set, not even `local` is offered.
+    let (off, _ctx) = fleet_replica_with("{}", |_| {}).await;
+    let listed = off.worker().list_providers(()).await.unwrap().into_inner();
+    assert!(listed.providers.is_empty(), "{listed:?}");
+    let (r, _ctx) = fleet_replica_with("{}", |c| c.local_provider = true).await;
     let mut c = r.worker();
     let providers = c.list_providers(()).await.unwrap().into_inner().providers;
     assert_eq!(providers.len(), 1);

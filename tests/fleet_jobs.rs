@@ -39,7 +39,12 @@ async fn fleet_with(extra: &str, tweak: impl FnOnce(&mut taskqueue::config::Conf
         "fake:\n  test:\n    cloud: {cloud_id}\n    regions: [r1, r2]\n    quotas: {{r1: {{cpu: 8}}}}\n{extra}\
          azure:\n  primary:\n    regions: [westeurope]\n"
     );
-    let (replica, ctx) = fleet_replica_with(&yaml, tweak).await;
+    // Flavor `here` is on the `local` provider, which is opt-in.
+    let (replica, ctx) = fleet_replica_with(&yaml, |c| {
+        c.local_provider = true;
+        tweak(c)
+    })
+    .await;
     let mut admin = replica.admin().await;
     let flavor = |name: &str, cpu: i32, provider: &str, config: &str, region: &str| {
         let request = pb::FlavorCreateRequest {

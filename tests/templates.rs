@@ -50,6 +50,8 @@ async fn setup(timeout: Duration) -> (common::Replica, tokio_postgres::Client) {
     let mut config = test_config(&url);
     config.template_interpreter = "sh".into();
     config.template_timeout = timeout;
+    // Region choices of `provider_region` parameters include the (opt-in) local provider.
+    config.local_provider = true;
     let r = spawn_replica(config).await;
     let db = postgres().await.connect(&url).await;
     (r, db)

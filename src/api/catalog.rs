@@ -59,9 +59,15 @@ pub async fn list_flavors(
 
 pub async fn list_providers(state: &AppState, _request: Request<()>) -> Result<pb::ProviderList> {
     let providers = catalog::list_providers(&state.db).await?;
+    // A `local` row stays in the table from when it was offered; it is listed only while it is.
+    let offered = |p: &catalog::Provider| {
+        state.config.local_provider
+            || (p.provider_name.as_str(), p.config_name.as_str()) != catalog::LOCAL_PROVIDER
+    };
     Ok(pb::ProviderList {
         providers: providers
             .into_iter()
+            .filter(offered)
             .map(|p| pb::Provider {
                 provider_id: p.provider_id,
                 provider_name: p.provider_name,

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use tonic::Request;
 
+use super::access::{self, Machines};
 use crate::db::jobs::{self, NewWorkers};
 use crate::domain::limits;
 use crate::domain::status::JobStatus;
@@ -54,7 +55,13 @@ pub async fn create_worker(
     state: &AppState,
     request: Request<pb::WorkerRequest>,
 ) -> Result<pb::WorkerIds> {
+    let actor = access::actor(&request);
     let new = NewWorkers::try_from(request.into_inner())?;
+    let target = Machines::New {
+        flavor_id: new.flavor_id,
+        region_id: new.region_id,
+    };
+    access::machines(state, actor, target).await?;
     let created = jobs::create_workers(
         &state.db,
         &state.config.providers,
@@ -84,10 +91,12 @@ pub async fn delete_worker(
     state: &AppState,
     request: Request<pb::WorkerDeletion>,
 ) -> Result<pb::JobId> {
+    let actor = access::actor(&request);
     let req = request.into_inner();
     if req.worker_id <= 0 {
         return Err(Error::invalid("worker_id is required"));
     }
+    access::machines(state, actor, Machines::Worker(req.worker_id)).await?;
     let undeployed = req.undeployed.unwrap_or(false);
     let job_id = jobs::delete_worker(
         &state.db,

@@ -3,6 +3,7 @@
 //! its area, after `limits::admit` checked the request's sizes and counts; `rpcs` says who may call
 //! each one.
 
+pub mod access;
 pub mod catalog;
 pub mod events;
 pub mod files;

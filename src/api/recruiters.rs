@@ -3,7 +3,10 @@
 
 use tonic::Request;
 
+use super::access::{self, Machines};
+use crate::db::ownership::Object;
 use crate::db::recruiters::{self, Recruiter, RecruiterChanges};
+use crate::domain::ownership::{Actor, Owner};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::server::state::AppState;
@@ -36,6 +39,12 @@ impl From<pb::Recruiter> for Recruiter {
             concurrency_max: r.concurrency_max,
         }
     }
+}
+
+/// Changing a recruiter: machines may be managed here, and the recruiter is the caller's.
+async fn recruiter_access(state: &AppState, actor: Actor, step_id: i32, rank: i32) -> Result<()> {
+    access::machines(state, actor, Machines::AnyProvider).await?;
+    access::owned(state, actor, Object::Recruiter { step_id, rank }).await
 }
 
 fn to_pb(r: Recruiter) -> pb::Recruiter {
@@ -72,10 +81,13 @@ pub async fn create_recruiter(
     state: &AppState,
     request: Request<pb::Recruiter>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let recruiter = Recruiter::from(request.into_inner());
     check_step(recruiter.step_id)?;
     recruiter.validate()?;
-    recruiters::create(&state.db, &recruiter).await?;
+    access::machines(state, actor, Machines::AnyProvider).await?;
+    access::owned(state, actor, Object::Step(recruiter.step_id)).await?;
+    recruiters::create(&state.db, &recruiter, Owner::of(actor)).await?;
     tracing::info!(
         step_id = recruiter.step_id,
         rank = recruiter.rank,
@@ -88,8 +100,10 @@ pub async fn update_recruiter(
     state: &AppState,
     request: Request<pb::RecruiterUpdate>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let r = request.into_inner();
     check_step(r.step_id)?;
+    recruiter_access(state, actor, r.step_id, r.rank).await?;
     let changes = RecruiterChanges {
         protofilter: r.protofilter,
         concurrency: r.concurrency,
@@ -115,8 +129,10 @@ pub async fn delete_recruiter(
     state: &AppState,
     request: Request<pb::RecruiterId>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let id = request.into_inner();
     check_step(id.step_id)?;
+    recruiter_access(state, actor, id.step_id, id.rank).await?;
     // No error when absent (behavior.md §4.7): deleting is idempotent.
     recruiters::delete(&state.db, id.step_id, id.rank).await?;
     Ok(ACK)

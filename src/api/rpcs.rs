@@ -39,6 +39,19 @@ pub enum Access {
     /// original Go worker's token interceptor is unary-only, so its log streams carry no token.
     /// Under `--allow-unauthenticated-log-streams`, as `LogStream` (any task, as the original).
     LogWrite,
+    /// Worker RPCs: the worker token, or an admin acting for a worker (the original's CLI and
+    /// operators' scripts mark tasks and jobs by hand). Plain users never act as workers.
+    Worker,
+    /// Changes one object (workflow, step, task, recruiter, template version, template run):
+    /// authenticated here; the handler then requires the object's owner or an admin
+    /// (`db::ownership::check`, the rule in `domain::ownership`).
+    Owned,
+    /// Provider machines (CreateWorker, DeleteWorker, UpdateWorker, UpdateWorkerStatus):
+    /// authenticated here; the handler then refuses plain users where the provider has no quota
+    /// (`domain::ownership::may_manage_machines`).
+    Machines,
+    /// Recruiters: `Machines` (over every offered provider) and `Owned` together.
+    OwnedMachines,
 }
 
 pub struct Rpc {
@@ -59,25 +72,25 @@ use Kind::*;
 /// Every RPC, in the order of the service definition.
 pub const RPCS: &[Rpc] = &[
     rpc("SubmitTask", Unary, Authenticated),
-    rpc("RegisterWorker", Unary, Authenticated),
-    rpc("PingAndTakeNewTasks", Unary, Authenticated),
-    rpc("UpdateTaskStatus", Unary, Authenticated),
+    rpc("RegisterWorker", Unary, Worker),
+    rpc("PingAndTakeNewTasks", Unary, Worker),
+    rpc("UpdateTaskStatus", Unary, Worker),
     rpc("SendTaskLogs", ClientStream, LogWrite),
     rpc("StreamTaskLogsOutput", ServerStream, LogStream),
     rpc("StreamTaskLogsErr", ServerStream, LogStream),
     rpc("GetLogsChunk", Unary, Authenticated),
     rpc("ListTasks", Unary, Authenticated),
-    rpc("RetryTask", Unary, Authenticated),
+    rpc("RetryTask", Unary, Owned),
     rpc("ListWorkers", Unary, Authenticated),
-    rpc("CreateWorker", Unary, Authenticated),
-    rpc("UpdateWorkerStatus", Unary, Authenticated),
-    rpc("DeleteWorker", Unary, Authenticated),
-    rpc("UpdateWorker", Unary, Authenticated),
+    rpc("CreateWorker", Unary, Machines),
+    rpc("UpdateWorkerStatus", Unary, Machines),
+    rpc("DeleteWorker", Unary, Machines),
+    rpc("UpdateWorker", Unary, Machines),
     rpc("GetWorkerStatuses", Unary, Authenticated),
     rpc("ListJobs", Unary, Authenticated),
     rpc("GetJobStatuses", Unary, Authenticated),
     rpc("DeleteJob", Unary, Authenticated),
-    rpc("UpdateJob", Unary, Authenticated),
+    rpc("UpdateJob", Unary, Worker),
     rpc("ListFlavors", Unary, Authenticated),
     rpc("ListProviders", Unary, Authenticated),
     rpc("ListRegions", Unary, Authenticated),
@@ -92,28 +105,28 @@ pub const RPCS: &[Rpc] = &[
     rpc("UpdateUser", Unary, Admin),
     rpc("ChangePassword", Unary, Public),
     rpc("ListRecruiters", Unary, Authenticated),
-    rpc("CreateRecruiter", Unary, Authenticated),
-    rpc("UpdateRecruiter", Unary, Authenticated),
-    rpc("DeleteRecruiter", Unary, Authenticated),
+    rpc("CreateRecruiter", Unary, OwnedMachines),
+    rpc("UpdateRecruiter", Unary, OwnedMachines),
+    rpc("DeleteRecruiter", Unary, OwnedMachines),
     rpc("ListWorkflows", Unary, Authenticated),
     rpc("CreateWorkflow", Unary, Authenticated),
-    rpc("DeleteWorkflow", Unary, Authenticated),
+    rpc("DeleteWorkflow", Unary, Owned),
     rpc("ListSteps", Unary, Authenticated),
     rpc("CreateStep", Unary, Authenticated),
-    rpc("DeleteStep", Unary, Authenticated),
+    rpc("DeleteStep", Unary, Owned),
     rpc("GetStepStats", Unary, Authenticated),
     rpc("GetWorkerStats", Unary, Authenticated),
     rpc("FetchList", Unary, Authenticated),
     rpc("FetchInfo", Unary, Authenticated),
-    rpc("UploadTemplate", Unary, Authenticated),
+    rpc("UploadTemplate", Unary, Owned),
     rpc("RunTemplate", Unary, Authenticated),
     rpc("ListTemplates", Unary, Authenticated),
     rpc("ListTemplateRuns", Unary, Authenticated),
-    rpc("UpdateTemplateRun", Unary, Authenticated),
-    rpc("DeleteTemplateRun", Unary, Authenticated),
+    rpc("UpdateTemplateRun", Unary, Owned),
+    rpc("DeleteTemplateRun", Unary, Owned),
     rpc("GetWorkspaceRoot", Unary, Authenticated),
-    rpc("RegisterSpecifications", Unary, Authenticated),
-    rpc("ReportWorkerEvent", Unary, Authenticated),
+    rpc("RegisterSpecifications", Unary, Worker),
+    rpc("ReportWorkerEvent", Unary, Worker),
     rpc("ListWorkerEvents", Unary, Authenticated),
     rpc("DeleteWorkerEvent", Unary, Authenticated),
     rpc("PruneWorkerEvents", Unary, Authenticated),
@@ -149,5 +162,25 @@ mod tests {
         );
         assert!(lookup("/taskqueue.TaskQueue/Nope").is_none());
         assert!(lookup("/grpc.health.v1.Health/Check").is_none());
+    }
+
+    #[test]
+    fn worker_rpcs_need_the_worker_role() {
+        for name in [
+            "RegisterWorker",
+            "RegisterSpecifications",
+            "PingAndTakeNewTasks",
+            "UpdateTaskStatus",
+            "UpdateJob",
+            "ReportWorkerEvent",
+        ] {
+            let path = format!("/{SERVICE}/{name}");
+            assert_eq!(lookup(&path).unwrap().access, Access::Worker, "{name}");
+        }
+        // SendTaskLogs keeps its own rule (token-less streams of the original's workers).
+        assert_eq!(
+            lookup("/taskqueue.TaskQueue/SendTaskLogs").unwrap().access,
+            Access::LogWrite
+        );
     }
 }

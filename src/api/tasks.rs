@@ -2,6 +2,8 @@
 
 use tonic::Request;
 
+use super::access;
+use crate::db::ownership::Object;
 use crate::db::tasks::{self, NewTask, TaskFilter};
 use crate::domain::limits;
 use crate::domain::status::TaskStatus;
@@ -14,6 +16,7 @@ pub async fn submit_task(
     state: &AppState,
     request: Request<pb::TaskRequest>,
 ) -> Result<pb::TaskResponse> {
+    let owner = access::new_owner(&request);
     let r = request.into_inner();
     let timeouts = [r.download_timeout, r.running_timeout, r.upload_timeout];
     let rules = Submission::validate(
@@ -35,6 +38,7 @@ pub async fn submit_task(
         is_final: r.is_final,
         uses_cache: r.uses_cache,
         task_name: r.task_name.filter(|s| !s.is_empty()),
+        owner,
     };
     let task_id = tasks::submit(&state.db, state.config.assign_shards, &task).await?;
     Ok(pb::TaskResponse { task_id })
@@ -68,7 +72,9 @@ pub async fn retry_task(
     state: &AppState,
     request: Request<pb::RetryTaskRequest>,
 ) -> Result<pb::TaskResponse> {
+    let actor = access::actor(&request);
     let r = request.into_inner();
+    access::owned(state, actor, Object::Task(r.task_id)).await?;
     let task_id = tasks::retry(&state.db, state.config.assign_shards, r.task_id, r.retry).await?;
     Ok(pb::TaskResponse { task_id })
 }

@@ -4,7 +4,9 @@
 
 use tonic::Request;
 
+use super::access;
 use crate::db;
+use crate::db::ownership::Object;
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::server::auth::Caller;
@@ -21,6 +23,7 @@ fn credentials<T>(request: &Request<T>) -> CallerCredentials {
         .filter(|t| !t.is_empty());
     CallerCredentials {
         user_id: Caller::of(request).user_id(),
+        actor: Caller::of(request).actor(),
         token,
     }
 }
@@ -87,8 +90,10 @@ pub async fn update_template_run(
     state: &AppState,
     request: Request<pb::UpdateTemplateRunRequest>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let r = request.into_inner();
     let id = required_id(r.template_run_id, "template_run_id")?;
+    access::owned(state, actor, Object::TemplateRun(id)).await?;
     if r.workflow_id.is_none() && r.error_message.is_none() {
         return Err(Error::invalid(
             "nothing to update: give workflow_id and/or error_message",
@@ -105,7 +110,9 @@ pub async fn delete_template_run(
     state: &AppState,
     request: Request<pb::DeleteTemplateRunRequest>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let id = required_id(request.into_inner().template_run_id, "template_run_id")?;
+    access::owned(state, actor, Object::TemplateRun(id)).await?;
     db::templates::delete_run(&state.db, id).await?;
     Ok(pb::Ack { success: true })
 }

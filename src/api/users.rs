@@ -5,8 +5,10 @@ use tonic::Request;
 
 use crate::db::users::{self, UserChanges};
 use crate::domain::credentials;
+use crate::domain::ownership::may_see_email;
 use crate::error::{Error, Result};
 use crate::proto as pb;
+use crate::server::auth::Caller;
 use crate::server::state::AppState;
 
 const ACK: pb::Ack = pb::Ack { success: true };
@@ -86,7 +88,8 @@ pub async fn create_user(
     Ok(pb::UserId { user_id })
 }
 
-pub async fn list_users(state: &AppState, _request: Request<()>) -> Result<pb::UsersList> {
+pub async fn list_users(state: &AppState, request: Request<()>) -> Result<pb::UsersList> {
+    let actor = Caller::of(&request).actor();
     let users = users::list_users(&state.db).await?;
     Ok(pb::UsersList {
         users: users
@@ -94,7 +97,11 @@ pub async fn list_users(state: &AppState, _request: Request<()>) -> Result<pb::U
             .map(|u| pb::User {
                 user_id: u.user_id,
                 username: Some(u.username),
-                email: Some(u.email.unwrap_or_default()),
+                email: Some(
+                    u.email
+                        .filter(|_| may_see_email(actor, u.user_id))
+                        .unwrap_or_default(),
+                ),
                 is_admin: Some(u.is_admin),
             })
             .collect(),

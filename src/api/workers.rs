@@ -7,6 +7,7 @@ use metrics::{counter, histogram};
 use tonic::Request;
 
 use super::limits::fit_ping_answer;
+use super::access::{self, Machines};
 use crate::db::dispatch;
 use crate::db::workers::{self, Registration, WorkerChanges};
 use crate::domain::status::{RecyclableScope, WorkerStatus};
@@ -123,7 +124,9 @@ pub async fn update_worker(
     state: &AppState,
     request: Request<pb::WorkerUpdateRequest>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let r = request.into_inner();
+    access::machines(state, actor, Machines::Worker(r.worker_id)).await?;
     let changes = WorkerChanges {
         provider_id: r.provider_id,
         flavor_id: r.flavor_id,
@@ -156,7 +159,9 @@ pub async fn update_worker_status(
     state: &AppState,
     request: Request<pb::WorkerStatus>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let r = request.into_inner();
+    access::machines(state, actor, Machines::Worker(r.worker_id)).await?;
     let status = WorkerStatus::parse(&r.status)?;
     workers::set_status(&state.db, r.worker_id, status).await?;
     tracing::info!(worker_id = r.worker_id, status = %status, "worker status set");

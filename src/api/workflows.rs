@@ -3,6 +3,9 @@
 use tonic::Request;
 
 use super::tasks::{non_negative, page_limit};
+use super::access;
+use super::tasks::positive;
+use crate::db::ownership::Object;
 use crate::db::workflows::{self, WorkflowRef};
 use crate::domain::limits;
 use crate::domain::status::RunStrategy;
@@ -31,6 +34,7 @@ pub async fn create_workflow(
     state: &AppState,
     request: Request<pb::WorkflowRequest>,
 ) -> Result<pb::WorkflowId> {
+    let owner = access::new_owner(&request);
     let r = request.into_inner();
     if r.name.trim().is_empty() {
         return Err(Error::invalid("workflow name must not be empty"));
@@ -45,7 +49,7 @@ pub async fn create_workflow(
         )));
     }
     let workflow_id =
-        workflows::create_workflow(&state.db, &r.name, strategy, r.maximum_workers).await?;
+        workflows::create_workflow(&state.db, &r.name, strategy, r.maximum_workers, owner).await?;
     Ok(pb::WorkflowId { workflow_id })
 }
 
@@ -53,7 +57,9 @@ pub async fn delete_workflow(
     state: &AppState,
     request: Request<pb::WorkflowId>,
 ) -> Result<pb::Ack> {
+    let actor = access::actor(&request);
     let workflow_id = request.into_inner().workflow_id;
+    access::owned(state, actor, Object::Workflow(workflow_id)).await?;
     let tasks = workflows::delete_workflow(&state.db, workflow_id).await?;
     tracing::info!(workflow_id, tasks, "workflow deleted");
     Ok(ACK)
@@ -95,7 +101,10 @@ pub async fn create_step(
 }
 
 pub async fn delete_step(state: &AppState, request: Request<pb::StepId>) -> Result<pb::Ack> {
-    workflows::delete_step(&state.db, request.into_inner().step_id).await?;
+    let actor = access::actor(&request);
+    let step_id = request.into_inner().step_id;
+    access::owned(state, actor, Object::Step(step_id)).await?;
+    workflows::delete_step(&state.db, step_id).await?;
     Ok(ACK)
 }
 

@@ -356,13 +356,20 @@ pub struct SyncReport {
     pub regions_kept: Vec<String>,
 }
 
-/// The providers and regions the configuration declares (plus `local.local` / `local`), with
-/// each provider's default region.
-pub fn declared(config: &ProvidersConfig) -> Vec<(String, String, Vec<String>, Option<String>)> {
+/// The providers and regions the configuration declares (plus `local.local` / `local` when
+/// `offer_local`; without it, not even a configured `local` section), with each provider's
+/// default region.
+pub fn declared(
+    config: &ProvidersConfig,
+    offer_local: bool,
+) -> Vec<(String, String, Vec<String>, Option<String>)> {
     let mut out = Vec::new();
-    let mut has_local = false;
+    let mut has_local = !offer_local;
     for (class, configs) in config {
         for (name, cfg) in configs {
+            if class == LOCAL_PROVIDER.0 && !offer_local {
+                continue;
+            }
             let mut regions: Vec<String> = cfg.effective_regions();
             let mut default = cfg.default_region.clone();
             if (class.as_str(), name.as_str()) == LOCAL_PROVIDER {
@@ -399,13 +406,14 @@ pub fn declared(config: &ProvidersConfig) -> Vec<(String, String, Vec<String>, O
 pub async fn sync_from_config(
     tx: &deadpool_postgres::Transaction<'_>,
     config: &ProvidersConfig,
+    offer_local: bool,
 ) -> Result<SyncReport> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_CATALOG])
         .await
         .map_err(pg_error)?;
     let mut report = SyncReport::default();
     let mut configured: HashMap<i32, Vec<String>> = HashMap::new();
-    for (class, name, regions, default) in declared(config) {
+    for (class, name, regions, default) in declared(config, offer_local) {
         let full = format!("{class}.{name}");
         let row = tx
             .query_one(

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ping",
         sql: include_str!("../../schema/0004_ping.sql"),
     },
+    Migration {
+        version: 5,
+        name: "roles",
+        sql: include_str!("../../schema/0005_roles.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -12,6 +12,7 @@ pub mod locks;
 pub mod logs;
 pub mod migrate;
 pub mod notify;
+pub mod ownership;
 pub mod recruiters;
 pub mod tasks;
 pub mod templates;

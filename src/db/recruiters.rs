@@ -2,6 +2,7 @@
 //! (recruiter states with their step's load, recyclable workers, region usage, workflow counters,
 //! recycling with weight rescaling, timers, disabling).
 
+use crate::domain::ownership::Owner;
 use std::collections::HashMap;
 
 use scoped_futures::ScopedFutureExt as _;
@@ -133,11 +134,12 @@ fn from_row(r: &tokio_postgres::Row) -> Recruiter {
     }
 }
 
-pub async fn create(db: &Db, r: &Recruiter) -> Result<()> {
+/// Stores a recruiter owned by `owner` (who, with admins, may change it).
+pub async fn create(db: &Db, r: &Recruiter, owner: Owner) -> Result<()> {
     db.run(Op::Recruiters, |c| {
         async move {
             c.execute(
-                &format!("INSERT INTO recruiter ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"),
+                &format!("INSERT INTO recruiter ({COLUMNS}, owner_id, owner_worker_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
                 &[
                     &r.step_id,
                     &r.rank,
@@ -153,6 +155,8 @@ pub async fn create(db: &Db, r: &Recruiter) -> Result<()> {
                     &r.prefetch_percent,
                     &r.concurrency_min,
                     &r.concurrency_max,
+                    &owner.user_id,
+                    &owner.worker_token,
                 ],
             )
             .await

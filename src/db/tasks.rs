@@ -7,6 +7,7 @@
 //! then `assign_cursor` rows (sorted). Submission locks its prerequisites FOR SHARE, so a prerequisite
 //! cannot change status while a dependent is being attached to it.
 
+use crate::domain::ownership::Owner;
 use std::collections::BTreeMap;
 
 use metrics::counter;
@@ -76,6 +77,8 @@ pub struct NewTask {
     pub is_final: Option<bool>,
     pub uses_cache: Option<bool>,
     pub task_name: Option<String>,
+    /// Who submitted it (changes need them or an admin).
+    pub owner: Owner,
 }
 
 const RESOLVE_PREREQUISITES: &str = "
@@ -95,9 +98,10 @@ const INSERT_TASK: &str = "
     WITH id AS (SELECT nextval('task_task_id_seq')::integer AS v)
     INSERT INTO task (task_id, shard, step_id, task_name, command, shell, container, container_options,
                       status, input, resource, output, retry, is_final, uses_cache,
-                      download_timeout, running_timeout, upload_timeout, pending_since)
+                      download_timeout, running_timeout, upload_timeout, pending_since,
+                      owner_id, owner_worker_token)
     SELECT id.v, (id.v % $1)::smallint, $2, $3, $4, $5, $6, $7, $8::text, $9, $10, $11, $12, $13, $14,
-           $15, $16, $17, CASE WHEN $8::text = 'P' THEN now() END
+           $15, $16, $17, CASE WHEN $8::text = 'P' THEN now() END, $18, $19
       FROM id
     RETURNING task_id, shard";
 
@@ -143,6 +147,8 @@ pub async fn submit(db: &Db, shards: u16, task: &NewTask) -> Result<i32> {
                             &download,
                             &running,
                             &upload,
+                            &task.owner.user_id,
+                            &task.owner.worker_token,
                         ],
                     )
                     .await
@@ -432,11 +438,11 @@ const INSERT_CLONE: &str = "
     INSERT INTO task (task_id, shard, step_id, task_name, command, shell, container, container_options,
                       status, input, resource, output, retry, is_final, uses_cache, download_timeout,
                       running_timeout, upload_timeout, input_hash, previous_task_id, retry_count,
-                      pending_since, weight)
+                      pending_since, weight, owner_id, owner_worker_token)
     SELECT id.v, (id.v % $3)::smallint, t.step_id, t.task_name, t.command, t.shell, t.container,
            t.container_options, 'P', t.input, t.resource, t.output, $2, t.is_final, t.uses_cache,
            t.download_timeout, t.running_timeout, t.upload_timeout, t.input_hash, t.task_id,
-           t.retry_count + 1, now(), 1.0
+           t.retry_count + 1, now(), 1.0, t.owner_id, t.owner_worker_token
       FROM task t, id
      WHERE t.task_id = $1
     RETURNING task_id";

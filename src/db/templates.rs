@@ -3,6 +3,7 @@
 //! the `I` tasks of the run's workflow become `P` in one statement; on failure the workflow the
 //! run created is deleted (steps, tasks and recruiters go with it by cascade).
 
+use crate::domain::ownership::Owner;
 use chrono::{DateTime, SecondsFormat, Utc};
 use scoped_futures::ScopedFutureExt as _;
 use serde_json::Value;
@@ -24,6 +25,8 @@ pub struct NewTemplate<'a> {
     pub script: &'a [u8],
     pub params: &'a Value,
     pub uploaded_by: Option<i32>,
+    /// Uploaded with the worker token (which may then replace it).
+    pub owner_worker_token: bool,
 }
 
 /// A template as stored (the script and its raw parameter list).
@@ -52,18 +55,20 @@ pub async fn exists(db: &Db, name: &str, version: &str) -> Result<bool> {
 }
 
 const INSERT_TEMPLATE: &str = "
-    INSERT INTO workflow_template (name, version, description, script, params_schema, uploaded_by)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    INSERT INTO workflow_template (name, version, description, script, params_schema, uploaded_by,
+                                   owner_worker_token)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     RETURNING workflow_template_id";
 
 /// With `replace`, an existing name+version gets the new script, description and parameters.
 const UPSERT_TEMPLATE: &str = "
-    INSERT INTO workflow_template (name, version, description, script, params_schema, uploaded_by)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    INSERT INTO workflow_template (name, version, description, script, params_schema, uploaded_by,
+                                   owner_worker_token)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (name, version) DO UPDATE
        SET description = EXCLUDED.description, script = EXCLUDED.script,
            params_schema = EXCLUDED.params_schema, uploaded_at = now(),
-           uploaded_by = EXCLUDED.uploaded_by
+           uploaded_by = EXCLUDED.uploaded_by, owner_worker_token = EXCLUDED.owner_worker_token
     RETURNING workflow_template_id";
 
 /// Stores a template; returns its id. Without `replace`, an existing name+version → AlreadyExists.
@@ -85,6 +90,7 @@ pub async fn save(db: &Db, t: &NewTemplate<'_>, replace: bool) -> Result<i32> {
                         &t.script,
                         &t.params,
                         &t.uploaded_by,
+                        &t.owner_worker_token,
                     ],
                 )
                 .await
@@ -234,19 +240,16 @@ pub async fn abandon_stale_runs(db: &Db, older_than_secs: f64) -> Result<u64> {
 }
 
 /// Records a new run in status P; returns its id.
-pub async fn create_run(
-    db: &Db,
-    template_id: i32,
-    values: &Value,
-    run_by: Option<i32>,
-) -> Result<i32> {
+pub async fn create_run(db: &Db, template_id: i32, values: &Value, owner: Owner) -> Result<i32> {
+    let (run_by, worker_token) = (owner.user_id, owner.worker_token);
     db.run(Op::Templates, |c| {
         async move {
             let row = c
                 .query_one(
-                    "INSERT INTO template_run (workflow_template_id, param_values, run_by)
-                     VALUES ($1, $2, $3) RETURNING template_run_id",
-                    &[&template_id, &values, &run_by],
+                    "INSERT INTO template_run (workflow_template_id, param_values, run_by,
+                                               owner_worker_token)
+                     VALUES ($1, $2, $3, $4) RETURNING template_run_id",
+                    &[&template_id, &values, &run_by, &worker_token],
                 )
                 .await
                 .map_err(pg_error)?;

@@ -1,6 +1,7 @@
 //! Workflows and steps (`workflow`, `step`) and step statistics, computed by one SQL aggregate per
 //! request (behavior.md §4.9) — no in-memory counters, so nothing drifts and every replica agrees.
 
+use crate::domain::ownership::Owner;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::{Db, Op, pg_error};
@@ -16,15 +17,25 @@ pub async fn create_workflow(
     name: &str,
     strategy: RunStrategy,
     maximum_workers: Option<i32>,
+    owner: Owner,
 ) -> Result<i32> {
     let letter = strategy.letter();
+    let (owner_id, owner_worker_token) = (owner.user_id, owner.worker_token);
     db.run(Op::Workflows, |c| {
         async move {
             let row = c
                 .query_one(
-                    "INSERT INTO workflow (workflow_name, run_strategy, maximum_workers) VALUES ($1, $2, $3)
+                    "INSERT INTO workflow (workflow_name, run_strategy, maximum_workers, owner_id,
+                                           owner_worker_token)
+                     VALUES ($1, $2, $3, $4, $5)
                      RETURNING workflow_id",
-                    &[&name, &letter, &maximum_workers],
+                    &[
+                        &name,
+                        &letter,
+                        &maximum_workers,
+                        &owner_id,
+                        &owner_worker_token,
+                    ],
                 )
                 .await
                 .map_err(pg_error)?;

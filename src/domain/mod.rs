@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod events;
 pub mod limits;
 pub mod logs;
+pub mod ownership;
 pub mod protofilter;
 pub mod quota;
 pub mod recruitment;

@@ -24,8 +24,8 @@ pub async fn take_office(ctx: &LeaderContext) -> Result<SyncReport> {
     let config = ctx.config.clone();
     let report = ctx
         .fenced_tx(Op::Catalog, |tx| {
-            let providers = &config.providers;
-            async move { catalog::sync_from_config(tx, providers).await }.scope_boxed()
+            let (providers, offer_local) = (&config.providers, config.local_provider);
+            async move { catalog::sync_from_config(tx, providers, offer_local).await }.scope_boxed()
         })
         .await?;
     if !report.providers_added.is_empty() || !report.regions_added.is_empty() {

@@ -146,12 +146,16 @@ impl std::fmt::Debug for Providers {
 }
 
 impl Providers {
-    /// Builds the providers of the configuration; `local.local` always exists.
+    /// Builds the providers of the configuration; `local.local` exists exactly when
+    /// `--local-provider` is set.
     pub fn from_config(config: &Config, env: &Environment) -> anyhow::Result<Providers> {
         let mut providers = Providers::default();
         for (class, configs) in &config.providers {
             for (name, cfg) in configs {
                 match class.as_str() {
+                    "local" if !config.local_provider => tracing::warn!(
+                        "providers.local is configured but --local-provider is off: not offered"
+                    ),
                     "local" => {
                         providers.insert(Arc::new(local::LocalProvider::from_config(cfg, env)?))
                     }
@@ -165,7 +169,7 @@ impl Providers {
                 }
             }
         }
-        if providers.get("local.local").is_none() {
+        if config.local_provider && providers.get("local.local").is_none() {
             providers.insert(Arc::new(local::LocalProvider::from_config(
                 &ProviderConfig::default(),
                 env,

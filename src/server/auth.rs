@@ -1,7 +1,8 @@
 //! Authentication and authorization of every RPC of `taskqueue.TaskQueue`, unary and streaming alike
 //! (design.md §7), as a tower layer in front of the service. It reads `authorization: Bearer <token>`,
 //! resolves it to a `Caller` (the worker token, compared in constant time, or a live session),
-//! applies the access rule of `api::rpcs`, and hands the `Caller` to the handler as a request
+//! applies the access rule of `api::rpcs` (roles; the per-object rules of `Owned` and `Machines`
+//! are checked by the handlers, which know the object), and hands the `Caller` to the handler as a request
 //! extension. Health and reflection are not authenticated (load balancers, ghz).
 //!
 //! Cache: token digest → user, for `TOKEN_CACHE_TTL`. What may be stale: a Logout, DeleteUser or
@@ -19,6 +20,7 @@ use moka::future::Cache;
 use crate::api::rpcs::{self, Access};
 use crate::db::{self, Db, users::User};
 use crate::domain::credentials::{token_digest, worker_token_matches};
+use crate::domain::ownership::Actor;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::CACHE_REQUESTS;
 
@@ -50,6 +52,15 @@ impl Caller {
         match self {
             Caller::User(u) => Some(u.user_id),
             _ => None,
+        }
+    }
+    /// The caller as the ownership and machines rules see it.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::User(u) if u.is_admin => Actor::Admin(u.user_id),
+            Caller::User(u) => Actor::User(u.user_id),
+            Caller::WorkerToken => Actor::WorkerToken,
+            Caller::Anonymous | Caller::AnonymousLogWriter => Actor::Nobody,
         }
     }
     /// Reads the caller a request was authenticated as.
@@ -135,6 +146,13 @@ impl Authenticator {
             Access::Secrets if !(caller.is_admin() || *caller == Caller::WorkerToken) => {
                 Err(Error::permission_denied(format!(
                     "{method} returns secrets: only the worker token or an admin may call it"
+                )))
+            }
+            Access::Worker | Access::LogWrite
+                if !(caller.is_admin() || *caller == Caller::WorkerToken) =>
+            {
+                Err(Error::permission_denied(format!(
+                    "{method} is a worker RPC: call it with the worker token, not a user session"
                 )))
             }
             _ => Ok(()),

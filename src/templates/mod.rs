@@ -16,6 +16,8 @@
 pub mod script;
 pub mod venv;
 
+use crate::db::ownership::Object;
+use crate::domain::ownership::{Actor, Owner};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,6 +46,8 @@ const MAX_SCRIPT: usize = 16 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct CallerCredentials {
     pub user_id: Option<i32>,
+    /// Who they are for the ownership rule (replacing a version, owning the run).
+    pub actor: Actor,
     pub token: Option<String>,
 }
 
@@ -161,6 +165,13 @@ impl Templates {
         if !force && db::templates::exists(db, &meta.name, &meta.version).await? {
             return Ok(refused(already_exists(&meta)));
         }
+        if force {
+            let version = Object::TemplateVersion {
+                name: &meta.name,
+                version: &meta.version,
+            };
+            db::ownership::check(db, caller.actor, version).await?;
+        }
         let params_run = self.describe(script, "--params", &env).await?;
         if !params_run.success() {
             return Ok(refused(script_failure(
@@ -191,6 +202,7 @@ impl Templates {
             script,
             params: &params,
             uploaded_by: caller.user_id,
+            owner_worker_token: Owner::of(caller.actor).worker_token,
         };
         let id = match db::templates::save(db, &new, force).await {
             Ok(id) => id,
@@ -239,7 +251,8 @@ impl Templates {
         let values_doc: Value =
             serde_json::from_str(&values).map_err(|e| Error::internal(e.to_string()))?;
         let run_id =
-            db::templates::create_run(db, template_id, &values_doc, caller.user_id).await?;
+            db::templates::create_run(db, template_id, &values_doc, Owner::of(caller.actor))
+                .await?;
         let env = self.env(caller, Some(run_id));
         let (this, db2) = (self.clone(), db.clone());
         let finished =

@@ -6,9 +6,12 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../fleet_support/mod.rs"]
+mod fleet_support;
 mod guard;
 
 mod every_rpc;
 mod inputs;
 mod limits;
+mod roles;
 mod smoke;

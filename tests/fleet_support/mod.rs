@@ -58,6 +58,8 @@ pub async fn fleet_replica_with(
     let url = common::postgres().await.fresh_db().await;
     let mut config = common::test_config(&url);
     config.providers = providers(providers_yaml);
+    // As a configuration file does: a `local` section offers the (opt-in) local provider.
+    config.local_provider = config.providers.contains_key("local");
     // The tests drive the leader's loops themselves, with their own term.
     config.leader_eligible = false;
     tweak(&mut config);
