@@ -60,6 +60,9 @@ pub mod defaults {
     pub const MAX_LOG_FOLLOWERS: usize = 20_000;
     /// The original's gRPC message limit (50 MiB): large submissions and log chunks fit.
     pub const MAX_MESSAGE_BYTES: usize = 50 << 20;
+    /// Template scripts are other people's code: a server running as root runs them as this
+    /// unprivileged user (created with `useradd --system` when missing), never as root.
+    pub const SCRIPT_USER: &str = "taskqueue-script";
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -199,6 +202,11 @@ pub struct ServeArgs {
     /// [default: the server's own user].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
     pub template_run_as: Option<String>,
+    /// Unprivileged user that template scripts run as when the server runs as root (created with
+    /// `useradd --system` when missing; a script never runs as root). A server not running as
+    /// root runs scripts as its own user [default: taskqueue-script, or --template-run-as].
+    #[arg(long, env = "TASKQUEUE_SCRIPT_USER")]
+    pub script_user: Option<String>,
 }
 
 /// How the gRPC port is secured.
@@ -322,6 +330,10 @@ pub struct Config {
     pub docker_credentials: Vec<DockerCredential>,
     pub providers: Providers,
     pub rclone: RcloneRemotes,
+    /// `--script-user`; `None` means `template_run_as`, else `defaults::SCRIPT_USER`.
+    pub script_user: Option<String>,
+    /// Files the secrets were read from (worker token, admin password): hidden from scripts.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -410,6 +422,7 @@ struct ScitqSection {
     docker_credentials: Vec<DockerCredential>,
     docker_registry: Option<String>,
     docker_authentication: Option<String>,
+    script_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,6 +656,15 @@ impl Config {
              (and no --template-interpreter)"
         );
 
+        let secret_files: Vec<PathBuf> = [
+            args.worker_token_file.clone(),
+            s.worker_token_file.clone(),
+            args.admin_password_file.clone(),
+            s.admin_password_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let replica_name = args
             .replica_name
             .clone()
@@ -770,6 +792,12 @@ impl Config {
             docker_credentials,
             providers: file.providers,
             rclone,
+            script_user: args
+                .script_user
+                .clone()
+                .or(s.script_user)
+                .filter(|u| !u.trim().is_empty()),
+            secret_files,
         };
         config.validate()?;
         Ok(config)

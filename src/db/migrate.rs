@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ping",
         sql: include_str!("../../schema/0004_ping.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sandbox",
+        sql: include_str!("../../schema/0006_sandbox.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -56,7 +56,7 @@ impl AppState {
         let logs = LogService::start(db.clone(), config.max_log_followers, draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::new(config.rclone.clone());
-        let templates = Templates::new(&config, grpc_addr);
+        let templates = Templates::new(&config, grpc_addr, auth.clone());
         AppState {
             db,
             config,

@@ -10,4 +10,5 @@ mod guard;
 
 mod every_rpc;
 mod inputs;
+mod sandbox;
 mod smoke;
