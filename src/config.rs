@@ -1166,6 +1166,29 @@ rclone:
     }
 
     #[test]
+    fn script_user_and_hidden_secret_files() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert!(c.script_user.is_none() && c.secret_files.is_empty());
+        let c = from_yaml("scitq: {script_user: tq-scripts}", ServeArgs::default()).unwrap();
+        assert_eq!(c.script_user.as_deref(), Some("tq-scripts"));
+        let args = ServeArgs {
+            script_user: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = from_yaml("scitq: {script_user: tq-scripts}", args).unwrap();
+        assert_eq!(c.script_user.as_deref(), Some("from-flag"));
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let args = ServeArgs {
+            worker_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let c = from_yaml("{}", args).unwrap();
+        assert_eq!(c.secret_files, vec![token]);
+    }
+
+    #[test]
     fn flags_win_over_yaml() {
         let args = ServeArgs {
             listen: Some("127.0.0.1:7000".parse().unwrap()),
