@@ -71,6 +71,9 @@ pub mod defaults {
     pub const MAX_CONCURRENT_STREAMS: u32 = 10_240;
     /// The `local` provider runs workers as processes of the leader's host: opt-in.
     pub const LOCAL_PROVIDER: bool = false;
+    /// Template scripts are other people's code: a server running as root runs them as this
+    /// unprivileged user (created with `useradd --system` when missing), never as root.
+    pub const SCRIPT_USER: &str = "taskqueue-script";
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -226,6 +229,11 @@ pub struct ServeArgs {
     /// `providers.local`].
     #[arg(long, env = "TASKQUEUE_LOCAL_PROVIDER", num_args = 0..=1, default_missing_value = "true")]
     pub local_provider: Option<bool>,
+    /// Unprivileged user that template scripts run as when the server runs as root (created with
+    /// `useradd --system` when missing; a script never runs as root). A server not running as
+    /// root runs scripts as its own user [default: taskqueue-script, or --template-run-as].
+    #[arg(long, env = "TASKQUEUE_SCRIPT_USER")]
+    pub script_user: Option<String>,
 }
 
 /// How the gRPC port is secured.
@@ -354,6 +362,10 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// `--local-provider`: the `local` provider is offered (listed, usable by CreateWorker).
     pub local_provider: bool,
+    /// `--script-user`; `None` means `template_run_as`, else `defaults::SCRIPT_USER`.
+    pub script_user: Option<String>,
+    /// Files the secrets were read from (worker token, admin password): hidden from scripts.
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -446,6 +458,7 @@ struct ScitqSection {
     max_log_followers_per_user: Option<usize>,
     max_concurrent_streams: Option<u32>,
     local_provider: Option<bool>,
+    script_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -680,6 +693,15 @@ impl Config {
              (and no --template-interpreter)"
         );
 
+        let secret_files: Vec<PathBuf> = [
+            args.worker_token_file.clone(),
+            s.worker_token_file.clone(),
+            args.admin_password_file.clone(),
+            s.admin_password_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let replica_name = args
             .replica_name
             .clone()
@@ -825,6 +847,12 @@ impl Config {
                 .local_provider
                 .or(s.local_provider)
                 .unwrap_or(defaults::LOCAL_PROVIDER || local_configured),
+            script_user: args
+                .script_user
+                .clone()
+                .or(s.script_user)
+                .filter(|u| !u.trim().is_empty()),
+            secret_files,
         };
         config.validate()?;
         Ok(config)
@@ -1202,6 +1230,29 @@ rclone:
             .unwrap_err()
             .to_string();
         assert!(err.contains("script_venv"), "{err}");
+    }
+
+    #[test]
+    fn script_user_and_hidden_secret_files() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert!(c.script_user.is_none() && c.secret_files.is_empty());
+        let c = from_yaml("scitq: {script_user: tq-scripts}", ServeArgs::default()).unwrap();
+        assert_eq!(c.script_user.as_deref(), Some("tq-scripts"));
+        let args = ServeArgs {
+            script_user: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = from_yaml("scitq: {script_user: tq-scripts}", args).unwrap();
+        assert_eq!(c.script_user.as_deref(), Some("from-flag"));
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let args = ServeArgs {
+            worker_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let c = from_yaml("{}", args).unwrap();
+        assert_eq!(c.secret_files, vec![token]);
     }
 
     #[test]

@@ -132,6 +132,38 @@ pub const RPCS: &[Rpc] = &[
     rpc("PruneWorkerEvents", Unary, Authenticated),
 ];
 
+/// What a template script's scoped session may call: what the DSL needs to build its workflow
+/// (workflows, steps, tasks, recruiters and their listings), the catalog it chooses from, the file
+/// listings it expands inputs with, and its own run's bookkeeping. Everything else — users,
+/// workers' RPCs, deletions, secrets, running or uploading templates — is refused with
+/// PermissionDenied, whoever the runner is.
+pub const SCRIPT_RPCS: &[&str] = &[
+    "SubmitTask",
+    "ListTasks",
+    "ListWorkflows",
+    "CreateWorkflow",
+    "ListSteps",
+    "CreateStep",
+    "GetStepStats",
+    "ListRecruiters",
+    "CreateRecruiter",
+    "ListWorkers",
+    "ListFlavors",
+    "ListProviders",
+    "ListRegions",
+    "FetchList",
+    "FetchInfo",
+    "GetWorkspaceRoot",
+    "ListTemplates",
+    "ListTemplateRuns",
+    "UpdateTemplateRun",
+];
+
+/// May a template script's scoped session call `name`?
+pub fn script_may_call(name: &str) -> bool {
+    SCRIPT_RPCS.contains(&name)
+}
+
 /// The RPC of the service a request path (`/taskqueue.TaskQueue/Name`) designates, if any.
 pub fn lookup(path: &str) -> Option<&'static Rpc> {
     let name = path
@@ -152,6 +184,23 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 59);
+    }
+
+    #[test]
+    fn script_rpcs_exist_and_exclude_admin_and_secrets() {
+        for name in SCRIPT_RPCS {
+            let rpc = RPCS.iter().find(|r| r.name == *name).expect(name);
+            assert_eq!(rpc.access, Authenticated, "{name}");
+        }
+        for name in [
+            "CreateUser",
+            "RunTemplate",
+            "UploadTemplate",
+            "GetRcloneConfig",
+            "Login",
+        ] {
+            assert!(!script_may_call(name), "{name}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Workflow template RPCs: adapters over `crate::templates` (upload, run) and
-//! `db::templates` (lists, run updates). The caller's user fills uploaded_by/run_by; its bearer
-//! token is handed to the script so that it calls the server back as the caller.
+//! `db::templates` (lists, run updates). The caller's user fills uploaded_by/run_by; the script
+//! calls the server back with a scoped session of that user (never the caller's own token), which
+//! may update only its own run.
 
 use tonic::Request;
 
@@ -14,17 +15,9 @@ use crate::server::state::AppState;
 use crate::templates::CallerCredentials;
 
 fn credentials<T>(request: &Request<T>) -> CallerCredentials {
-    let token = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
     CallerCredentials {
         user_id: Caller::of(request).user_id(),
         actor: Caller::of(request).actor(),
-        token,
     }
 }
 
@@ -90,9 +83,18 @@ pub async fn update_template_run(
     state: &AppState,
     request: Request<pb::UpdateTemplateRunRequest>,
 ) -> Result<pb::Ack> {
+    let caller = Caller::of(&request);
     let actor = access::actor(&request);
     let r = request.into_inner();
     let id = required_id(r.template_run_id, "template_run_id")?;
+    if let Caller::User(u) = &caller
+        && u.scoped
+        && u.scoped_run_id != Some(id)
+    {
+        return Err(Error::permission_denied(
+            "a template script's token may update only its own run (TASKQUEUE_TEMPLATE_RUN_ID)",
+        ));
+    }
     access::owned(state, actor, Object::TemplateRun(id)).await?;
     if r.workflow_id.is_none() && r.error_message.is_none() {
         return Err(Error::invalid(

@@ -4,7 +4,6 @@ use tonic::Request;
 
 use super::tasks::{non_negative, page_limit};
 use super::access;
-use super::tasks::positive;
 use crate::db::ownership::Object;
 use crate::db::workflows::{self, WorkflowRef};
 use crate::domain::limits;

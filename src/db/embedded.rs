@@ -5,6 +5,10 @@
 //!
 //! Connections go through a Unix socket in the cluster folder (mode 0700), so no other local user can
 //! connect; TCP on loopback is opt-in (`tcp_port`) for tools such as pgbench on another machine user.
+//! Neither trusts the connecting process: `pg_hba.conf` asks for scram-sha-256 everywhere, with a
+//! password generated once and kept in `postgres.password` beside the cluster folder (created 0600,
+//! readable by the server only). A cluster made by an older version (trust) gets its password and
+//! the new `pg_hba.conf` at its next start.
 
 use std::ffi::CString;
 use std::io;
@@ -71,11 +75,18 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     port: u16,
     tcp_port: Option<u16>,
+    password: String,
 }
 
 /// The superuser the embedded cluster is created with.
 pub const SUPERUSER: &str = "postgres";
 const SOCKET_PORT: u16 = 5432;
+/// First line of the `pg_hba.conf` we write: a file without it is replaced (and the password set).
+const HBA_MARKER: &str = "# taskqueue: password (scram-sha-256) for every connection";
+const HBA: &str = "local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+";
 
 impl EmbeddedPostgres {
     /// Starts the cluster in `options.dir` (initdb first if it is new) and waits until it accepts
@@ -91,6 +102,20 @@ impl EmbeddedPostgres {
         let socket_dir = socket_dir_for(&dir, run_as)?;
         if !dir.join("PG_VERSION").exists() {
             initdb(&bin, &dir, run_as)?;
+        }
+        let password_file = options
+            .dir
+            .parent()
+            .unwrap_or(&options.dir)
+            .join("postgres.password");
+        let (password, created) = password(&password_file)?;
+        let hba = dir.join("pg_hba.conf");
+        let ours = std::fs::read_to_string(&hba)
+            .map(|t| t.starts_with(HBA_MARKER))
+            .unwrap_or(false);
+        if created || !ours {
+            set_password(&bin, &dir, run_as, &password)?;
+            write_owned(&hba, format!("{HBA_MARKER}\n{HBA}").as_bytes(), run_as)?;
         }
         let port = options.tcp_port.unwrap_or(SOCKET_PORT);
         let log_path = dir.parent().unwrap_or(&dir).join(format!(
@@ -148,6 +173,7 @@ impl EmbeddedPostgres {
             socket_dir,
             port,
             tcp_port: options.tcp_port,
+            password,
         };
         pg.wait_ready(&log_path).await?;
         tracing::info!(dir = %dir.display(), socket = %pg.socket_dir.display(), "embedded PostgreSQL is up");
@@ -197,6 +223,7 @@ impl EmbeddedPostgres {
         cfg.host_path(&self.socket_dir)
             .port(self.port)
             .user(SUPERUSER)
+            .password(&self.password)
             .dbname(dbname);
         cfg
     }
@@ -204,18 +231,23 @@ impl EmbeddedPostgres {
     /// A `key=value` connection string for database `dbname` (accepted by `--database-url`).
     pub fn url(&self, dbname: &str) -> String {
         format!(
-            "host={} port={} user={} dbname={}",
+            "host={} port={} user={} password={} dbname={}",
             quote(&self.socket_dir.to_string_lossy()),
             self.port,
             SUPERUSER,
+            quote(&self.password),
             quote(dbname)
         )
     }
 
     /// A TCP URL, when the cluster listens on loopback.
     pub fn tcp_url(&self, dbname: &str) -> Option<String> {
-        self.tcp_port
-            .map(|p| format!("postgresql://{SUPERUSER}@127.0.0.1:{p}/{dbname}"))
+        self.tcp_port.map(|p| {
+            format!(
+                "postgresql://{SUPERUSER}:{}@127.0.0.1:{p}/{dbname}",
+                self.password
+            )
+        })
     }
 
     pub fn socket_dir(&self) -> &Path {
@@ -475,6 +507,91 @@ fn initdb(bin: &Path, dir: &Path, run_as: Option<(u32, u32)>) -> Result<()> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )));
+    }
+    Ok(())
+}
+
+/// The superuser's password: read from `path`, or generated (hex, so it needs no quoting) and
+/// written there with mode 0600 from the start. True when it was just created.
+fn password(path: &Path) -> Result<(String, bool)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
+        Ok(_) => {
+            std::fs::remove_file(path).map_err(io_err(format!(
+                "cannot replace the empty {}",
+                path.display()
+            )))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
+    }
+    let secret = hex::encode(rand::random::<[u8; 24]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("cannot create {}", path.display())))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .map_err(io_err(format!("cannot write {}", path.display())))?;
+    Ok((secret, true))
+}
+
+/// Sets the superuser's password (scram-sha-256) in single-user mode, which needs no
+/// authentication: the cluster is not running yet.
+fn set_password(bin: &Path, dir: &Path, run_as: Option<(u32, u32)>, password: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.args(["--single", "-D"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=", SUPERUSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid).current_dir(dir);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err("cannot run postgres --single"))?;
+    let sql = format!(
+        "SET password_encryption = 'scram-sha-256'\nALTER ROLE {SUPERUSER} PASSWORD '{password}'\n"
+    );
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(sql.as_bytes())
+            .map_err(io_err("cannot talk to postgres --single"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io_err("cannot wait for postgres --single"))?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if !out.status.success() || stdout.contains("ERROR") || stderr.contains("ERROR:") {
+        // The output may quote the statement: the password is not repeated in the message.
+        return Err(EmbeddedError::Start(format!(
+            "cannot set the superuser password ({}): {}{}",
+            out.status,
+            stdout.replace(password, "***"),
+            stderr.replace(password, "***")
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `path` (0600) and gives it to the user PostgreSQL runs as.
+fn write_owned(path: &Path, contents: &[u8], run_as: Option<(u32, u32)>) -> Result<()> {
+    std::fs::write(path, contents).map_err(io_err(format!("cannot write {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(
+        format!("cannot set permissions of {}", path.display()),
+    ))?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(io_err(format!("cannot chown {}", path.display())))?;
     }
     Ok(())
 }

@@ -17,6 +17,11 @@ pub struct User {
     pub username: String,
     pub email: Option<String>,
     pub is_admin: bool,
+    /// The session is a template script's: limited to `api::rpcs::SCRIPT_RPCS`, never admin
+    /// (`is_admin` is then false whatever the user is). False outside authentication.
+    pub scoped: bool,
+    /// For a scoped session of a run: the template run it may update.
+    pub scoped_run_id: Option<i32>,
 }
 
 /// The fields UpdateUser may change.
@@ -39,11 +44,14 @@ fn user_from_row(row: &tokio_postgres::Row) -> User {
         username: row.get("username"),
         email: row.get("email"),
         is_admin: row.get("is_admin"),
+        scoped: false,
+        scoped_run_id: None,
     }
 }
 
 const SESSION_USER: &str = "
-    SELECT u.user_id, u.username, u.email, u.is_admin
+    SELECT u.user_id, u.username, u.email, u.is_admin AND NOT s.scoped AS is_admin,
+           s.scoped, s.template_run_id
       FROM scitq_user_session s
       JOIN scitq_user u ON u.user_id = s.user_id
      WHERE s.token_sha256 = $1 AND s.expires_at > now()";
@@ -65,7 +73,11 @@ pub async fn session_user(db: &Db, digest: &[u8; 32]) -> Result<Option<User>> {
                 .await
                 .map_err(pg_error)?;
             }
-            Ok(row.as_ref().map(user_from_row))
+            Ok(row.as_ref().map(|r| User {
+                scoped: r.get("scoped"),
+                scoped_run_id: r.get("template_run_id"),
+                ..user_from_row(r)
+            }))
         }
         .scope_boxed()
     })
@@ -107,6 +119,33 @@ pub async fn create_session(db: &Db, user_id: i32, digest: &[u8; 32], ttl: Durat
             c.execute(
                 "DELETE FROM scitq_user_session WHERE expires_at < now() - interval '1 day'",
                 &[],
+            )
+            .await
+            .map_err(pg_error)?;
+            Ok(())
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
+/// Creates a template script's session for `user_id`: scoped (see `User::scoped`), for the run
+/// `run_id` when there is one, expiring after `ttl` even if its run never ends properly.
+pub async fn create_scoped_session(
+    db: &Db,
+    user_id: i32,
+    digest: &[u8; 32],
+    ttl: Duration,
+    run_id: Option<i32>,
+) -> Result<()> {
+    let ttl_secs = ttl.as_secs_f64();
+    db.run(Op::Templates, |c| {
+        async move {
+            c.execute(
+                "INSERT INTO scitq_user_session
+                        (token_sha256, user_id, expires_at, last_used, scoped, template_run_id)
+                 VALUES ($1, $2, now() + make_interval(secs => $3), now(), true, $4)",
+                &[&digest.as_slice(), &user_id, &ttl_secs, &run_id],
             )
             .await
             .map_err(pg_error)?;

@@ -3,7 +3,8 @@
 //! resolves it to a `Caller` (the worker token, compared in constant time, or a live session),
 //! applies the access rule of `api::rpcs` (roles; the per-object rules of `Owned` and `Machines`
 //! are checked by the handlers, which know the object), and hands the `Caller` to the handler as a request
-//! extension. Health and reflection are not authenticated (load balancers, ghz).
+//! extension. Health and reflection are not authenticated (load balancers, ghz). A template
+//! script's scoped session reaches only `rpcs::SCRIPT_RPCS`, and never as an admin.
 //!
 //! Cache: token digest → user, for `TOKEN_CACHE_TTL`. What may be stale: a Logout, DeleteUser or
 //! UpdateUser made through another replica takes effect here within that TTL (on this replica, at
@@ -139,6 +140,14 @@ impl Authenticator {
 
     /// Decides whether `caller` may call `access`-protected RPCs.
     fn authorize(&self, access: Access, caller: &Caller, method: &str) -> Result<()> {
+        if let Caller::User(u) = caller
+            && u.scoped
+            && !rpcs::script_may_call(method)
+        {
+            return Err(Error::permission_denied(format!(
+                "{method} is not open to a template script's token (it may only build its workflow)"
+            )));
+        }
         match access {
             Access::Admin if !caller.is_admin() => Err(Error::permission_denied(format!(
                 "{method} requires an admin user"

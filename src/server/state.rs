@@ -61,7 +61,7 @@ impl AppState {
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::new(config.rclone.clone());
-        let templates = Templates::new(&config, grpc_addr);
+        let templates = Templates::new(&config, grpc_addr, auth.clone());
         AppState {
             db,
             config,

@@ -1,10 +1,15 @@
 //! Workflow templates (behavior.md §4.11), stateless (design.md §2): the script lives in Postgres
 //! and is written to a private temporary folder only while it runs, so any replica uploads or runs
 //! any template. Upload runs the script's `--metadata` and `--params` and stores what they
-//! answered; a run records itself, runs `--values <json>` with the caller's credentials (the
+//! answered; a run records itself, runs `--values <json>` with a scoped token of the caller (the
 //! script calls the server back to create its workflow, steps and `I` tasks, and reports its
 //! workflow with UpdateTemplateRun), then activates that workflow's tasks — or deletes the
 //! workflow when the script failed or timed out.
+//!
+//! Scripts are other people's code. They never see the caller's token: each script run gets a
+//! fresh session of the caller that is scoped (only `api::rpcs::SCRIPT_RPCS`, never admin, only
+//! its own run's bookkeeping) and deleted as soon as the script ends. How the process itself is
+//! confined (user, namespaces, rlimits) is `sandbox`'s business.
 //!
 //! Deviations from the original, on purpose: script problems in upload answer `success=false`
 //! as the original did, but warnings without `force` are a `FailedPrecondition` error; run values
@@ -13,6 +18,7 @@
 //! stopped mid-run is ended `F` (and its workflow deleted) by the next RunTemplate once it is
 //! older than the template timeout plus a margin.
 
+pub mod sandbox;
 pub mod script;
 pub mod venv;
 
@@ -20,15 +26,18 @@ use crate::db::ownership::Object;
 use crate::domain::ownership::{Actor, Owner};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::db::{self, Db};
+use crate::domain::credentials::{new_session_token, token_digest};
 use crate::domain::templates as rules;
 use crate::error::{Code, Error, Result};
 use crate::proto as pb;
+use crate::server::auth::Authenticator;
 use crate::telemetry::metrics as m;
 use script::{Outcome, Runner};
 
@@ -41,20 +50,21 @@ const STALE_MARGIN: Duration = Duration::from_secs(60);
 /// Largest script accepted.
 const MAX_SCRIPT: usize = 16 << 20;
 
-/// Who calls a template RPC: the user (for uploaded_by/run_by) and the bearer token the script
-/// gets to call the server back as that caller.
+/// Who calls a template RPC: the user (for uploaded_by/run_by, and whose scoped session the
+/// script gets). Callers without a user (the worker token) run scripts without any token.
 #[derive(Debug, Clone, Default)]
 pub struct CallerCredentials {
     pub user_id: Option<i32>,
     /// Who they are for the ownership rule (replacing a version, owning the run).
     pub actor: Actor,
-    pub token: Option<String>,
 }
 
 /// Template upload and run, with how scripts reach this server back.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Templates {
     runner: Runner,
+    /// Forgets a script's session on this replica the moment it is revoked.
+    auth: Arc<Authenticator>,
     timeout: Duration,
     /// `host:port` (SCITQ_SERVER, the original's form).
     server: String,
@@ -67,7 +77,7 @@ pub struct Templates {
 }
 
 impl Templates {
-    pub fn new(config: &Config, grpc_addr: SocketAddr) -> Templates {
+    pub fn new(config: &Config, grpc_addr: SocketAddr, auth: Arc<Authenticator>) -> Templates {
         // The original gives scripts `<server_fqdn or localhost>:<port>` (behavior.md §4.11): the
         // name a certificate is issued for (its embedded one names only localhost), never the
         // listen IP. We differ only for a server bound to one non-loopback address without
@@ -89,7 +99,11 @@ impl Templates {
         };
         Templates {
             venv_hint: venv_hint(config),
-            runner: Runner::new(&config.template_interpreter, config.template_run_as.clone()),
+            runner: Runner::new(
+                &config.template_interpreter,
+                sandbox::Settings::from_config(config),
+            ),
+            auth,
             timeout: config.template_timeout,
             server_url: format!("{scheme}://{server}"),
             server,
@@ -99,26 +113,55 @@ impl Templates {
 
     /// The environment of a script: the original's SCITQ_* variables and their TASKQUEUE_*
     /// counterparts for the `taskqueue` client commands.
-    fn env(&self, caller: &CallerCredentials, run_id: Option<i32>) -> Vec<(String, String)> {
+    /// The certificate goes as text (SCITQ_SSL_CERTIFICATE) and as a copy in the run's own
+    /// folder (TASKQUEUE_CA_FILE, placed by the runner): the data dir is hidden from scripts.
+    fn env(&self, token: Option<&str>, run_id: Option<i32>) -> Vec<(String, String)> {
         let mut env = vec![
             ("SCITQ_SERVER".to_string(), self.server.clone()),
             ("TASKQUEUE_SERVER".to_string(), self.server_url.clone()),
         ];
-        if let Some(token) = &caller.token {
-            env.push(("SCITQ_TOKEN".into(), token.clone()));
-            env.push(("TASKQUEUE_TOKEN".into(), token.clone()));
+        if let Some(token) = token {
+            env.push(("SCITQ_TOKEN".into(), token.to_string()));
+            env.push(("TASKQUEUE_TOKEN".into(), token.to_string()));
         }
-        if let Some(cert) = &self.certificate {
-            env.push(("TASKQUEUE_CA_FILE".into(), cert.to_string_lossy().into()));
-            if let Ok(pem) = std::fs::read_to_string(cert) {
-                env.push(("SCITQ_SSL_CERTIFICATE".into(), pem));
-            }
+        if let Some(cert) = &self.certificate
+            && let Ok(pem) = std::fs::read_to_string(cert)
+        {
+            env.push(("SCITQ_SSL_CERTIFICATE".into(), pem));
         }
         if let Some(id) = run_id {
             env.push(("SCITQ_TEMPLATE_RUN_ID".into(), id.to_string()));
             env.push(("TASKQUEUE_TEMPLATE_RUN_ID".into(), id.to_string()));
         }
         env
+    }
+
+    /// A fresh scoped session of the caller for one script run (see the module documentation),
+    /// or none for a caller without a user. It expires by itself after the template timeout plus
+    /// a margin, should the replica die before revoking it.
+    async fn script_session(
+        &self,
+        db: &Db,
+        caller: &CallerCredentials,
+        run_id: Option<i32>,
+    ) -> Result<Option<ScriptSession>> {
+        let Some(user_id) = caller.user_id else {
+            return Ok(None);
+        };
+        let token = new_session_token();
+        let ttl = self.timeout + STALE_MARGIN;
+        db::users::create_scoped_session(db, user_id, &token_digest(&token), ttl, run_id).await?;
+        Ok(Some(ScriptSession { token }))
+    }
+
+    /// Ends a script's session: deleted in the database, forgotten by this replica's cache
+    /// (other replicas forget it within the auth cache TTL).
+    async fn revoke(&self, db: &Db, session: Option<ScriptSession>) {
+        let Some(session) = session else { return };
+        if let Err(e) = db::users::delete_session(db, &token_digest(&session.token)).await {
+            tracing::warn!(error = %e, "cannot revoke a template script's session (it expires by itself)");
+        }
+        self.auth.forget(&session.token).await;
     }
 
     async fn describe(
@@ -148,8 +191,23 @@ impl Templates {
                 MAX_SCRIPT >> 20
             )));
         }
-        let env = self.env(caller, None);
-        let meta_run = self.describe(script, "--metadata", &env).await?;
+        let session = self.script_session(db, caller, None).await?;
+        let env = self.env(session.as_ref().map(|s| s.token.as_str()), None);
+        let described = self.upload_described(db, script, force, caller, &env).await;
+        self.revoke(db, session).await;
+        described
+    }
+
+    /// UploadTemplate once the scripts' session exists (it is revoked by the caller).
+    async fn upload_described(
+        &self,
+        db: &Db,
+        script: &[u8],
+        force: bool,
+        caller: &CallerCredentials,
+        env: &[(String, String)],
+    ) -> Result<pb::UploadTemplateResponse> {
+        let meta_run = self.describe(script, "--metadata", env).await?;
         if !meta_run.success() {
             return Ok(refused(script_failure(
                 "--metadata",
@@ -172,7 +230,7 @@ impl Templates {
             };
             db::ownership::check(db, caller.actor, version).await?;
         }
-        let params_run = self.describe(script, "--params", &env).await?;
+        let params_run = self.describe(script, "--params", env).await?;
         if !params_run.success() {
             return Ok(refused(script_failure(
                 "--params",
@@ -253,10 +311,20 @@ impl Templates {
         let run_id =
             db::templates::create_run(db, template_id, &values_doc, Owner::of(caller.actor))
                 .await?;
-        let env = self.env(caller, Some(run_id));
+        let session = match self.script_session(db, caller, Some(run_id)).await {
+            Ok(s) => s,
+            Err(e) => {
+                db::templates::finish_failure(db, run_id, &e.message).await?;
+                return Err(e);
+            }
+        };
+        let env = self.env(session.as_ref().map(|s| s.token.as_str()), Some(run_id));
         let (this, db2) = (self.clone(), db.clone());
-        let finished =
-            tokio::spawn(async move { this.execute(&db2, stored, run_id, &values, &env).await });
+        let finished = tokio::spawn(async move {
+            let executed = this.execute(&db2, stored, run_id, &values, &env).await;
+            this.revoke(&db2, session).await;
+            executed
+        });
         finished
             .await
             .map_err(|e| Error::internal(format!("template run {run_id} task failed: {e}")))??;
@@ -327,6 +395,11 @@ impl Templates {
             })
             .collect())
     }
+}
+
+/// A template script's session token (see `Templates::script_session`).
+struct ScriptSession {
+    token: String,
 }
 
 fn record(started: Instant, outcome: &'static str) {

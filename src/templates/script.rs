@@ -1,18 +1,19 @@
 //! Running one template script: the script (bytes from Postgres) is written to a private temporary
 //! folder (mode 0700) that lives only for the run, and started as `<interpreter> <script> <args>`
 //! in an empty working folder inside it, with a clean environment (PATH, locale, HOME = the working
-//! folder, plus what the caller passes), optionally as an unprivileged user, in its own process
-//! group. Standard output and error are captured up to `MAX_OUTPUT` bytes each (the rest is read
+//! folder, plus what the caller passes), confined as `sandbox` decides, in its own process
+//! group. A certificate passed as `SCITQ_SSL_CERTIFICATE` is also written to the run's folder and
+//! named by `TASKQUEUE_CA_FILE`, since the server's own copy is out of the script's sight. Standard output and error are captured up to `MAX_OUTPUT` bytes each (the rest is read
 //! and dropped so the script never blocks on a full pipe). At the deadline, and after the script
 //! ends, the whole process group is killed: nothing started by a script outlives its run.
 
-use std::ffi::CString;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use super::sandbox::{Plan, Settings};
 use crate::error::{Error, Result};
 
 /// Bytes of standard output (and, separately, of standard error) kept from one run.
@@ -27,8 +28,8 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Runner {
     /// The interpreter's program and its leading arguments.
     pub interpreter: Vec<String>,
-    /// Unprivileged user to run as.
-    pub run_as: Option<String>,
+    /// Who the script runs as and what it must not see.
+    pub sandbox: Settings,
 }
 
 /// How a run ended.
@@ -65,18 +66,11 @@ impl Outcome {
     }
 }
 
-/// The user a script runs as: ids and supplementary groups, resolved before forking.
-struct RunAs {
-    uid: u32,
-    gid: u32,
-    groups: Vec<libc::gid_t>,
-}
-
 impl Runner {
-    pub fn new(interpreter: &str, run_as: Option<String>) -> Runner {
+    pub fn new(interpreter: &str, sandbox: Settings) -> Runner {
         Runner {
             interpreter: interpreter.split_whitespace().map(str::to_string).collect(),
-            run_as,
+            sandbox,
         }
     }
 
@@ -89,17 +83,25 @@ impl Runner {
         env: &[(String, String)],
         timeout: Duration,
     ) -> Result<Outcome> {
-        let run_as = match &self.run_as {
-            Some(user) => resolve_user(user)?,
-            None => None,
-        };
+        let plan = Plan::prepare(&self.sandbox)?;
         let dir = tempfile::Builder::new()
             .prefix("taskqueue-template-")
             .tempdir()
             .map_err(|e| Error::unavailable(format!("cannot create a temporary folder: {e}")))?;
         let script_path = dir.path().join("script.py");
         let work = dir.path().join("work");
-        prepare(dir.path(), &script_path, &work, script, run_as.as_ref())?;
+        let certificate = env
+            .iter()
+            .find(|(k, _)| k == "SCITQ_SSL_CERTIFICATE")
+            .map(|(_, pem)| (dir.path().join("ca.pem"), pem.as_bytes()));
+        prepare(
+            dir.path(),
+            &script_path,
+            &work,
+            script,
+            certificate.as_ref().map(|(p, pem)| (p.as_path(), *pem)),
+            plan.owner(),
+        )?;
 
         let (program, leading) = self
             .interpreter
@@ -127,21 +129,10 @@ impl Runner {
                 cmd.env(key, v);
             }
         }
-        if let Some(user) = run_as {
-            // SAFETY: the closure only calls async-signal-safe functions (setgroups, setgid,
-            // setuid) on data prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setgroups(user.groups.len() as _, user.groups.as_ptr()) != 0
-                        || libc::setgid(user.gid) != 0
-                        || libc::setuid(user.uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        if let Some((path, _)) = &certificate {
+            cmd.env("TASKQUEUE_CA_FILE", path);
         }
+        plan.install(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             Error::failed_precondition(format!(
                 "cannot start the template interpreter {program:?}: {e}"
@@ -225,60 +216,30 @@ async fn capture(pipe: Option<impl AsyncRead + Unpin>) -> String {
     text
 }
 
-/// Writes the script and creates the working folder, owned by the user the script runs as.
+/// Writes the script (and the certificate) and creates the working folder, owned by the user
+/// the script runs as.
 fn prepare(
     dir: &Path,
     script_path: &Path,
     work: &Path,
     script: &[u8],
-    run_as: Option<&RunAs>,
+    certificate: Option<(&Path, &[u8])>,
+    owner: Option<(u32, u32)>,
 ) -> Result<()> {
     let io = |what: &str, e: std::io::Error| {
         Error::unavailable(format!("cannot prepare the template run ({what}): {e}"))
     };
     std::fs::write(script_path, script).map_err(|e| io("script", e))?;
     std::fs::create_dir(work).map_err(|e| io("working folder", e))?;
-    if let Some(u) = run_as {
-        for p in [dir, script_path, work] {
-            std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid)).map_err(|e| io("owner", e))?;
+    let mut owned = vec![dir, script_path, work];
+    if let Some((path, pem)) = certificate {
+        std::fs::write(path, pem).map_err(|e| io("certificate", e))?;
+        owned.push(path);
+    }
+    if let Some((uid, gid)) = owner {
+        for p in owned {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| io("owner", e))?;
         }
     }
     Ok(())
-}
-
-/// The ids and groups of `user`; `None` when it is the current user already.
-fn resolve_user(user: &str) -> Result<Option<RunAs>> {
-    let name = CString::new(user)
-        .map_err(|_| Error::failed_precondition("template_run_as holds a NUL byte"))?;
-    // SAFETY: getpwnam returns a pointer into static storage or NULL; the ids are copied at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err(Error::failed_precondition(format!(
-            "template_run_as: no user {user:?} on this server"
-        )));
-    }
-    // SAFETY: pw is non-null and points to a valid passwd record.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    // SAFETY: plain syscall.
-    let me = unsafe { libc::geteuid() };
-    if uid == me {
-        return Ok(None);
-    }
-    if me != 0 {
-        return Err(Error::failed_precondition(format!(
-            "template_run_as is {user:?} but the server does not run as root: it cannot switch users"
-        )));
-    }
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: groups has room for n entries; getgrouplist writes at most n and updates n.
-        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if r >= 0 {
-            groups.truncate(n as usize);
-            break;
-        }
-        groups.resize((n as usize).max(groups.len() * 2), 0);
-    }
-    Ok(Some(RunAs { uid, gid, groups }))
 }

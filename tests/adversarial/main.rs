@@ -14,4 +14,5 @@ mod every_rpc;
 mod inputs;
 mod limits;
 mod roles;
+mod sandbox;
 mod smoke;
