@@ -1018,6 +1018,40 @@ mod tests {
     }
 
     #[test]
+    fn limits_come_from_flags_yaml_or_defaults() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert_eq!(c.max_log_bytes_per_task, 1 << 30);
+        assert_eq!(c.max_log_followers_per_user, 100);
+        assert_eq!(c.max_concurrent_streams, 10_240);
+        let yaml = "scitq:\n  max_log_bytes_per_task: 4096\n  max_log_followers_per_user: 7\n  \
+                    max_concurrent_streams: 64\n";
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!(
+            (
+                c.max_log_bytes_per_task,
+                c.max_log_followers_per_user,
+                c.max_concurrent_streams
+            ),
+            (4096, 7, 64)
+        );
+        let flags = ServeArgs {
+            max_log_followers_per_user: Some(3),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_yaml(yaml, flags).unwrap().max_log_followers_per_user,
+            3
+        );
+        assert!(
+            from_yaml(
+                "scitq:\n  max_log_bytes_per_task: 10\n",
+                ServeArgs::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn reads_an_original_scitq_yaml() {
         let yaml = r#"
 scitq:

@@ -184,9 +184,13 @@ async fn list_filters_and_limits() {
         list(&mut c, filter(None, None, None, Some(0))).await.len(),
         50
     );
+    // A negative limit is refused (limits at the door), no longer read as the default.
     assert_eq!(
-        list(&mut c, filter(None, None, None, Some(-5))).await.len(),
-        50
+        c.list_worker_events(filter(None, None, None, Some(-5)))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
     );
     assert_eq!(
         list(&mut c, filter(None, None, None, Some(5000)))

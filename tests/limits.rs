@@ -412,3 +412,47 @@ async fn postgres_errors_reach_clients_without_detail() {
     assert_eq!(mapped.code, taskqueue::error::Code::InvalidArgument);
     assert!(mapped.message.len() <= limits::MAX_ECHO_BYTES);
 }
+
+#[tokio::test]
+async fn one_connection_opens_a_bounded_number_of_streams() {
+    let url = postgres().await.fresh_db().await;
+    let mut config = test_config(&url);
+    config.max_concurrent_streams = 2;
+    let r = spawn_replica(config).await;
+    // One client, one HTTP/2 connection: its streams share the bound.
+    let worker = r.worker();
+    let t = worker
+        .clone()
+        .submit_task(task("sleep 1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let follow = |mut c: taskqueue::client::Client| async move {
+        c.stream_task_logs_output(pb::TaskId { task_id: t })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let first = follow(worker.clone()).await.unwrap();
+    let _second = follow(worker.clone()).await.unwrap();
+    // A third stream on the same connection is not opened while two are: it waits or fails.
+    let third = tokio::time::timeout(Duration::from_secs(1), follow(worker.clone())).await;
+    assert!(
+        !matches!(third, Ok(Ok(_))),
+        "a third stream opened past --max-concurrent-streams 2"
+    );
+    drop(first);
+    wait_until(
+        Duration::from_secs(10),
+        "a stream of the connection to free",
+        || {
+            let worker = worker.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(2), follow(worker))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            }
+        },
+    )
+    .await;
+}
