@@ -364,7 +364,8 @@ pub struct Config {
     pub local_provider: bool,
     /// `--script-user`; `None` means `template_run_as`, else `defaults::SCRIPT_USER`.
     pub script_user: Option<String>,
-    /// Files the secrets were read from (worker token, admin password): hidden from scripts.
+    /// Files secrets were read from (the YAML file, worker token and admin password files):
+    /// hidden from template scripts.
     pub secret_files: Vec<PathBuf>,
 }
 
@@ -694,6 +695,8 @@ impl Config {
         );
 
         let secret_files: Vec<PathBuf> = [
+            // The YAML file may hold the secrets inline (the original's scitq.yaml does).
+            args.config.clone(),
             args.worker_token_file.clone(),
             s.worker_token_file.clone(),
             args.admin_password_file.clone(),
