@@ -629,7 +629,8 @@ async fn delete_worker_deletes_the_machine_then_the_row_and_retries_its_tasks() 
 #[tokio::test]
 async fn delete_worker_rules_and_bad_input() {
     let f = fleet("    create_delay: 60s\n").await;
-    let mut c = f.replica.plain_user("alice").await;
+    // An admin: users may not register workers, nor delete self-registered ones.
+    let mut c = f.replica.admin().await;
     let db = sql(&f.replica).await;
     let delete = |worker_id: i32, undeployed: Option<bool>| pb::WorkerDeletion {
         worker_id,

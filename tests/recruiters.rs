@@ -621,15 +621,16 @@ async fn a_bad_protofilter_disables_only_its_recruiter() {
     // Said once, not every cycle.
     assert!(cycle.run_once(&ctx).await.unwrap().disabled.is_empty());
     assert_eq!(count(&db, "worker_event").await, 1);
-    // Fixing it re-enables it.
-    c.update_recruiter(pb::RecruiterUpdate {
-        step_id: bad,
-        rank: 1,
-        protofilter: Some("cpu>=2".into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // Fixing it re-enables it (an admin: rows from before owners were recorded are theirs).
+    admin
+        .update_recruiter(pb::RecruiterUpdate {
+            step_id: bad,
+            rank: 1,
+            protofilter: Some("cpu>=2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let reason: Option<String> = db
         .query_one(
             "SELECT disabled_reason FROM recruiter WHERE step_id = $1",

@@ -38,9 +38,9 @@ pub enum Machines {
 }
 
 /// Refuses plain users where a provider without a quota (for the region concerned, when known)
-/// is involved, or a worker of unknown placement (`PermissionDenied`); refuses the `local`
-/// provider unless `--local-provider` is set (`FailedPrecondition`). Unknown flavors and regions
-/// pass: CreateWorker answers NotFound for them.
+/// is involved, or a self-registered worker (`PermissionDenied`); refuses the `local`
+/// provider unless `--local-provider` is set (`FailedPrecondition`). Unknown flavors, regions and
+/// workers, and mismatched ones, pass: the RPC itself refuses them.
 pub async fn machines(state: &AppState, actor: Actor, target: Machines) -> Result<()> {
     let placements: Vec<Placement> = match target {
         Machines::New {
@@ -49,13 +49,21 @@ pub async fn machines(state: &AppState, actor: Actor, target: Machines) -> Resul
         } => {
             let by_region = ownership::region_placement(&state.db, region_id).await?;
             let by_flavor = ownership::flavor_placement(&state.db, flavor_id).await?;
+            if let (Some(r), Some(f)) = (&by_region, &by_flavor)
+                && (&r.provider, &r.config) != (&f.provider, &f.config)
+            {
+                // A flavor of another provider than the region's: CreateWorker refuses it.
+                return Ok(());
+            }
             by_region.into_iter().chain(by_flavor).collect()
         }
         Machines::Worker(id) => match ownership::worker_placement(&state.db, id).await? {
-            Some(p) => vec![p],
-            // Self-registered (or unknown): nothing bounds what is done to it.
-            None if actor.is_admin() || actor == Actor::WorkerToken => return Ok(()),
-            None => return Err(admin_only()),
+            // No such worker: the RPC answers NotFound.
+            None => return Ok(()),
+            Some(Some(p)) => vec![p],
+            // Self-registered: nothing bounds what is done to it.
+            Some(None) if actor.is_admin() || actor == Actor::WorkerToken => return Ok(()),
+            Some(None) => return Err(admin_only()),
         },
         Machines::AnyProvider => offered(state),
     };

@@ -116,19 +116,34 @@ pub async fn region_placement(db: &Db, region_id: i32) -> Result<Option<Placemen
     .await
 }
 
-/// Where a worker runs; `None` for a worker that registered by itself without a flavor or
-/// region, or does not exist.
-pub async fn worker_placement(db: &Db, worker_id: i32) -> Result<Option<Placement>> {
-    placement(
-        db,
-        "SELECT p.provider_name, p.config_name, r.region_name
-           FROM worker w
-           LEFT JOIN region r ON r.region_id = w.region_id
-           LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
-           JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
-          WHERE w.worker_id = $1",
-        worker_id,
-    )
+/// Where a worker runs: `None` when there is no such worker, `Some(None)` for a worker that
+/// registered by itself without a flavor or region.
+pub async fn worker_placement(db: &Db, worker_id: i32) -> Result<Option<Option<Placement>>> {
+    db.run(Op::Auth, |c| {
+        async move {
+            let row = c
+                .query_opt(
+                    "SELECT p.provider_name, p.config_name, r.region_name
+                       FROM worker w
+                       LEFT JOIN region r ON r.region_id = w.region_id
+                       LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
+                       LEFT JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
+                      WHERE w.worker_id = $1",
+                    &[&worker_id],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|r| {
+                let provider: Option<String> = r.get(0);
+                provider.map(|provider| Placement {
+                    provider,
+                    config: r.get(1),
+                    region: r.get(2),
+                })
+            }))
+        }
+        .scope_boxed()
+    })
     .await
 }
 
