@@ -9,5 +9,6 @@ mod common;
 mod guard;
 
 mod every_rpc;
+mod files;
 mod inputs;
 mod smoke;
