@@ -234,6 +234,33 @@ pub struct ServeArgs {
     /// root runs scripts as its own user [default: taskqueue-script, or --template-run-as].
     #[arg(long, env = "TASKQUEUE_SCRIPT_USER")]
     pub script_user: Option<String>,
+    /// Local folders FetchList/FetchInfo may reach (comma-separated), besides the providers'
+    /// `local_workspaces`; links are resolved first, the data dir is never reachable
+    /// [default: none].
+    #[arg(long, env = "TASKQUEUE_FETCH_ROOTS", value_delimiter = ',')]
+    pub fetch_roots: Option<Vec<PathBuf>>,
+    /// Web hosts FetchList/FetchInfo may reach (comma-separated names or IP literals, `*.domain`
+    /// for the names below a domain) [default: none].
+    #[arg(long, env = "TASKQUEUE_FETCH_HTTP_HOSTS", value_delimiter = ',')]
+    pub fetch_http_hosts: Option<Vec<String>>,
+    /// Let those hosts be internal addresses (loopback, private, link-local such as
+    /// 169.254.169.254) [default: false].
+    #[arg(long, env = "TASKQUEUE_FETCH_ALLOW_PRIVATE", num_args = 0..=1,
+          default_missing_value = "true")]
+    pub fetch_allow_private: Option<bool>,
+    /// Host folders below which a non-admin task's `-v`/`--mount` bind sources may be
+    /// (comma-separated) [default: none].
+    #[arg(long, env = "TASKQUEUE_DOCKER_VOLUME_ROOTS", value_delimiter = ',')]
+    pub docker_volume_roots: Option<Vec<PathBuf>>,
+    /// Container options a non-admin task may use besides the built-in allow-list
+    /// (comma-separated, e.g. `--docker-allowed-options=--device,--runtime`) [default: none].
+    #[arg(
+        long,
+        env = "TASKQUEUE_DOCKER_ALLOWED_OPTIONS",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub docker_allowed_options: Option<Vec<String>>,
 }
 
 /// How the gRPC port is secured.
@@ -367,6 +394,15 @@ pub struct Config {
     /// Files secrets were read from (the YAML file, worker token and admin password files):
     /// hidden from template scripts.
     pub secret_files: Vec<PathBuf>,
+    /// Local folders FetchList/FetchInfo may reach (with the providers' `local_workspaces`).
+    pub fetch_roots: Vec<PathBuf>,
+    /// Web hosts FetchList/FetchInfo may reach.
+    pub fetch_http_hosts: Vec<String>,
+    pub fetch_allow_private: bool,
+    /// Bind-mount roots of non-admin tasks' container options.
+    pub docker_volume_roots: Vec<PathBuf>,
+    /// Container options allowed beyond the built-in list (normalised: `--name` or `-n`).
+    pub docker_allowed_options: Vec<String>,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -460,6 +496,11 @@ struct ScitqSection {
     max_concurrent_streams: Option<u32>,
     local_provider: Option<bool>,
     script_user: Option<String>,
+    fetch_roots: Option<Vec<PathBuf>>,
+    fetch_http_hosts: Option<Vec<String>>,
+    fetch_allow_private: Option<bool>,
+    docker_volume_roots: Option<Vec<PathBuf>>,
+    docker_allowed_options: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -856,6 +897,37 @@ impl Config {
                 .or(s.script_user)
                 .filter(|u| !u.trim().is_empty()),
             secret_files,
+            fetch_roots: args
+                .fetch_roots
+                .clone()
+                .or(s.fetch_roots)
+                .unwrap_or_default(),
+            fetch_http_hosts: args
+                .fetch_http_hosts
+                .clone()
+                .or(s.fetch_http_hosts)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            fetch_allow_private: args
+                .fetch_allow_private
+                .or(s.fetch_allow_private)
+                .unwrap_or(false),
+            docker_volume_roots: args
+                .docker_volume_roots
+                .clone()
+                .or(s.docker_volume_roots)
+                .unwrap_or_default(),
+            docker_allowed_options: args
+                .docker_allowed_options
+                .clone()
+                .or(s.docker_allowed_options)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|o| crate::domain::docker_options::option_name(o))
+                .collect(),
         };
         config.validate()?;
         Ok(config)
@@ -959,6 +1031,37 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What FetchList/FetchInfo may reach: `fetch_roots` and the providers' local workspaces
+    /// (those that are local paths), never the data dir; the allow-listed web hosts.
+    pub fn fetch_policy(&self) -> crate::domain::fetch_policy::FetchPolicy {
+        let mut roots = self.fetch_roots.clone();
+        for configs in self.providers.values() {
+            for cfg in configs.values() {
+                for ws in cfg.local_workspaces.values() {
+                    let local = ws.strip_prefix("file://").unwrap_or(ws);
+                    if local.starts_with('/') {
+                        roots.push(PathBuf::from(local));
+                    }
+                }
+            }
+        }
+        crate::domain::fetch_policy::FetchPolicy {
+            local_roots: roots,
+            denied: vec![self.data_dir.clone()],
+            http_hosts: self.fetch_http_hosts.clone(),
+            allow_private: self.fetch_allow_private,
+            ..crate::domain::fetch_policy::FetchPolicy::server()
+        }
+    }
+
+    /// What container options a non-admin task may carry.
+    pub fn docker_policy(&self) -> crate::domain::docker_options::DockerPolicy {
+        crate::domain::docker_options::DockerPolicy {
+            volume_roots: self.docker_volume_roots.clone(),
+            extra_allowed: self.docker_allowed_options.clone(),
+        }
     }
 
     /// Where a value that replicas must share but may be generated (worker token) is kept.
@@ -1302,6 +1405,60 @@ rclone:
         let c = from_yaml("scitq: {port: 9999, offline_timeout: 100s}", args).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.offline_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn fetch_and_docker_policies() {
+        let yaml = r#"
+scitq:
+  data_dir: /var/lib/tq
+  fetch_roots: [/data, /srv/share]
+  fetch_http_hosts: [example.org, "*.mirror.example"]
+  docker_volume_roots: [/data/ref]
+  docker_allowed_options: [device, "--runtime"]
+providers:
+  fake:
+    f:
+      local_workspaces: {"*": /scratch, r2: "s3://bucket/ws", r3: "file:///mnt/ws"}
+"#;
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        let p = c.fetch_policy();
+        let roots: Vec<String> = p
+            .local_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        assert_eq!(roots, ["/data", "/srv/share", "/scratch", "/mnt/ws"]);
+        assert_eq!(p.denied, [PathBuf::from("/var/lib/tq")]);
+        assert_eq!(p.http_hosts, ["example.org", "*.mirror.example"]);
+        assert!(!p.allow_private);
+        let d = c.docker_policy();
+        assert_eq!(d.volume_roots, [PathBuf::from("/data/ref")]);
+        assert_eq!(d.extra_allowed, ["--device", "--runtime"]);
+        let none = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert!(none.fetch_policy().local_roots.is_empty());
+        assert!(none.fetch_policy().http_hosts.is_empty());
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from([
+            "serve",
+            "--fetch-roots",
+            "/a,/b",
+            "--fetch-allow-private",
+            "--docker-allowed-options=--device,--runtime",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.fetch_roots.unwrap().len(), 2);
+        assert_eq!(cli.serve.fetch_allow_private, Some(true));
+        assert_eq!(
+            cli.serve.docker_allowed_options.unwrap(),
+            ["--device", "--runtime"]
+        );
     }
 
     #[test]

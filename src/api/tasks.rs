@@ -6,18 +6,43 @@ use super::access;
 use crate::db::ownership::Object;
 use crate::db::tasks::{self, NewTask, TaskFilter};
 use crate::domain::limits;
+use crate::domain::docker_options::{self, Refusal};
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::Submission;
 use crate::error::{Error, Result};
 use crate::proto as pb;
+use crate::server::auth::Caller;
 use crate::server::state::AppState;
+
+/// A task's image never passes for an option; its container options are checked against the
+/// configured allow-list unless an admin submitted it (the worker checks again, with its own).
+fn check_container(
+    state: &AppState,
+    image: &str,
+    options: Option<&str>,
+    admin: bool,
+) -> Result<()> {
+    let refused = |r: Refusal| match r {
+        Refusal::Malformed(_) => Error::invalid(r.to_string()),
+        Refusal::Forbidden { .. } => Error::permission_denied(r.to_string()),
+    };
+    docker_options::check_image(image).map_err(refused)?;
+    match options {
+        Some(opts) if !admin => {
+            docker_options::check(opts, &state.config.docker_policy()).map_err(refused)
+        }
+        _ => Ok(()),
+    }
+}
 
 pub async fn submit_task(
     state: &AppState,
     request: Request<pb::TaskRequest>,
 ) -> Result<pb::TaskResponse> {
     let owner = access::new_owner(&request);
+    let admin = Caller::of(&request).is_admin();
     let r = request.into_inner();
+    check_container(state, &r.container, r.container_options.as_deref(), admin)?;
     let timeouts = [r.download_timeout, r.running_timeout, r.upload_timeout];
     let rules = Submission::validate(
         &r.command,

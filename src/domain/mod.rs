@@ -1,9 +1,12 @@
 //! Pure types and rules: status alphabets and transitions, capacity, credentials, protofilter,
-//! quotas, recruiter decisions. No tonic, no SQL, no I/O — everything here is property-tested and benchable.
+//! quotas, recruiter decisions, allowed docker options and storage locations. No tonic, no SQL,
+//! no I/O — everything here is property-tested and benchable.
 
 pub mod credentials;
 pub mod dispatch;
+pub mod docker_options;
 pub mod events;
+pub mod fetch_policy;
 pub mod limits;
 pub mod logs;
 pub mod ownership;

@@ -30,7 +30,8 @@ pub struct AppState {
     pub draining: CancellationToken,
     /// Task log ingest and follow streams (owns the replica's LISTEN session).
     pub logs: LogService,
-    /// FetchList / FetchInfo: the storage layer with the `rclone:` remotes.
+    /// FetchList / FetchInfo: the storage layer with the `rclone:` remotes, reaching only what
+    /// `Config::fetch_policy` allows.
     pub storage: Storage,
     /// Template upload and runs (scripts call this replica back at its gRPC address).
     pub templates: Templates,
@@ -60,7 +61,7 @@ impl AppState {
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
         let secrets = Secrets::new(config.clone());
-        let storage = Storage::new(config.rclone.clone());
+        let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         AppState {
             db,

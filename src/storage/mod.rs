@@ -11,14 +11,19 @@
 //! the glob matches its path relative to that part, under rclone's filter rules as the original
 //! applies them (`glob`: `data/*.fq` lists `data/a.fq` and `data/s1/b.fq`). A glob download
 //! fetches the files the same listing lists.
+//!
+//! A storage built `with_policy` checks every location against a `domain::fetch_policy` rule
+//! before touching it (local paths after resolving links, each file of a local download or upload
+//! again, web hosts and the addresses they resolve to: see `access`); `new` checks nothing.
 
+mod access;
 mod glob;
 mod location;
 mod remotes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt as _;
 use opendal::{ErrorKind, Operator};
@@ -28,6 +33,7 @@ pub use glob::{Glob, MAX_GLOB_ALTERNATIVES, MAX_GLOB_LEN, MAX_GLOB_WILDCARDS};
 pub use location::{Backend, Location};
 
 use crate::config::RcloneRemotes;
+use crate::domain::fetch_policy::FetchPolicy;
 
 /// Errors of the storage layer, each naming the location it is about.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,9 @@ pub enum Error {
     /// FetchInfo passed on and the DSL looks for in the message.
     #[error("{uri}: object not found")]
     NotFound { uri: String },
+    /// The location is outside what the storage policy allows.
+    #[error("{uri}: {reason}")]
+    Denied { uri: String, reason: String },
     #[error("{uri}: {source}")]
     Backend {
         uri: String,
@@ -78,6 +87,7 @@ impl From<Error> for crate::Error {
                 crate::Error::invalid(message)
             }
             Error::NotFound { .. } => crate::Error::not_found(message),
+            Error::Denied { .. } => crate::Error::permission_denied(message),
             Error::UnsupportedType { .. } | Error::BadRemote { .. } => {
                 crate::Error::failed_precondition(message)
             }
@@ -138,6 +148,8 @@ pub fn install_crypto_provider() {
 pub struct Storage {
     remotes: RcloneRemotes,
     operators: Mutex<HashMap<(String, String), Operator>>,
+    /// None: every location is reachable (the worker before it knows its roots, tests).
+    policy: Option<Arc<FetchPolicy>>,
 }
 
 /// Chunk size of uploads (multipart part size on object stores).
@@ -149,7 +161,18 @@ impl Storage {
         Storage {
             remotes,
             operators: Mutex::new(HashMap::new()),
+            policy: None,
         }
+    }
+
+    /// A storage that reaches only what `policy` allows (its roots and denied folders are made
+    /// canonical here).
+    pub fn with_policy(remotes: RcloneRemotes, mut policy: FetchPolicy) -> Storage {
+        policy.local_roots = access::canonical_roots(&policy.local_roots);
+        policy.denied = access::canonical_roots(&policy.denied);
+        let mut storage = Storage::new(remotes);
+        storage.policy = Some(Arc::new(policy));
+        storage
     }
 
     /// Local paths, `file://` and `http(s)://` only.
@@ -178,7 +201,18 @@ impl Storage {
         }
         let op = match &loc.backend {
             Backend::Local => remotes::local()?,
-            Backend::Http { endpoint } => remotes::http(endpoint)?,
+            Backend::Http { endpoint } => {
+                let client = match &self.policy {
+                    Some(p) => Some(access::checked_client(p.clone()).map_err(|reason| {
+                        Error::BadRemote {
+                            name: endpoint.clone(),
+                            reason,
+                        }
+                    })?),
+                    None => None,
+                };
+                remotes::http(endpoint, client)?
+            }
             Backend::Remote { name } => {
                 let options = self.remotes.get(name).ok_or_else(|| Error::UnknownRemote {
                     name: name.clone(),
@@ -189,6 +223,71 @@ impl Storage {
         };
         self.operators.lock().unwrap().insert(key, op.clone());
         Ok(op)
+    }
+
+    /// Whether a location reaches the local filesystem (bare paths, `file://`, and remotes of
+    /// type `local`, which are rooted at `/` as well).
+    fn is_local(&self, loc: &Location) -> bool {
+        match &loc.backend {
+            Backend::Local => true,
+            Backend::Http { .. } => false,
+            Backend::Remote { name } => self
+                .remotes
+                .get(name)
+                .and_then(|o| o.get("type"))
+                .is_some_and(|t| t == "local"),
+        }
+    }
+
+    /// Parses `uri` and checks it against the policy, if any.
+    async fn reach(&self, uri: &str) -> Result<Location> {
+        let loc = self.locate(uri)?;
+        let Some(policy) = &self.policy else {
+            return Ok(loc);
+        };
+        if self.is_local(&loc) {
+            self.check_local_path(policy, &loc.path, uri).await?;
+        } else if let Backend::Http { endpoint } = &loc.backend {
+            let (host, ip) =
+                access::endpoint_host(endpoint).map_err(|reason| Error::InvalidUri {
+                    uri: uri.into(),
+                    reason,
+                })?;
+            access::check_host(policy, &host, ip).map_err(|reason| denied(uri, reason))?;
+            if ip.is_none() && !policy.any_http {
+                // Refused now when no address of the name is allowed (the client checks the
+                // addresses again when it connects, so a name that changes gains nothing).
+                access::check_resolved(policy, &host)
+                    .await
+                    .map_err(|reason| denied(uri, reason))?;
+            }
+        }
+        Ok(loc)
+    }
+
+    /// Checks the local path `path` (relative to `/`) against the policy, after resolving links.
+    async fn check_local_path(&self, policy: &FetchPolicy, path: &str, uri: &str) -> Result<()> {
+        let absolute = Path::new("/").join(path);
+        let canonical = access::canonical(absolute).await.map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                Error::InvalidUri {
+                    uri: clip(uri),
+                    reason: "a path segment is too long".into(),
+                }
+            } else {
+                denied(uri, format!("cannot resolve the path: {e}"))
+            }
+        })?;
+        policy.check_local(&canonical).map_err(|d| denied(uri, d.0))
+    }
+
+    /// Checks one file of a local download or upload (a link inside an allowed folder may lead
+    /// out of it).
+    async fn check_local_file(&self, loc: &Location, path: &str, uri: &str) -> Result<()> {
+        match &self.policy {
+            Some(policy) if self.is_local(loc) => self.check_local_path(policy, path, uri).await,
+            _ => Ok(()),
+        }
     }
 
     fn known_remotes(&self) -> String {
@@ -202,7 +301,7 @@ impl Storage {
     /// Lists a location: a directory recursively (unbounded depth), a glob's matches (files and
     /// directories), or a file alone. Returns locations in the form `uri` was given, directories suffixed with `/`, sorted.
     pub async fn list(&self, uri: &str) -> Result<Vec<String>> {
-        let loc = self.locate(uri)?;
+        let loc = self.reach(uri).await?;
         let op = self.operator(&loc)?;
         let entries = self.entries(&op, &loc, uri).await?;
         let mut out: Vec<String> = entries.into_iter().map(|e| loc.display(&e.path)).collect();
@@ -212,7 +311,7 @@ impl Storage {
 
     /// Stat of one object; a directory (or an object-store prefix) yields `is_dir`.
     pub async fn stat(&self, uri: &str) -> Result<Info> {
-        let loc = self.locate(uri)?;
+        let loc = self.reach(uri).await?;
         if loc.glob.is_some() {
             return Err(Error::InvalidUri {
                 uri: uri.into(),
@@ -237,7 +336,7 @@ impl Storage {
     /// Downloads `uri` into the directory `dest`: a file as `dest/<name>`, a directory's content
     /// (recursively) into `dest`, a glob's matches at their path below the glob's fixed part.
     pub async fn download(&self, uri: &str, dest: &Path) -> Result<Transfer> {
-        let loc = self.locate(uri)?;
+        let loc = self.reach(uri).await?;
         let op = self.operator(&loc)?;
         let files: Vec<(String, PathBuf)> = if loc.glob.is_some() || loc.path.ends_with('/') {
             self.files_below(&op, &loc, uri, dest).await?
@@ -255,6 +354,8 @@ impl Storage {
         };
         let mut total = Transfer::default();
         for (path, target) in files {
+            self.check_local_file(&loc, &path, &loc.display(&path))
+                .await?;
             total.bytes += download_file(&op, &path, &target, &loc.display(&path)).await?;
             total.files += 1;
         }
@@ -263,7 +364,7 @@ impl Storage {
 
     /// Uploads the files below the local directory `src` (recursively) under the directory `uri`.
     pub async fn upload(&self, src: &Path, uri: &str) -> Result<Transfer> {
-        let loc = self.locate(uri)?;
+        let loc = self.reach(uri).await?;
         if loc.glob.is_some() {
             return Err(Error::InvalidUri {
                 uri: uri.into(),
@@ -278,6 +379,8 @@ impl Storage {
         let mut total = Transfer::default();
         for (relative, file) in local_files(src).await? {
             let path = format!("{base}{relative}");
+            self.check_local_file(&loc, &path, &loc.display(&path))
+                .await?;
             total.bytes += upload_file(&op, &file, &path, &loc.display(&path)).await?;
             total.files += 1;
         }
@@ -360,6 +463,25 @@ impl Storage {
 struct Listed {
     path: String,
     is_dir: bool,
+}
+
+/// At most 200 bytes of a location, for messages.
+fn clip(uri: &str) -> String {
+    if uri.len() <= 200 {
+        return uri.to_string();
+    }
+    let mut end = 200;
+    while !uri.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &uri[..end])
+}
+
+fn denied(uri: &str, reason: String) -> Error {
+    Error::Denied {
+        uri: clip(uri),
+        reason,
+    }
 }
 
 fn dir_path(path: &str) -> String {

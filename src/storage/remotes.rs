@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use opendal::Operator;
-use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::layers::{HttpClientLayer, RetryLayer, TimeoutLayer};
+use opendal::raw::HttpClient;
 
 use super::Error;
 
@@ -24,17 +25,20 @@ pub fn local() -> Result<Operator, Error> {
     Ok(op)
 }
 
-/// A web server.
-pub fn http(endpoint: &str) -> Result<Operator, Error> {
-    let op = Operator::from_iter::<opendal::services::Http>([(
+/// A web server, through `client` when given (one that checks the addresses it connects to).
+pub fn http(endpoint: &str, client: Option<reqwest::Client>) -> Result<Operator, Error> {
+    let mut op = Operator::from_iter::<opendal::services::Http>([(
         "endpoint".to_string(),
         endpoint.to_string(),
     )])
     .map_err(|e| backend_error(endpoint, e))?
-    .layer(RetryLayer::new().with_max_times(3))
-    .layer(TimeoutLayer::new().with_io_timeout(Duration::from_secs(60)))
     .finish();
-    Ok(op)
+    if let Some(client) = client {
+        op = op.layer(HttpClientLayer::new(HttpClient::with(client)));
+    }
+    Ok(op
+        .layer(RetryLayer::new().with_max_times(3))
+        .layer(TimeoutLayer::new().with_io_timeout(Duration::from_secs(60))))
 }
 
 /// The operator of remote `name` (options from the `rclone:` map) for `bucket`.

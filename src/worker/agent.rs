@@ -19,6 +19,7 @@ use super::stats::{self, StatsCollector};
 use super::task;
 use crate::client::Client;
 use crate::config::RcloneRemotes;
+use crate::domain::docker_options::DockerPolicy;
 use crate::domain::status::{TaskStatus, WorkerStatus};
 use crate::proto as pb;
 use crate::storage::Storage;
@@ -37,6 +38,8 @@ pub(crate) struct Ctx {
     pub worker_name: String,
     pub storage: Storage,
     pub executor: Executor,
+    /// Container options this worker runs (checked again before each docker task).
+    pub docker_policy: DockerPolicy,
     pub slots: Arc<Slots>,
     pub store: PathBuf,
     /// The shell helpers' folder (`<store>/builtin`), if they could be written.
@@ -183,7 +186,7 @@ pub async fn run(
     }
     let builtin = super::builtin::prepare(&store, Some(args.builtin_link.as_path()));
     let cpus = stats::specifications(&store).0.max(1) as usize;
-    let storage = Storage::new(rclone_remotes(&client).await);
+    let storage = Storage::with_policy(rclone_remotes(&client).await, args.fetch_policy(&store));
     let executor = choose_executor(&client, args.executor, &store).await;
     tracing::info!(executor = executor.name(), store = %store.display(), "worker ready");
 
@@ -193,6 +196,7 @@ pub async fn run(
         worker_name: name,
         storage,
         executor,
+        docker_policy: args.docker_policy(),
         slots: Slots::new(f64::from(args.concurrency)),
         store,
         builtin,

@@ -14,6 +14,14 @@
 //!   mounted read-only; in shell: the store's copy, also at `/builtin` when the worker could
 //!   link it there).
 //!
+//! Nothing else of the worker's environment reaches a task (no `TASKQUEUE_TOKEN`, no worker
+//! token, no cloud credentials): the command starts from an empty environment plus the variables
+//! above and, from the worker's own, only `INHERITED` (`PATH`, `HOME`, `LANG`, `LC_*`, `TZ`,
+//! `TMPDIR`). In docker the `docker` client gets those plus `DOCKER_CLIENT` (how to reach the
+//! engine), and the container only what `-e` gives it: a bare `-e NAME` in the options finds
+//! nothing to copy. Docker options and the image are checked against the worker's
+//! `DockerPolicy` before anything starts, whoever submitted the task.
+//!
 //! In docker, `/tmp` is the task's own folder `tmp/` of its work directory (on the store's disk,
 //! not a tmpfs: tools' temporary files may be larger than memory), unless the task's container
 //! options mount something at `/tmp` themselves.
@@ -27,7 +35,36 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::docker_options::{self, DockerPolicy};
 use crate::proto as pb;
+
+/// Variables of the worker's own environment a task inherits (and every `LC_*`).
+pub const INHERITED: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
+
+/// Variables the `docker` client also inherits: how it reaches the engine.
+pub const DOCKER_CLIENT: &[&str] = &[
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CERT_PATH",
+    "DOCKER_API_VERSION",
+    "DOCKER_CONFIG",
+];
+
+/// The allow-listed part of an environment (`docker`: also `DOCKER_CLIENT`).
+pub fn inherited_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    docker: bool,
+) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            INHERITED.contains(&k.as_str())
+                || k.starts_with("LC_")
+                || (docker && DOCKER_CLIENT.contains(&k.as_str()))
+        })
+        .collect()
+}
 
 /// Which executor to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +116,8 @@ pub struct TaskEnv<'a> {
     pub cpu: u32,
     /// The shell helpers' folder, when they could be written.
     pub builtin: Option<&'a Path>,
+    /// Container options this worker runs.
+    pub docker_policy: &'a DockerPolicy,
 }
 
 /// A command ready to start.
@@ -86,6 +125,7 @@ pub struct TaskEnv<'a> {
 pub struct Prepared {
     pub program: String,
     pub args: Vec<String>,
+    /// The whole environment of the command (it starts from an empty one).
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     /// For docker: the container name, so a kill also stops the container.
@@ -138,10 +178,8 @@ impl Executor {
                     .as_deref()
                     .filter(|s| !s.trim().is_empty())
                     .unwrap_or("sh");
-                let mut env: Vec<(String, String)> = common
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
+                let mut env = inherited_env(std::env::vars_os(), false);
+                env.extend(common.iter().map(|(k, v)| (k.to_string(), v.clone())));
                 for (k, p) in [
                     ("TASKQUEUE_INPUT", &dirs.input),
                     ("TASKQUEUE_OUTPUT", &dirs.output),
@@ -177,6 +215,9 @@ impl Executor {
                         .map_err(|e| format!("cannot parse container options {opts:?}: {e}"))?,
                     None => Vec::new(),
                 };
+                docker_options::check_image(&task.container)
+                    .and_then(|()| docker_options::check_words(&options, task_env.docker_policy))
+                    .map_err(|e| format!("refused by this worker: {e}"))?;
                 let mut args: Vec<String> = Vec::new();
                 if let Some(dir) = config_dir {
                     args.extend(["--config".into(), dir.display().to_string()]);
@@ -224,7 +265,7 @@ impl Executor {
                 Ok(Prepared {
                     program: "docker".into(),
                     args,
-                    env: Vec::new(),
+                    env: inherited_env(std::env::vars_os(), true),
                     cwd: dirs.root.clone(),
                     container_name: Some(name),
                 })
@@ -303,6 +344,7 @@ pub async fn run(
 ) -> Outcome {
     let mut cmd = Command::new(&prepared.program);
     cmd.args(&prepared.args)
+        .env_clear()
         .envs(prepared.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&prepared.cwd)
         .stdin(Stdio::null())
@@ -449,11 +491,17 @@ mod tests {
         WorkDirs::under(PathBuf::from("/store/tasks/42"))
     }
 
+    static NO_EXTRA: DockerPolicy = DockerPolicy {
+        volume_roots: Vec::new(),
+        extra_allowed: Vec::new(),
+    };
+
     fn env(worker_name: &str) -> TaskEnv<'_> {
         TaskEnv {
             worker_name,
             cpu: 3,
             builtin: None,
+            docker_policy: &NO_EXTRA,
         }
     }
 
@@ -573,8 +621,13 @@ mod tests {
 
     #[test]
     fn docker_mounts_the_helpers_read_only_and_a_private_tmp() {
+        let roots = DockerPolicy {
+            volume_roots: vec!["/scratch".into(), "/tmp".into()],
+            extra_allowed: Vec::new(),
+        };
         let helpers = TaskEnv {
             builtin: Some(Path::new("/store/builtin")),
+            docker_policy: &roots,
             ..env("w")
         };
         let d = Executor::Docker { config_dir: None };
@@ -639,6 +692,78 @@ mod tests {
         let mut bad_opts = task("true");
         bad_opts.container_options = Some("--env \"X".into());
         assert!(d.prepare(&bad_opts, &dirs(), &env("w")).is_err());
+    }
+
+    #[test]
+    fn docker_refuses_options_and_images_its_policy_does_not_allow() {
+        let d = Executor::Docker { config_dir: None };
+        for opts in [
+            "--privileged",
+            "--network host",
+            "-v /:/host",
+            "--cap-add ALL",
+        ] {
+            let mut t = task("true");
+            t.container_options = Some(opts.into());
+            let e = d.prepare(&t, &dirs(), &env("w")).unwrap_err();
+            assert!(e.contains("refused by this worker"), "{opts}: {e}");
+        }
+        let mut t = task("true");
+        t.container = "--privileged".into();
+        assert!(d.prepare(&t, &dirs(), &env("w")).is_err());
+        let allowing = DockerPolicy {
+            volume_roots: vec!["/data".into()],
+            extra_allowed: vec!["--privileged".into()],
+        };
+        let mut t = task("true");
+        t.container_options = Some("--privileged -v /data/ref:/ref".into());
+        let env = TaskEnv {
+            docker_policy: &allowing,
+            ..env("w")
+        };
+        assert!(d.prepare(&t, &dirs(), &env).is_ok());
+    }
+
+    #[test]
+    fn only_allow_listed_variables_are_inherited() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/w"),
+            ("LC_ALL", "C.UTF-8"),
+            ("TASKQUEUE_TOKEN", "secret"),
+            ("TASKQUEUE_WORKER_TOKEN", "secret"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("DOCKER_HOST", "unix:///run/docker.sock"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let shell: Vec<String> = inherited_env(vars.clone(), false)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(shell, ["PATH", "HOME", "LC_ALL"]);
+        let docker: Vec<String> = inherited_env(vars, true)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(docker, ["PATH", "HOME", "LC_ALL", "DOCKER_HOST"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_sees_no_other_variable() {
+        let (o, lines) = run_shell("env", None).await;
+        assert_eq!(o, Outcome::Exited(Ok(())));
+        for line in lines {
+            let Line::Stdout(l) = line else { continue };
+            let name = l.split('=').next().unwrap_or("");
+            assert!(
+                INHERITED.contains(&name)
+                    || name.starts_with("LC_")
+                    || name.starts_with("TASKQUEUE_")
+                    || ["CPU", "SCITQ_BUILTIN", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+                "{l}"
+            );
+            assert!(!name.contains("TOKEN"), "{l}");
+        }
     }
 
     async fn run_shell(command: &str, timeout: Option<Duration>) -> (Outcome, Vec<Line>) {

@@ -98,6 +98,27 @@ pub struct WorkerArgs {
     /// Empty: no link (commands use `$SCITQ_BUILTIN`).
     #[arg(long, env = "TASKQUEUE_WORKER_BUILTIN_LINK", default_value = builtin::DEFAULT_LINK)]
     pub builtin_link: PathBuf,
+    /// Local folders a task's inputs, resources and outputs may be in (comma-separated; links
+    /// are resolved first, the store is never reachable) [default: the system temp folder].
+    #[arg(long, env = "TASKQUEUE_WORKER_LOCAL_ROOTS", value_delimiter = ',')]
+    pub local_roots: Option<Vec<PathBuf>>,
+    /// Host folders below which a task's `-v`/`--mount` bind sources may be (comma-separated)
+    /// [default: none]. Checked for every task, whoever submitted it.
+    #[arg(
+        long,
+        env = "TASKQUEUE_WORKER_DOCKER_VOLUME_ROOTS",
+        value_delimiter = ','
+    )]
+    pub docker_volume_roots: Vec<PathBuf>,
+    /// Container options this worker runs besides the built-in allow-list (comma-separated,
+    /// e.g. `--docker-allowed-options=--device`), whoever submitted the task [default: none].
+    #[arg(
+        long,
+        env = "TASKQUEUE_WORKER_DOCKER_ALLOWED_OPTIONS",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub docker_allowed_options: Vec<String>,
 }
 
 impl WorkerArgs {
@@ -123,6 +144,37 @@ impl WorkerArgs {
             job: None,
             // Embedded workers (tests) leave the host's /builtin alone.
             builtin_link: PathBuf::new(),
+            local_roots: None,
+            docker_volume_roots: Vec::new(),
+            docker_allowed_options: Vec::new(),
+        }
+    }
+
+    /// Where a task's local inputs, resources and outputs may be: `--local-roots`, else the
+    /// system temp folder; never inside the store (other tasks' folders, registry credentials).
+    pub fn fetch_policy(
+        &self,
+        store: &std::path::Path,
+    ) -> crate::domain::fetch_policy::FetchPolicy {
+        crate::domain::fetch_policy::FetchPolicy {
+            local_roots: self
+                .local_roots
+                .clone()
+                .unwrap_or_else(|| vec![std::env::temp_dir()]),
+            denied: vec![store.to_path_buf()],
+            ..crate::domain::fetch_policy::FetchPolicy::worker()
+        }
+    }
+
+    /// The container options this worker runs.
+    pub fn docker_policy(&self) -> crate::domain::docker_options::DockerPolicy {
+        crate::domain::docker_options::DockerPolicy {
+            volume_roots: self.docker_volume_roots.clone(),
+            extra_allowed: self
+                .docker_allowed_options
+                .iter()
+                .filter_map(|o| crate::domain::docker_options::option_name(o))
+                .collect(),
         }
     }
 

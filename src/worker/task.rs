@@ -221,6 +221,7 @@ async fn phases(
         worker_name: &ctx.worker_name,
         cpu: super::builtin::cpu_share(ctx.cpus, ctx.slots.usage().0),
         builtin: ctx.builtin.as_deref(),
+        docker_policy: &ctx.docker_policy,
     };
     let outcome = match ctx.executor.prepare(task, dirs, &task_env) {
         Err(e) => Outcome::NotStarted(e),

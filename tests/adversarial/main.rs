@@ -11,6 +11,7 @@ mod fleet_support;
 mod guard;
 
 mod every_rpc;
+mod files;
 mod inputs;
 mod limits;
 mod roles;

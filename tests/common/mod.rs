@@ -167,14 +167,19 @@ pub fn test_config(database_url: &str) -> Config {
     // long test. Tests of the watchdog set the clocks they need.
     c.idle_timeout = Duration::from_secs(3600);
     c.new_worker_idle_timeout = Duration::from_secs(3600);
+    // FetchList/FetchInfo reach this process' temporary folders (the data dir stays refused).
+    c.fetch_roots = vec![test_base()];
     c
+}
+
+/// This test process' temporary folder: every `tempdir()` is below it.
+pub fn test_base() -> PathBuf {
+    std::env::temp_dir().join(format!("taskqueue-test-{}", std::process::id()))
 }
 
 /// A fresh temporary folder, removed with the process' temp folder sweep.
 pub fn tempdir() -> PathBuf {
-    let base = std::env::temp_dir()
-        .join(format!("taskqueue-test-{}", std::process::id()))
-        .join("dirs");
+    let base = test_base().join("dirs");
     std::fs::create_dir_all(&base).unwrap();
     let dir = base.join(format!("d{}", DB_COUNTER.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).unwrap();
