@@ -3,6 +3,7 @@
 use tonic::Request;
 
 use crate::db::tasks::{self, NewTask, TaskFilter};
+use crate::domain::filters;
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::Submission;
 use crate::error::{Error, Result};
@@ -53,7 +54,7 @@ pub async fn list_tasks(
         worker_id: r.worker_id_filter.filter(|&v| v != 0),
         step_id: r.step_id_filter.filter(|&v| v != 0),
         workflow_id: r.workflow_id_filter.filter(|&v| v != 0),
-        command: r.command_filter.filter(|s| !s.is_empty()),
+        command: filters::text_filter("command_filter", r.command_filter)?,
         show_hidden: r.show_hidden.unwrap_or(false),
         limit: positive("limit", r.limit)?,
         offset: non_negative("offset", r.offset)?,

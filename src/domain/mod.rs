@@ -4,6 +4,7 @@
 pub mod credentials;
 pub mod dispatch;
 pub mod events;
+pub mod filters;
 pub mod logs;
 pub mod protofilter;
 pub mod quota;

@@ -108,11 +108,16 @@ fn secs(since: Instant) -> i32 {
     since.elapsed().as_secs_f64().round() as i32
 }
 
-/// A task timeout in seconds (absent or ≤ 0: none).
+/// The longest task timeout a worker applies: a larger one (the wire allows 3e38 s) is taken as this.
+const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A task timeout in seconds (absent or ≤ 0: none; at most [`MAX_TASK_TIMEOUT`]).
 fn timeout_of(seconds: Option<f32>) -> Option<Duration> {
-    seconds
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(|s| Duration::from_secs_f64(f64::from(s)))
+    seconds.filter(|s| s.is_finite() && *s > 0.0).map(|s| {
+        Duration::try_from_secs_f64(f64::from(s))
+            .unwrap_or(MAX_TASK_TIMEOUT)
+            .min(MAX_TASK_TIMEOUT)
+    })
 }
 
 /// Runs `fut` within `limit`, unless `stop` is cancelled first (then `None`).
@@ -448,6 +453,9 @@ mod tests {
         assert_eq!(timeout_of(Some(-3.0)), None);
         assert_eq!(timeout_of(Some(f32::NAN)), None);
         assert_eq!(timeout_of(Some(1.5)), Some(Duration::from_millis(1500)));
+        // A timeout beyond what a Duration holds is capped, never a panic.
+        assert_eq!(timeout_of(Some(3e38)), Some(MAX_TASK_TIMEOUT));
+        assert_eq!(timeout_of(Some(f32::MAX)), Some(MAX_TASK_TIMEOUT));
     }
 
     #[tokio::test]

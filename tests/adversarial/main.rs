@@ -9,5 +9,6 @@ mod common;
 mod guard;
 
 mod every_rpc;
+mod hardening;
 mod inputs;
 mod smoke;
