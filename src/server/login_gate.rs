@@ -4,7 +4,12 @@
 //! - credentials longer than [`MAX_CREDENTIAL_BYTES`] are refused before anything else;
 //! - at most `--login-concurrency` hashes run at once (a semaphore; the permit travels with the
 //!   blocking hash, so a dropped request does not free its slot early), and at most `--login-queue`
-//!   more wait for one; beyond, RESOURCE_EXHAUSTED;
+//!   more wait for one; beyond, RESOURCE_EXHAUSTED. Attempts from one peer address take at most
+//!   all slots but one at once (one with a single slot), so a flood from one address leaves a slot
+//!   to logins from others and they do not wait behind its queue;
+//! - the 19 MiB of each hash goes back to the operating system when the hash is done (glibc keeps
+//!   freed blocks of that size in per-thread arenas otherwise, which is how a flood grew the server
+//!   by gigabytes);
 //! - after [`USER_FAILURES_BEFORE_BACKOFF`] failures for one username or
 //!   [`PEER_FAILURES_BEFORE_BACKOFF`] from one peer address, further attempts are refused without
 //!   hashing for a back-off that doubles with each further failure, from [`FIRST_BACKOFF`] to
@@ -58,9 +63,14 @@ struct Record {
     blocked_until: Option<Instant>,
 }
 
+type PeerSlots = Arc<Mutex<HashMap<IpAddr, Arc<Semaphore>>>>;
+
 /// The replica's login gate (one per replica, shared by its handlers).
 pub struct LoginGate {
     hashing: Arc<Semaphore>,
+    /// Hashing slots per peer address with an attempt in progress (entries leave with the last).
+    peers: PeerSlots,
+    per_peer: usize,
     /// Hashing slots plus waiting places: what may be between admission and the end of a hash.
     admitted: Arc<Semaphore>,
     records: Arc<Mutex<HashMap<Key, Record>>>,
@@ -71,6 +81,8 @@ pub struct LoginGate {
 pub struct Admission {
     _place: OwnedSemaphorePermit,
     hashing: Arc<Semaphore>,
+    peers: PeerSlots,
+    peer: Option<(IpAddr, Arc<Semaphore>)>,
     records: Arc<Mutex<HashMap<Key, Record>>>,
     keys: [Option<Key>; 2],
 }
@@ -97,6 +109,16 @@ impl Admission {
         recheck: bool,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
+        let _peer_slot = match &self.peer {
+            Some((_, slots)) => Some(
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::unavailable("shutting down"))?,
+            ),
+            None => None,
+        };
         let slot = self
             .hashing
             .clone()
@@ -125,12 +147,27 @@ impl Admission {
     }
 }
 
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some((ip, slots)) = self.peer.take() {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            // Ours and the table's: no other attempt of this address is in progress.
+            if Arc::strong_count(&slots) <= 2 {
+                peers.remove(&ip);
+            }
+        }
+    }
+}
+
 impl LoginGate {
     /// A gate with `concurrency` hashing slots and `queue` waiting places.
     pub fn new(concurrency: usize, queue: usize) -> LoginGate {
         let concurrency = concurrency.max(1);
+        return_large_blocks_to_the_os();
         LoginGate {
             hashing: Arc::new(Semaphore::new(concurrency)),
+            peers: Arc::default(),
+            per_peer: (concurrency - 1).max(1),
             admitted: Arc::new(Semaphore::new(concurrency.saturating_add(queue))),
             records: Arc::new(Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
@@ -173,9 +210,19 @@ impl LoginGate {
                 "too many logins in progress; retry in a second",
             )
         })?;
+        let peer = peer.map(|ip| {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let slots = peers
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_peer)))
+                .clone();
+            (ip, slots)
+        });
         Ok(Admission {
             _place: place,
             hashing: self.hashing.clone(),
+            peers: self.peers.clone(),
+            peer,
             records: self.records.clone(),
             keys,
         })
@@ -245,6 +292,23 @@ fn in_backoff(wait: Duration) -> Error {
         Code::ResourceExhausted,
         format!("too many failed logins; retry in {secs:.0}s"),
     )
+}
+
+/// Makes glibc serve blocks of 1 MiB and more (a password hash's 19 MiB) with their own mappings,
+/// unmapped when freed. By default glibc raises that threshold after the first such free and then
+/// keeps freed hash memory in each thread's arena, so RSS grows with every blocking thread that
+/// ever hashed. Process-wide and idempotent.
+fn return_large_blocks_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator tuning; any value is valid to pass.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            }
+        });
+    }
 }
 
 /// The back-off after `failures` failures, for a key slowed down from `threshold` on.
@@ -335,6 +399,32 @@ mod tests {
         assert_eq!(e.code, Code::ResourceExhausted);
         // Hashing a new password after a verified one is not refused.
         assert_eq!(waiting.hash(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn one_address_takes_at_most_its_share_of_the_slots() {
+        let gate = LoginGate::new(1, 8);
+        let first = gate.admit("a", PEER).unwrap();
+        let second = gate.admit("b", PEER).unwrap();
+        assert_eq!(gate.peers.lock().unwrap().len(), 1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn(async move { first.hash(move || rx.recv().is_ok()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The address's only slot is taken: its second attempt waits, another address's does not
+        // wait for it (only for the global slot, here also taken, so it times out too)...
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), second.hash(|| ()))
+                .await
+                .is_err()
+        );
+        tx.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        second.hash(|| ()).await.unwrap();
+        drop(second);
+        assert!(
+            gate.peers.lock().unwrap().is_empty(),
+            "the entry leaves with the last attempt"
+        );
     }
 
     #[test]
