@@ -74,6 +74,17 @@ pub mod defaults {
     /// Template scripts are other people's code: a server running as root runs them as this
     /// unprivileged user (created with `useradd --system` when missing), never as root.
     pub const SCRIPT_USER: &str = "taskqueue-script";
+    /// No query of a request holds the database longer than this; a real request takes
+    /// milliseconds, a large listing a few seconds.
+    pub const STATEMENT_TIMEOUT: Duration = crate::db::DEFAULT_STATEMENT_TIMEOUT;
+    /// Password hashes waiting for a free hashing slot; more logins at once are refused with
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    pub const LOGIN_QUEUE: usize = 64;
+    /// Password hashes computed at once: one per core keeps the rest of the server responsive
+    /// (each argon2id hash takes ~19 MiB and a core for tens of milliseconds).
+    pub fn login_concurrency() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
 }
 
 /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
@@ -261,6 +272,16 @@ pub struct ServeArgs {
         allow_hyphen_values = true
     )]
     pub docker_allowed_options: Option<Vec<String>>,
+    /// Longest a database statement of a request may run before Postgres stops it; 0 = no limit.
+    /// The leader's sweeps have their own (5 min) [default: 30s].
+    #[arg(long, env = "TASKQUEUE_STATEMENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// Password hashes (Login, ChangePassword) computed at once [default: the core count].
+    #[arg(long, env = "TASKQUEUE_LOGIN_CONCURRENCY")]
+    pub login_concurrency: Option<usize>,
+    /// Logins waiting for a hashing slot; beyond, RESOURCE_EXHAUSTED [default: 64].
+    #[arg(long, env = "TASKQUEUE_LOGIN_QUEUE")]
+    pub login_queue: Option<usize>,
 }
 
 /// How the gRPC port is secured.
@@ -403,6 +424,9 @@ pub struct Config {
     pub docker_volume_roots: Vec<PathBuf>,
     /// Container options allowed beyond the built-in list (normalised: `--name` or `-n`).
     pub docker_allowed_options: Vec<String>,
+    pub statement_timeout: Duration,
+    pub login_concurrency: usize,
+    pub login_queue: usize,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -501,6 +525,10 @@ struct ScitqSection {
     fetch_allow_private: Option<bool>,
     docker_volume_roots: Option<Vec<PathBuf>>,
     docker_allowed_options: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    statement_timeout: Option<Duration>,
+    login_concurrency: Option<usize>,
+    login_queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -928,6 +956,18 @@ impl Config {
                 .iter()
                 .filter_map(|o| crate::domain::docker_options::option_name(o))
                 .collect(),
+            statement_timeout: args
+                .statement_timeout
+                .or(s.statement_timeout)
+                .unwrap_or(defaults::STATEMENT_TIMEOUT),
+            login_concurrency: args
+                .login_concurrency
+                .or(s.login_concurrency)
+                .unwrap_or_else(defaults::login_concurrency),
+            login_queue: args
+                .login_queue
+                .or(s.login_queue)
+                .unwrap_or(defaults::LOGIN_QUEUE),
         };
         config.validate()?;
         Ok(config)
@@ -960,6 +1000,10 @@ impl Config {
             "--assign-shards must be at most 1024"
         );
         anyhow::ensure!(self.db_pool_size >= 2, "--db-pool-size must be at least 2");
+        anyhow::ensure!(
+            self.login_concurrency >= 1,
+            "--login-concurrency must be at least 1"
+        );
         anyhow::ensure!(
             self.max_log_followers >= 1,
             "--max-log-followers must be at least 1"

@@ -17,6 +17,7 @@
 //! - [`templates`]: workflow templates — scripts stored in Postgres, run in a private temp folder.
 //! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
+//! - [`secret_files`]: files created 0600 at open, and private folders of predictable names.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod logs;
 pub mod loops;
 pub mod proto;
 pub mod providers;
+pub mod secret_files;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

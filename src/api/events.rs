@@ -40,7 +40,7 @@ pub async fn list_worker_events(
     let filter = ListFilter {
         worker_id: req.worker_id,
         level: EventLevel::parse_filter(req.level.as_deref())?,
-        event_class: rules::text_filter(req.class.as_deref()).map(str::to_string),
+        event_class: crate::domain::filters::text_filter("class", req.class)?,
         limit: rules::list_limit(req.limit),
     };
     let records = events::list(&state.db, &filter).await?;

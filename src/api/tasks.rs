@@ -7,6 +7,7 @@ use crate::db::ownership::Object;
 use crate::db::tasks::{self, NewTask, TaskFilter};
 use crate::domain::limits;
 use crate::domain::docker_options::{self, Refusal};
+use crate::domain::filters;
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::Submission;
 use crate::error::{Error, Result};
@@ -83,7 +84,7 @@ pub async fn list_tasks(
         worker_id: r.worker_id_filter.filter(|&v| v != 0),
         step_id: r.step_id_filter.filter(|&v| v != 0),
         workflow_id: r.workflow_id_filter.filter(|&v| v != 0),
-        command: r.command_filter.filter(|s| !s.is_empty()),
+        command: filters::text_filter("command_filter", r.command_filter)?,
         show_hidden: r.show_hidden.unwrap_or(false),
         limit: Some(page_limit(&limits::LIST_TASKS, r.limit)?),
         offset: non_negative("offset", r.offset)?,

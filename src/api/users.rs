@@ -1,5 +1,8 @@
 //! User and session RPCs (behavior.md §4.6): Login, Logout, CreateUser, ListUsers, DeleteUser,
-//! UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`.
+//! UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`; Login and
+//! ChangePassword pass the login gate (`server::login_gate`) before any password is hashed.
+
+use std::net::IpAddr;
 
 use tonic::Request;
 
@@ -9,6 +12,7 @@ use crate::domain::ownership::may_see_email;
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::server::auth::Caller;
+use crate::server::login_gate::{Admission, LoginGate};
 use crate::server::state::AppState;
 
 const ACK: pb::Ack = pb::Ack { success: true };
@@ -20,28 +24,85 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::internal(format!("password worker failed: {e}")))
 }
 
-/// Checks a username/password pair; unknown users cost the same time as wrong passwords.
-async fn check_password(state: &AppState, username: &str, password: &str) -> Result<Option<i32>> {
+/// Checks a username/password pair through the login gate; unknown users cost the same time as
+/// wrong passwords. A failure counts against the username and the peer address. After a success
+/// with a hash of another kind (bcrypt from the original), the hash is replaced by an argon2id one.
+async fn check_password(
+    state: &AppState,
+    admission: &Admission,
+    username: &str,
+    password: &str,
+    peer: Option<IpAddr>,
+) -> Result<Option<i32>> {
     let found = users::credentials(&state.db, username).await?;
     let (user_id, hash) = match found {
         Some(c) => (Some(c.user_id), c.password_hash),
         None => (None, credentials::DUMMY_HASH.to_string()),
     };
-    let password = password.to_string();
+    let owned = password.to_string();
     let hash_for_check = hash.clone();
-    let ok = blocking(move || credentials::verify_password(&password, &hash_for_check)).await?;
-    Ok(user_id.filter(|_| ok))
+    let ok = admission
+        .verify(move || credentials::verify_password(&owned, &hash_for_check))
+        .await?;
+    let Some(user_id) = user_id.filter(|_| ok) else {
+        state.login_gate.record_failure(username, peer);
+        return Ok(None);
+    };
+    state.login_gate.record_success(username);
+    if credentials::needs_rehash(&hash) {
+        upgrade_hash(state, admission, user_id, &hash, password).await;
+    }
+    Ok(Some(user_id))
+}
+
+/// Replaces a verified hash of an older kind by an argon2id one; a failure only delays the upgrade
+/// to the next login.
+async fn upgrade_hash(
+    state: &AppState,
+    admission: &Admission,
+    user_id: i32,
+    old_hash: &str,
+    password: &str,
+) {
+    let password = password.to_string();
+    let upgraded = match admission
+        .hash(move || credentials::hash_password(&password))
+        .await
+    {
+        Ok(Ok(hash)) => users::replace_password_hash(&state.db, user_id, old_hash, &hash).await,
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(e),
+    };
+    match upgraded {
+        Ok(()) => tracing::info!(user_id, "password hash upgraded to argon2id"),
+        Err(e) => tracing::warn!(user_id, error = %e, "could not upgrade the password hash"),
+    }
+}
+
+/// The peer address of a request, for the login gate.
+fn peer_of<T>(request: &Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|a| a.ip())
+}
+
+/// The session token the request carries (`authorization: Bearer …`), if any.
+fn bearer_of<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then(|| token.to_string())
 }
 
 pub async fn login(
     state: &AppState,
     request: Request<pb::LoginRequest>,
 ) -> Result<pb::LoginResponse> {
+    let peer = peer_of(&request);
     let req = request.into_inner();
     if req.username.is_empty() || req.password.is_empty() {
         return Err(Error::invalid("username and password are required"));
     }
-    let user_id = check_password(state, &req.username, &req.password)
+    LoginGate::check_lengths(&[("username", &req.username), ("password", &req.password)])?;
+    let admission = state.login_gate.admit(&req.username, peer)?;
+    let user_id = check_password(state, &admission, &req.username, &req.password, peer)
         .await?
         .ok_or_else(|| Error::unauthenticated("invalid credentials"))?;
     let token = credentials::new_session_token();
@@ -73,6 +134,7 @@ pub async fn create_user(
     if req.username.trim().is_empty() {
         return Err(Error::invalid("username must not be empty"));
     }
+    LoginGate::check_lengths(&[("username", &req.username), ("password", &req.password)])?;
     let password = req.password;
     let hash = blocking(move || credentials::hash_password(&password)).await??;
     let email = Some(req.email).filter(|e| !e.is_empty());
@@ -144,6 +206,8 @@ pub async fn change_password(
     state: &AppState,
     request: Request<pb::ChangePasswordRequest>,
 ) -> Result<pb::Ack> {
+    let peer = peer_of(&request);
+    let keep = bearer_of(&request).map(|t| credentials::token_digest(&t));
     let req = request.into_inner();
     if req.username.is_empty() || req.old_password.is_empty() {
         return Err(Error::invalid("username and old_password are required"));
@@ -151,11 +215,23 @@ pub async fn change_password(
     if req.new_password.is_empty() {
         return Err(Error::invalid("new_password must not be empty"));
     }
-    let user_id = check_password(state, &req.username, &req.old_password)
+    LoginGate::check_lengths(&[
+        ("username", &req.username),
+        ("old_password", &req.old_password),
+        ("new_password", &req.new_password),
+    ])?;
+    let admission = state.login_gate.admit(&req.username, peer)?;
+    let user_id = check_password(state, &admission, &req.username, &req.old_password, peer)
         .await?
         .ok_or_else(|| Error::unauthenticated("incorrect credentials"))?;
     let new_password = req.new_password;
-    let hash = blocking(move || credentials::hash_password(&new_password)).await??;
-    users::set_password(&state.db, user_id, &hash).await?;
+    let hash = admission
+        .hash(move || credentials::hash_password(&new_password))
+        .await??;
+    // The other sessions of the user end with the old password; the caller's own (if it sent
+    // one) stays.
+    let revoked = users::set_password_revoking_sessions(&state.db, user_id, &hash, keep).await?;
+    state.auth.forget_all();
+    tracing::info!(user_id, revoked, "password changed; other sessions revoked");
     Ok(ACK)
 }

@@ -3,7 +3,6 @@
 //! stored in `$XDG_CONFIG_HOME/taskqueue/login.yaml` (or `~/.config/taskqueue/login.yaml`; file mode
 //! 0600). A stored token is only sent to the server it was issued by.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -76,7 +75,7 @@ impl StoredLogin {
 
     /// Writes the login, readable by its owner only (folder 0700, file 0600).
     pub fn save(&self) -> anyhow::Result<PathBuf> {
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+        use std::os::unix::fs::DirBuilderExt as _;
         let path = login_file()?;
         let dir = path.parent().expect("login file has a folder");
         std::fs::DirBuilder::new()
@@ -84,18 +83,8 @@ impl StoredLogin {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = dir.join(".login.yaml.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(serde_yaml::to_string(self)?.as_bytes())?;
-        file.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::secret_files::write_private(&path, serde_yaml::to_string(self)?.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 

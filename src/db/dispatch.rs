@@ -88,7 +88,7 @@ fn snapshot_from(row: Option<Row>, worker_id: i32) -> Result<(WorkerSnapshot, Op
         .map_err(|e| Error::internal(format!("stored worker status: {e}")))?;
     let secs = |v: Option<f64>| {
         v.filter(|s| s.is_finite())
-            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+            .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok())
     };
     let snapshot = WorkerSnapshot {
         status,

@@ -470,8 +470,9 @@ fn socket_dir_for(dir: &Path, run_as: Option<(u32, u32)>) -> Result<PathBuf> {
     }
     let hash = hex::encode(&Sha256::digest(dir.to_string_lossy().as_bytes())[..6]);
     let short = PathBuf::from(format!("/tmp/taskqueue-pg-{hash}"));
-    std::fs::create_dir_all(&short)
-        .map_err(io_err(format!("cannot create {}", short.display())))?;
+    // A predictable name in a world-writable folder: someone else may have made it first.
+    crate::secret_files::ensure_private_dir(&short, run_as.map(|(uid, _)| uid))
+        .map_err(io_err(format!("cannot use {}", short.display())))?;
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(&short, Some(uid), Some(gid))
             .map_err(io_err("cannot chown socket dir"))?;

@@ -71,17 +71,25 @@ pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -
 
 /// Bounds how long this transaction may sit idle between statements: Postgres ends the session
 /// after `limit`. A leader frozen mid-transaction (SIGSTOP, VM pause) would otherwise hold the
-/// share lock of [`assert_epoch`] forever and block its successor's [`take_office`].
+/// share lock of [`assert_epoch`] forever and block its successor's [`take_office`]. Also gives the
+/// transaction the leader's statement timeout ([`super::LEADER_STATEMENT_TIMEOUT`]).
 pub async fn limit_idle_in_transaction(
     tx: &deadpool_postgres::Transaction<'_>,
     limit: Duration,
 ) -> Result<()> {
     let millis = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
+    // The leader's sweeps get their own statement timeout, longer than a request's.
+    let statement_millis = super::LEADER_STATEMENT_TIMEOUT.as_millis().to_string();
     let stmt = tx
-        .prepare_cached("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+        .prepare_cached(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, true),
+                    set_config('statement_timeout', $2, true)",
+        )
         .await
         .map_err(pg_error)?;
-    tx.execute(&stmt, &[&millis]).await.map_err(pg_error)?;
+    tx.execute(&stmt, &[&millis, &statement_millis])
+        .await
+        .map_err(pg_error)?;
     Ok(())
 }
 

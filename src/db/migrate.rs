@@ -71,6 +71,12 @@ fn checksum(sql: &str) -> String {
 /// Applies every migration not yet recorded. Safe to call from many replicas at once.
 pub async fn migrate(db: &Db) -> Result<Report> {
     let mut client = db.client().await?;
+    // Waiting for another replica's migrations, or a migration that rewrites a big table, may take
+    // longer than a request's statement timeout: none for this session while it migrates.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(pg_error)?;
     // A session lock: held across the per-migration transactions below.
     client
         .execute("SELECT pg_advisory_lock($1, 0)", &[&NS_MIGRATE])
@@ -82,6 +88,14 @@ pub async fn migrate(db: &Db) -> Result<Report> {
         .await;
     if let Err(e) = unlock {
         tracing::warn!(error = %e, "could not release the migration lock; it goes with the connection");
+    }
+    if client
+        .batch_execute("RESET statement_timeout")
+        .await
+        .is_err()
+    {
+        // Never hand a session without its timeout back to the pool.
+        drop(super::Client::take(client));
     }
     result
 }

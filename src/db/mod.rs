@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Transaction};
 use metrics::{counter, gauge, histogram};
 use scoped_futures::ScopedBoxFuture;
+use tokio_postgres::CancelToken;
 use tokio_postgres::error::SqlState;
 
 use crate::error::{Code, Error, Result};
@@ -104,6 +105,13 @@ const MAX_TX_RETRIES: u32 = 5;
 /// How long a request waits for a pooled connection before answering `Unavailable`.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// The statement timeout of pooled sessions when none is configured: no request holds the database
+/// longer than this.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The statement timeout of the leader loops' transactions (set with `SET LOCAL` in each): sweeps
+/// over a large fleet may legitimately take longer than a request, but never hold the database forever.
+pub const LEADER_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub type Client = deadpool_postgres::Client;
 
 /// The connection pool of a replica.
@@ -115,9 +123,15 @@ pub struct Db {
 }
 
 impl Db {
-    /// Builds a pool for `url` (a `postgres://` URL or a `key=value` string). Connections are made
-    /// lazily; `ping` checks that the database answers.
+    /// Builds a pool for `url` (a `postgres://` URL or a `key=value` string) with the default
+    /// statement timeout. Connections are made lazily; `ping` checks that the database answers.
     pub fn connect(url: &str, pool_size: usize) -> Result<Db> {
+        Db::connect_with(url, pool_size, DEFAULT_STATEMENT_TIMEOUT)
+    }
+
+    /// Builds a pool whose sessions start with `statement_timeout` (zero: no limit), set in the
+    /// connection's startup options so that every pooled session has it before its first query.
+    pub fn connect_with(url: &str, pool_size: usize, statement_timeout: Duration) -> Result<Db> {
         let mut pg = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::invalid(format!("invalid database URL: {e}")))?;
         if pg.get_application_name().is_none() {
@@ -127,8 +141,15 @@ impl Db {
             pg.connect_timeout(Duration::from_secs(10));
         }
         pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let mut pooled = pg.clone();
+        let timeout = format!("-c statement_timeout={}", statement_timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {timeout}"),
+            _ => timeout,
+        };
+        pooled.options(&options);
         let manager = Manager::from_config(
-            pg.clone(),
+            pooled,
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -200,14 +221,19 @@ impl Db {
         let start = Instant::now();
         let mut attempt = 0;
         loop {
+            let mut checkout = Checkout::new(self.client().await?);
             let result: Result<T> = async {
-                let mut client = self.client().await?;
-                let tx = client.transaction().await.map_err(pg_error)?;
+                let tx = checkout
+                    .client_mut()
+                    .transaction()
+                    .await
+                    .map_err(pg_error)?;
                 let value = f(&tx).await?;
                 tx.commit().await.map_err(pg_error)?;
                 Ok(value)
             }
             .await;
+            checkout.release();
             match result {
                 Err(e) if retry_allowed(op, &mut attempt, &e).await => {}
                 result => {
@@ -230,8 +256,9 @@ impl Db {
         T: Send + 'env,
     {
         let start = Instant::now();
-        let client = self.client().await?;
-        let result = f(&client).await;
+        let checkout = Checkout::new(self.client().await?);
+        let result = f(checkout.client()).await;
+        checkout.release();
         histogram!(m::DB_TX_SECONDS, "op" => op.label()).record(start.elapsed().as_secs_f64());
         if result.is_err() {
             counter!(m::DB_TX_ERRORS, "op" => op.label()).increment(1);
@@ -252,6 +279,62 @@ impl Db {
     /// Closes the pool: idle connections are dropped, checked-out ones when returned.
     pub fn close(&self) {
         self.pool.close();
+    }
+}
+
+/// A pooled connection lent to one piece of work. Dropped before [`Checkout::release`] — the
+/// request that used it was dropped (its client went away) while a query may still be running — it
+/// asks the server to cancel that query and takes the connection out of the pool, so a connection
+/// is never handed to another request mid-query.
+struct Checkout {
+    /// `Some` until released or dropped.
+    client: Option<Client>,
+    cancel: CancelToken,
+}
+
+impl Checkout {
+    fn new(client: Client) -> Checkout {
+        let cancel = client.cancel_token();
+        Checkout {
+            client: Some(client),
+            cancel,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("a checkout holds its client until released")
+    }
+
+    fn client_mut(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("a checkout holds its client until released")
+    }
+
+    /// The work finished (successfully or not): the connection goes back to the pool.
+    fn release(mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        counter!(m::DB_QUERIES_ABANDONED).increment(1);
+        // Out of the pool: dropping it closes the connection once the server answers.
+        drop(deadpool_postgres::Client::take(client));
+        let cancel = self.cancel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::warn!(error = %e, "could not cancel the query of a dropped request");
+                }
+            });
+        }
     }
 }
 
@@ -316,7 +399,10 @@ fn pg_error_unbounded(e: &tokio_postgres::Error) -> Error {
             e.retryable = true;
             e
         }
-        c if c == SqlState::QUERY_CANCELED => Error::new(Code::DeadlineExceeded, text),
+        c if c == SqlState::QUERY_CANCELED => Error::new(
+            Code::DeadlineExceeded,
+            format!("the database query ran past the statement timeout and was stopped: {text}"),
+        ),
         c if c == SqlState::ADMIN_SHUTDOWN
             || c == SqlState::CRASH_SHUTDOWN
             || c == SqlState::CANNOT_CONNECT_NOW

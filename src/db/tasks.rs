@@ -576,17 +576,14 @@ pub async fn list(db: &Db, f: &TaskFilter) -> Result<Vec<pb::Task>> {
             AND ($2::integer IS NULL OR t.worker_id = $2)
             AND ($3::integer IS NULL OR t.step_id = $3)
             AND ($4::integer IS NULL OR s.workflow_id = $4)
-            AND ($5::text IS NULL OR t.command ILIKE '%' || $5 || '%')
+            AND ($5::text IS NULL OR strpos(lower(t.command), lower($5)) > 0)
             AND ($6 OR NOT t.hidden)
           ORDER BY t.task_id DESC
           LIMIT $7 OFFSET $8"
     );
     let status = f.status.map(|s| s.letter());
-    let command = f.command.as_ref().map(|c| {
-        c.replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    });
+    // A plain substring, case-insensitive (see `domain::filters`): no pattern characters.
+    let command = f.command.as_deref();
     db.run(Op::ListTasks, |c| {
         async move {
             let stmt = c.prepare_cached(&sql).await.map_err(pg_error)?;

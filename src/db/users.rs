@@ -174,6 +174,55 @@ pub async fn delete_session(db: &Db, digest: &[u8; 32]) -> Result<bool> {
     .await
 }
 
+/// Sets a new password hash and deletes the user's sessions but `keep` (the caller's own, if it
+/// has one); returns how many were deleted.
+pub async fn set_password_revoking_sessions(
+    db: &Db,
+    user_id: i32,
+    hash: &str,
+    keep: Option<[u8; 32]>,
+) -> Result<u64> {
+    let keep = keep.map(|k| k.to_vec());
+    let keep = &keep;
+    db.tx(Op::Users, |tx| {
+        async move {
+            tx.execute(
+                "UPDATE scitq_user SET password = $2 WHERE user_id = $1",
+                &[&user_id, &hash],
+            )
+            .await
+            .map_err(pg_error)?;
+            tx.execute(
+                "DELETE FROM scitq_user_session
+                  WHERE user_id = $1 AND ($2::bytea IS NULL OR token_sha256 <> $2)",
+                &[&user_id, keep],
+            )
+            .await
+            .map_err(pg_error)
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
+/// Replaces the password hash `old` by `new` (the same password, hashed with argon2id), unless the
+/// password changed in between.
+pub async fn replace_password_hash(db: &Db, user_id: i32, old: &str, new: &str) -> Result<()> {
+    db.run(Op::Users, |c| {
+        async move {
+            c.execute(
+                "UPDATE scitq_user SET password = $3 WHERE user_id = $1 AND password = $2",
+                &[&user_id, &old, &new],
+            )
+            .await
+            .map_err(pg_error)?;
+            Ok(())
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
 pub async fn set_password(db: &Db, user_id: i32, hash: &str) -> Result<()> {
     db.run(Op::Users, |c| {
         async move {

@@ -137,7 +137,7 @@ impl PruneFilter {
         Ok(PruneFilter {
             before,
             level: EventLevel::parse_filter(level)?,
-            class: text_filter(class).map(str::to_string),
+            class: super::filters::text_filter("class", text_filter(class).map(str::to_string))?,
             worker_id,
             dry_run,
         })

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod docker_options;
 pub mod events;
 pub mod fetch_policy;
+pub mod filters;
 pub mod limits;
 pub mod logs;
 pub mod ownership;

@@ -209,6 +209,9 @@ fn parse_token(token: &str) -> Result<Condition> {
     if value.contains(char::is_whitespace) {
         return Err(bad(token, "a value cannot contain blanks"));
     }
+    if matches!(kind, Kind::Text(_)) {
+        super::filters::check_length("protofilter text value", value)?;
+    }
     match (kind, cmp) {
         (Kind::Num(field), Some(cmp)) => {
             let value: f64 = value

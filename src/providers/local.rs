@@ -309,10 +309,9 @@ impl LocalProvider {
     }
 }
 
+/// Pid and command files: the command line carries the worker token, so owner-only.
 fn write_file(path: &Path, content: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(tmp, path)
+    crate::secret_files::write_private(path, content.as_bytes())
 }
 
 fn loopback(name: &str) -> Vm {

@@ -6,6 +6,8 @@
 //! pool → stop the embedded database.
 
 pub mod auth;
+pub mod login_gate;
+pub mod panics;
 pub mod state;
 pub mod tls;
 
@@ -105,7 +107,7 @@ async fn serve(
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     grpc_addr: SocketAddr,
 ) -> anyhow::Result<()> {
-    let db = Db::connect(database_url, config.db_pool_size)?;
+    let db = Db::connect_with(database_url, config.db_pool_size, config.statement_timeout)?;
     db.wait_ready(Duration::from_secs(60))
         .await
         .context("the database does not answer")?;
@@ -162,6 +164,7 @@ async fn serve(
     let router = builder
         .layer(GrpcMetricsLayer)
         .layer(auth::AuthLayer::new(state.auth.clone()))
+        .layer(panics::layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -327,7 +330,8 @@ fn resolve_worker_token(config: &Config) -> anyhow::Result<String> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let token = credentials::random_secret(32);
-    write_private(&path, &token)?;
+    crate::secret_files::write_private(&path, token.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
         "taskqueue: generated worker token (kept in {}): {token}",
         path.display()
@@ -338,19 +342,4 @@ fn resolve_worker_token(config: &Config) -> anyhow::Result<String> {
         );
     }
     Ok(token)
-}
-
-/// Writes a secret file readable by its owner only.
-pub fn write_private(path: &std::path::Path, content: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(content.as_bytes())?;
-    Ok(())
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Authenticator;
+use super::login_gate::LoginGate;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Template upload and runs (scripts call this replica back at its gRPC address).
     pub templates: Templates,
+    /// Throttles Login and ChangePassword (password hashes).
+    pub login_gate: LoginGate,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
+        let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
         AppState {
             db,
             config,
@@ -74,6 +78,7 @@ impl AppState {
             logs,
             storage,
             templates,
+            login_gate,
         }
     }
 }

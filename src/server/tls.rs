@@ -2,7 +2,6 @@
 //! first start into `<data_dir>/tls/` and reused after, so clients can be handed `cert.pem` to trust.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -53,9 +52,8 @@ pub fn self_signed(
         .context("cannot generate a certificate")?;
     std::fs::write(&cert, generated.cert.pem())
         .with_context(|| format!("cannot write {}", cert.display()))?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())
+    crate::secret_files::write_private(&key, generated.signing_key.serialize_pem().as_bytes())
         .with_context(|| format!("cannot write {}", key.display()))?;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(cert = %cert.display(), names = ?names, "generated a self-signed TLS certificate; give clients this file to trust");
     Ok((cert, key))
 }

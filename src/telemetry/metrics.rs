@@ -18,6 +18,7 @@ pub const DB_TX_ERRORS: &str = "taskqueue_db_transaction_errors_total";
 pub const DB_POOL_CONNECTIONS: &str = "taskqueue_db_pool_connections";
 pub const DB_POOL_MAX: &str = "taskqueue_db_pool_max_connections";
 pub const DB_POOL_WAITING: &str = "taskqueue_db_pool_waiting";
+pub const DB_QUERIES_ABANDONED: &str = "taskqueue_db_queries_abandoned_total";
 
 // Dispatch (ping-and-assign).
 pub const PING_SECONDS: &str = "taskqueue_ping_duration_seconds";
@@ -69,6 +70,10 @@ pub const DEPENDENCY_FAILED: &str = "taskqueue_dependency_failed_total";
 // Process.
 pub const BUILD_INFO: &str = "taskqueue_build_info";
 pub const DRAINING: &str = "taskqueue_draining";
+
+// Hardening: panics caught in handlers, logins refused by the login gate.
+pub const GRPC_PANICS: &str = "taskqueue_grpc_panics_total";
+pub const LOGINS_REFUSED: &str = "taskqueue_logins_refused_total";
 
 /// Latency buckets (seconds) for RPCs, transactions and pings: 0.5 ms … 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -157,6 +162,18 @@ fn describe() {
         "Pooled database connections, by state (idle, in_use)"
     );
     describe_gauge!(DB_POOL_MAX, "Maximum size of the database pool");
+    describe_counter!(
+        DB_QUERIES_ABANDONED,
+        "Queries whose request was dropped mid-query: cancelled, their connection discarded"
+    );
+    describe_counter!(
+        GRPC_PANICS,
+        "Handler panics caught and answered with INTERNAL (each one is a bug)"
+    );
+    describe_counter!(
+        LOGINS_REFUSED,
+        "Login/ChangePassword attempts refused before hashing, by reason (busy, backoff, too_long)"
+    );
     describe_gauge!(
         DB_POOL_WAITING,
         "Requests waiting for a database connection"

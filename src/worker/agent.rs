@@ -360,16 +360,9 @@ async fn choose_executor(
         .map(|c| (c.registry, serde_json::json!({ "auth": c.auth })))
         .collect();
     let written = async {
-        use std::os::unix::fs::OpenOptionsExt as _;
         std::fs::create_dir_all(&config_dir)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&config_file)?;
-        std::io::Write::write_all(
-            &mut f,
+        crate::secret_files::write_private(
+            &config_file,
             serde_json::json!({ "auths": auths }).to_string().as_bytes(),
         )
     }

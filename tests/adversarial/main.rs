@@ -12,6 +12,7 @@ mod guard;
 
 mod every_rpc;
 mod files;
+mod hardening;
 mod inputs;
 mod limits;
 mod roles;

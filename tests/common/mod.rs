@@ -1,6 +1,8 @@
 //! Test harness: one private PostgreSQL per test binary (started on first use, stopped when the
 //! process exits), a fresh database per test cloned from a migrated template, etcd processes on free
-//! loopback ports, and replicas started in-process on port 0 with authenticated clients.
+//! loopback ports, and replicas started in-process on port 0 with authenticated clients. A panic
+//! of server code (anything under `src/`) while a replica runs fails the test that owns the replica
+//! when the replica stops or is dropped.
 #![allow(dead_code)]
 
 pub mod leader;
@@ -8,7 +10,7 @@ pub mod leader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use taskqueue::client::{self, Client, Target};
@@ -196,8 +198,39 @@ pub struct Replica {
     admin_token: OnceCell<String>,
 }
 
+/// Panics raised in the crate's own code (a location under `src/`) in this test process: a
+/// server task that panicked, whether or not the panic layer caught it.
+static SERVER_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts panics of server code (see [`SERVER_PANICS`]), keeping the default report.
+fn watch_server_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().starts_with("src/"))
+            {
+                SERVER_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Fails the calling test if server code panicked (a test already failing is left to report its
+/// own failure).
+pub fn assert_no_server_panic() {
+    let panics = SERVER_PANICS.load(Ordering::SeqCst) + taskqueue::server::panics::caught();
+    if panics > 0 && !std::thread::panicking() {
+        panic!("the server panicked {panics} time(s) during this test process; see the log above");
+    }
+}
+
 /// Starts a replica with `config` (its listen addresses are bound here) and waits until it serves.
 pub async fn spawn_replica(config: Config) -> Replica {
+    watch_server_panics();
     let grpc = TcpListener::bind(config.listen).await.unwrap();
     let metrics = match config.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await.unwrap()),
@@ -343,7 +376,9 @@ impl Replica {
     /// Graceful shutdown; returns what `run` returned.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.begin_shutdown();
-        self.handle.take().unwrap().await.unwrap()
+        let result = self.handle.take().unwrap().await.unwrap();
+        assert_no_server_panic();
+        result
     }
 
     /// Stops the replica abruptly (its task is aborted: no drain, no resign).
@@ -359,6 +394,7 @@ impl Drop for Replica {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        assert_no_server_panic();
     }
 }
 
