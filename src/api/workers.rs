@@ -6,8 +6,8 @@ use std::time::Instant;
 use metrics::{counter, histogram};
 use tonic::Request;
 
-use super::limits::fit_ping_answer;
 use super::access::{self, Machines};
+use super::limits::fit_ping_answer;
 use crate::db::dispatch;
 use crate::db::workers::{self, Registration, WorkerChanges};
 use crate::domain::status::{RecyclableScope, WorkerStatus};

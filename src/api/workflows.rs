@@ -2,8 +2,8 @@
 
 use tonic::Request;
 
-use super::tasks::{non_negative, page_limit};
 use super::access;
+use super::tasks::{non_negative, page_limit};
 use crate::db::ownership::Object;
 use crate::db::workflows::{self, WorkflowRef};
 use crate::domain::limits;
