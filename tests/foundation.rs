@@ -107,6 +107,28 @@ async fn every_rpc_requires_a_valid_token_and_the_right_role() {
                     rpc.name
                 );
             }
+            // Worker RPCs: the worker token (and admins), never a plain user.
+            Access::Worker | Access::LogWrite => {
+                assert_eq!(
+                    as_alice,
+                    Code::PermissionDenied,
+                    "{} as a plain user",
+                    rpc.name
+                );
+                assert_ne!(
+                    as_worker,
+                    Code::PermissionDenied,
+                    "{} with the worker token",
+                    rpc.name
+                );
+            }
+            // Per-object rules (owner, provider quota) are decided by the handler on a real
+            // object: tests/adversarial/roles.rs checks them; here only the token is checked.
+            Access::Owned | Access::Machines | Access::OwnedMachines => {
+                for (who, code) in [("a plain user", as_alice), ("the worker token", as_worker)] {
+                    assert_ne!(code, Code::Unauthenticated, "{} as {who}", rpc.name);
+                }
+            }
             _ => {
                 for (who, code) in [("a plain user", as_alice), ("the worker token", as_worker)] {
                     assert_ne!(code, Code::Unauthenticated, "{} as {who}", rpc.name);

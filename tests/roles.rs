@@ -510,11 +510,11 @@ async fn machines_of_providers_without_a_quota_are_an_admins() {
         alice
             .update_worker(pb::WorkerUpdateRequest {
                 worker_id,
-                concurrency: Some(i32::MAX),
+                concurrency: Some(4),
                 ..Default::default()
             })
             .await,
-        "UpdateWorker concurrency 2^31-1",
+        "UpdateWorker concurrency of an admin's worker",
     );
     denied(
         alice
