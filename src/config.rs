@@ -369,6 +369,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub etcd_endpoints: Vec<String>,
     pub worker_token: Option<String>,
+    /// The HS256 key of session tokens; none → generated once and kept in the database.
+    pub jwt_secret: Option<String>,
     pub admin_user: String,
     pub admin_password: Option<String>,
     /// A bcrypt or argon2 hash for the initial admin (`scitq.admin_hashed_password`).
@@ -799,6 +801,7 @@ impl Config {
                 (args.worker_token.clone(), args.worker_token_file.as_deref()),
                 (s.worker_token, s.worker_token_file.as_deref()),
             )?,
+            jwt_secret: None,
             admin_user: args
                 .admin_user
                 .clone()
