@@ -37,6 +37,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod templates;
+pub mod web;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+//! The web surface (stub until the lead's skeleton lands on main: keep main's version on merge).
+
+pub mod rest;
+pub mod ws;
