@@ -381,7 +381,11 @@ mod tests {
             r#"[1]"#,
             "not json",
         ] {
-            assert_eq!(key().verify(&signed(bad), NOW), Err(JwtError::Claims), "{bad}");
+            assert_eq!(
+                key().verify(&signed(bad), NOW),
+                Err(JwtError::Claims),
+                "{bad}"
+            );
         }
     }
 
@@ -395,7 +399,10 @@ mod tests {
         assert_eq!(claims.user_id, 5);
         let short = "é".repeat(100);
         assert_eq!(
-            key().verify(&key().issue(5, &short, NOW + 60), NOW).unwrap().username,
+            key()
+                .verify(&key().issue(5, &short, NOW + 60), NOW)
+                .unwrap()
+                .username,
             Some(short)
         );
     }
