@@ -1620,4 +1620,59 @@ providers:
         };
         assert!(from_yaml("{}", args).unwrap().metrics_listen.is_none());
     }
+
+    #[test]
+    fn web_surface_options_from_yaml_and_flags() {
+        // Off by default, with the UI's development origin.
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert!(c.web_listen.is_none());
+        assert_eq!(c.ui_origin, "https://localhost:5173");
+        assert!(!c.disable_grpcweb && c.jwt_secret.is_none() && c.client_download_token.is_none());
+        // The original's keys.
+        let yaml = "scitq:
+  port: 50051
+  https_port: 8443
+  server_fqdn: scitq.example.org
+  disable_grpcweb: true
+  jwt_secret: s3cret
+  client_download_token: dl
+  client_binary_path: /usr/local/bin/scitq-client
+  ui_dir: /srv/ui
+";
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!(c.web_listen.unwrap().to_string(), "0.0.0.0:8443");
+        assert_eq!(c.ui_origin, "https://scitq.example.org:5173");
+        assert!(c.disable_grpcweb);
+        assert_eq!(c.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.client_download_token.as_deref(), Some("dl"));
+        assert_eq!(
+            c.client_binary.as_deref(),
+            Some(Path::new("/usr/local/bin/scitq-client"))
+        );
+        assert_eq!(c.ui_dir.as_deref(), Some(Path::new("/srv/ui")));
+        // disable_https turns the file's port off; a flag wins over both.
+        let off = "scitq: {https_port: 8443, disable_https: true}";
+        assert!(from_yaml(off, ServeArgs::default()).unwrap().web_listen.is_none());
+        let args = ServeArgs {
+            https_port: Some(9443),
+            ui_origin: Some("https://ui.example.org".into()),
+            ..Default::default()
+        };
+        let c = from_yaml(off, args).unwrap();
+        assert_eq!(c.web_listen.unwrap().to_string(), "127.0.0.1:9443");
+        assert_eq!(c.ui_origin, "https://ui.example.org");
+        // The web port may not be the gRPC port.
+        let args = ServeArgs {
+            https_port: Some(50051),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", args).is_err());
+        // A secret given twice is refused.
+        let args = ServeArgs {
+            jwt_secret: Some("a".into()),
+            jwt_secret_file: Some(PathBuf::from("/nonexistent")),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", args).is_err());
+    }
 }
