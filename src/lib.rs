@@ -19,6 +19,7 @@
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`secret_files`]: files created 0600 at open, and private folders of predictable names.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
+//! - [`web`]: the web listener — gRPC-Web, REST helpers, `/ws`, the UI's files, `/scitq-client`.
 
 pub mod api;
 pub mod cli;

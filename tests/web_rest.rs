@@ -32,37 +32,10 @@ const ATOB: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// Whether `web` is the replica's own listener (same auth cache and login gate as its gRPC).
-const SAME_STATE_AS_GRPC: bool = false;
-
-/// The web listener of a replica. Until the web skeleton lands: the REST routes served beside
-/// the replica, over its database and with its key.
-async fn web(r: &Replica) -> SocketAddr {
-    use std::sync::Arc;
-    let config = r.config.clone();
-    let db = taskqueue::db::Db::connect_with(r.database_url(), 4, Duration::from_secs(10)).unwrap();
-    let jwt = match &config.jwt_secret {
-        Some(s) => JwtKey::new(s.as_bytes()).unwrap(),
-        None => cluster_key(r).await,
-    };
-    let state = Arc::new(taskqueue::server::state::AppState::new(
-        db,
-        Arc::new(config),
-        WORKER_TOKEN.into(),
-        jwt,
-        r.addr,
-    ));
-    let app = taskqueue::web::rest::routes().with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
+/// The web listener of a replica.
+fn web(r: &Replica) -> SocketAddr {
+    r.web_addr
+        .expect("the test configuration turns the web listener on")
 }
 
 struct Answer {
@@ -91,8 +64,21 @@ async fn call(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let client: HttpClient<HttpConnector, Full<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
+    call_with(false, addr, method, path, headers, body).await
+}
+
+/// `call` over HTTP/2 (prior knowledge, as behind a TLS-terminating balancer) when `h2`.
+async fn call_with(
+    h2: bool,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client: HttpClient<HttpConnector, Full<Bytes>> = HttpClient::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http();
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
@@ -198,18 +184,9 @@ async fn create_user(r: &Replica, name: &str, admin: bool) {
         .unwrap();
 }
 
-/// Waits until gRPC refuses `token` as Unauthenticated: at once on the replica that revoked it,
-/// within the token cache's TTL on another one.
-async fn refused_soon(r: &Replica, token: &str) {
-    let wait = if SAME_STATE_AS_GRPC {
-        Duration::from_millis(1)
-    } else {
-        taskqueue::server::auth::TOKEN_CACHE_TTL + Duration::from_secs(5)
-    };
-    common::wait_until(wait, "the revoked token is refused", || async {
-        grpc_works(r, token).await == Err(Code::Unauthenticated)
-    })
-    .await;
+/// gRPC refuses `token` (revoked through the web listener of the same replica: at once).
+async fn refused(r: &Replica, token: &str) {
+    assert_eq!(grpc_works(r, token).await, Err(Code::Unauthenticated));
 }
 
 async fn grpc_works(r: &Replica, token: &str) -> Result<(), Code> {
@@ -223,7 +200,7 @@ async fn grpc_works(r: &Replica, token: &str) -> Result<(), Code> {
 #[tokio::test]
 async fn login_sets_a_readable_session_cookie() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     let a = login(addr, ADMIN_USER, ADMIN_PASSWORD).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let token = a.body["token"].as_str().unwrap().to_string();
@@ -287,9 +264,34 @@ async fn login_sets_a_readable_session_cookie() {
 }
 
 #[tokio::test]
+async fn the_cookie_flow_works_over_http2() {
+    let r = common::replica().await;
+    let addr = web(&r);
+    let body = serde_json::json!({ "username": ADMIN_USER, "password": ADMIN_PASSWORD });
+    let a = call_with(true, addr, Method::POST, "/login", &[], body.to_string()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let token = a.body["token"].as_str().unwrap().to_string();
+    assert!(
+        a.set_cookie()
+            .starts_with(&format!("session_token={token};"))
+    );
+    // HTTP/2 clients may send each cookie in its own header.
+    let headers = [
+        ("cookie", "a=1"),
+        ("cookie", &format!("session_token={token}")),
+    ];
+    let a = call_with(true, addr, Method::GET, "/fetchCookie", &headers, "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["token"], token.as_str());
+    let a = call_with(true, addr, Method::POST, "/logout", &headers, "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    refused(&r, &token).await;
+}
+
+#[tokio::test]
 async fn unicode_usernames_survive_atob() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     for name in ["Zoé 日本語", "crab 🦀 >?~ \"quoted\" \\", "~~~>>>???"] {
         create_user(&r, name, false).await;
         let token = token_of(addr, name, "user-secret").await;
@@ -303,7 +305,7 @@ async fn unicode_usernames_survive_atob() {
 #[tokio::test]
 async fn bad_logins_are_refused_with_clear_errors() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     let a = login(addr, ADMIN_USER, "wrong").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.error(), "invalid credentials");
@@ -357,7 +359,7 @@ async fn bad_logins_are_refused_with_clear_errors() {
 #[tokio::test]
 async fn rest_and_rpc_logins_share_the_login_gate() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     create_user(&r, "target", false).await;
     for _ in 0..taskqueue::server::login_gate::USER_FAILURES_BEFORE_BACKOFF {
         assert_eq!(
@@ -369,9 +371,6 @@ async fn rest_and_rpc_logins_share_the_login_gate() {
     let a = login(addr, "target", "user-secret").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
     assert!(!a.error().is_empty());
-    if !SAME_STATE_AS_GRPC {
-        return;
-    }
     // And for the Login RPC: the same gate.
     let err = r
         .anonymous()
@@ -387,7 +386,7 @@ async fn rest_and_rpc_logins_share_the_login_gate() {
 #[tokio::test]
 async fn fetch_cookie_hands_back_only_live_sessions() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     let token = token_of(addr, ADMIN_USER, ADMIN_PASSWORD).await;
     let a = fetch_cookie(addr, &token).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -457,7 +456,7 @@ async fn fetch_cookie_hands_back_only_live_sessions() {
 #[tokio::test]
 async fn logout_revokes_the_session_everywhere() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     let token = token_of(addr, ADMIN_USER, ADMIN_PASSWORD).await;
     let other = token_of(addr, ADMIN_USER, ADMIN_PASSWORD).await;
     grpc_works(&r, &token).await.unwrap();
@@ -475,7 +474,7 @@ async fn logout_revokes_the_session_everywhere() {
     assert!(expired.starts_with("session_token=;"), "{expired}");
     assert!(expired.contains("Max-Age=0"), "{expired}");
     assert!(expired.contains("Path=/"), "{expired}");
-    refused_soon(&r, &token).await;
+    refused(&r, &token).await;
     // Only that session ended.
     grpc_works(&r, &other).await.unwrap();
 
@@ -500,13 +499,13 @@ async fn logout_revokes_the_session_everywhere() {
     )
     .await;
     assert_eq!(a.status, StatusCode::OK);
-    refused_soon(&r, &other).await;
+    refused(&r, &other).await;
 }
 
 #[tokio::test]
 async fn worker_token_goes_to_admins_only() {
     let r = common::replica().await;
-    let addr = web(&r).await;
+    let addr = web(&r);
     let admin = token_of(addr, ADMIN_USER, ADMIN_PASSWORD).await;
     let a = call(
         addr,
@@ -623,7 +622,7 @@ async fn forged_and_expired_jwts_are_refused_on_grpc_even_with_a_session_row() {
     assert!(err.message().contains("expired"), "{}", err.message());
     grpc_works(&r, &good).await.unwrap();
     // The web helpers agree.
-    let addr = web(&r).await;
+    let addr = web(&r);
     assert_eq!(
         fetch_cookie(addr, &forged).await.status,
         StatusCode::UNAUTHORIZED
@@ -661,7 +660,7 @@ async fn replicas_on_one_database_share_the_generated_key() {
     // Logged in through A's Login RPC: B's authenticator checks A's signature.
     let rpc_token = a.login(ADMIN_USER, ADMIN_PASSWORD).await;
     grpc_works(&b, &rpc_token).await.unwrap();
-    let (web_a, web_b) = (web(&a).await, web(&b).await);
+    let (web_a, web_b) = (web(&a), web(&b));
     let token = token_of(web_a, ADMIN_USER, ADMIN_PASSWORD).await;
     grpc_works(&b, &token).await.unwrap();
     assert_eq!(fetch_cookie(web_b, &token).await.status, StatusCode::OK);

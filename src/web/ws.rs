@@ -1,9 +1,11 @@
-//! WebSocket `/ws` (stub: owned by the web-ws area).
+//! The WebSocket `/ws` of the web listener (behavior.md Appendix A).
 
 use std::sync::Arc;
 
+use axum::Router;
+
 use crate::server::state::AppState;
 
-pub fn routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new()
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
 }
