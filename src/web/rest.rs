@@ -90,7 +90,7 @@ async fn login(
 }
 
 async fn fetch_cookie(State(state): State<Shared>, headers: HeaderMap) -> Reply {
-    let token = cookie_token(&headers)
+    let token = session_cookie(&headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no session cookie: log in"))?;
     match state.auth.authenticate_token(token).await? {
         Caller::User(_) => Ok(private([], json!({ "token": token }))),
@@ -102,7 +102,7 @@ async fn fetch_cookie(State(state): State<Shared>, headers: HeaderMap) -> Reply 
 }
 
 async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Reply {
-    if let Some(token) = cookie_token(&headers).or_else(|| bearer_token(&headers)) {
+    if let Some(token) = session_cookie(&headers).or_else(|| bearer_token(&headers)) {
         users::end_session(&state, token).await?;
     }
     let expired = format!("{SESSION_COOKIE}=; HttpOnly; Secure; SameSite=None; Path=/; Max-Age=0");
@@ -110,7 +110,7 @@ async fn logout(State(state): State<Shared>, headers: HeaderMap) -> Reply {
 }
 
 async fn worker_token(State(state): State<Shared>, headers: HeaderMap) -> Reply {
-    let token = cookie_token(&headers)
+    let token = session_cookie(&headers)
         .or_else(|| bearer_token(&headers))
         .ok_or_else(|| {
             ApiError::new(
@@ -149,8 +149,9 @@ fn set_cookie(value: String) -> Result<(header::HeaderName, HeaderValue), ApiErr
 }
 
 /// The `session_token` cookie's value, if the request has a plausible one (HTTP/2 may split
-/// cookies over several headers).
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+/// cookies over several headers). Whether it is a live session is for
+/// `Authenticator::authenticate_token` to say (`/ws` uses both too).
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -256,16 +257,16 @@ mod tests {
     #[test]
     fn finds_the_session_cookie() {
         let h = headers(&[("cookie", "a=1; session_token=abc.def; b=2")]);
-        assert_eq!(cookie_token(&h), Some("abc.def"));
+        assert_eq!(session_cookie(&h), Some("abc.def"));
         let h = headers(&[("cookie", "a=1"), ("cookie", "session_token=x")]);
-        assert_eq!(cookie_token(&h), Some("x"));
+        assert_eq!(session_cookie(&h), Some("x"));
         let h = headers(&[("cookie", "session_token=; session_tokenx=y")]);
-        assert_eq!(cookie_token(&h), None);
+        assert_eq!(session_cookie(&h), None);
         let h = headers(&[("cookie", "xsession_token=y")]);
-        assert_eq!(cookie_token(&h), None);
+        assert_eq!(session_cookie(&h), None);
         let long = format!("session_token={}", "a".repeat(MAX_TOKEN_BYTES + 1));
-        assert_eq!(cookie_token(&headers(&[("cookie", &long)])), None);
-        assert_eq!(cookie_token(&HeaderMap::new()), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", &long)])), None);
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 
     #[test]
