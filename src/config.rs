@@ -1652,7 +1652,12 @@ providers:
         assert_eq!(c.ui_dir.as_deref(), Some(Path::new("/srv/ui")));
         // disable_https turns the file's port off; a flag wins over both.
         let off = "scitq: {https_port: 8443, disable_https: true}";
-        assert!(from_yaml(off, ServeArgs::default()).unwrap().web_listen.is_none());
+        assert!(
+            from_yaml(off, ServeArgs::default())
+                .unwrap()
+                .web_listen
+                .is_none()
+        );
         let args = ServeArgs {
             https_port: Some(9443),
             ui_origin: Some("https://ui.example.org".into()),
