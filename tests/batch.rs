@@ -1,0 +1,244 @@
+//! The group-commit batcher (db::batch) on a real PostgreSQL: concurrent requests form few
+//! batches, a lone request is not delayed, a failed batch fails every caller (a conflict runs it
+//! again first), a full queue refuses with UNAVAILABLE, shutdown runs what is queued and refuses
+//! the rest.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::postgres;
+use taskqueue::db::batch::{BatchConfig, BatchFn, Batcher};
+use taskqueue::db::{Client, Db, Op, pg_error};
+use taskqueue::error::{Code, Result};
+
+/// Doubles each number in one statement, sleeping `sleep_ms` first; records batch sizes. A
+/// request of -1 makes the batch fail (division by zero); the first `conflicts` batches fail with
+/// a deadlock.
+struct Double {
+    sizes: Arc<Mutex<Vec<usize>>>,
+    sleep_ms: f64,
+    conflicts: AtomicUsize,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Double {
+    fn new(sleep_ms: f64) -> Double {
+        Double {
+            sizes: Arc::default(),
+            sleep_ms,
+            conflicts: AtomicUsize::new(0),
+            runs: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchFn<i32, i32> for Double {
+    async fn run(&self, client: &mut Client, reqs: &[i32]) -> Result<Vec<i32>> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if self
+            .conflicts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            client
+                .batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '40P01'; END $$",
+                )
+                .await
+                .map_err(pg_error)?;
+        }
+        self.sizes.lock().unwrap().push(reqs.len());
+        let rows = client
+            .query(
+                "SELECT CASE WHEN x = -1 THEN x / (x + 1) ELSE x * 2 END
+                   FROM unnest($1::int[]) WITH ORDINALITY u(x, n), pg_sleep($2::float8 / 1000.0)
+                  ORDER BY n",
+                &[&reqs, &self.sleep_ms],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+fn config(loops: usize, max: usize) -> BatchConfig {
+    BatchConfig {
+        kind: "test",
+        op: Op::PingBatch,
+        loops,
+        max,
+        queue_wait: Duration::from_secs(10),
+    }
+}
+
+async fn db() -> Db {
+    let pg = postgres().await;
+    Db::connect(&pg.fresh_db().await, 8).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_form_few_batches() {
+    let f = Double::new(20.0);
+    let sizes = f.sizes.clone();
+    let b = Arc::new(Batcher::start(db().await, config(2, 256), f));
+    let answers = futures::future::join_all((0..200).map(|i| {
+        let b = b.clone();
+        async move { (i, b.submit(i).await) }
+    }))
+    .await;
+    for (i, a) in answers {
+        assert_eq!(a.unwrap(), i * 2, "request {i} got its own answer");
+    }
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 200, "{sizes:?}");
+    assert!(
+        sizes.len() <= 10,
+        "200 requests arriving together make few batches, not {}: {sizes:?}",
+        sizes.len()
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_never_exceed_max() {
+    let f = Double::new(5.0);
+    let sizes = f.sizes.clone();
+    let b = Arc::new(Batcher::start(db().await, config(1, 16), f));
+    let answers = futures::future::join_all((0..100).map(|i| {
+        let b = b.clone();
+        async move { b.submit(i).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(answers, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|&n| n <= 16), "{sizes:?}");
+    assert!(sizes.len() >= 7, "{sizes:?}");
+}
+
+#[tokio::test]
+async fn a_lone_request_is_not_delayed() {
+    let db = db().await;
+    let direct = db.client().await.unwrap();
+    direct.query("SELECT 1", &[]).await.unwrap();
+    let f = Double::new(0.0);
+    let sizes = f.sizes.clone();
+    let b = Batcher::start(db.clone(), config(2, 256), f);
+    b.submit(0).await.unwrap(); // the loop takes its connection
+    let mut batched = Vec::new();
+    let mut plain = Vec::new();
+    for i in 0..20 {
+        let start = Instant::now();
+        assert_eq!(b.submit(i).await.unwrap(), i * 2);
+        batched.push(start.elapsed());
+        let start = Instant::now();
+        direct
+            .query(
+                "SELECT x * 2 FROM unnest($1::int[]) u(x), pg_sleep(0)",
+                &[&vec![i]],
+            )
+            .await
+            .unwrap();
+        plain.push(start.elapsed());
+    }
+    batched.sort();
+    plain.sort();
+    let (b_med, p_med) = (batched[10], plain[10]);
+    assert!(
+        b_med < p_med * 3 + Duration::from_millis(5),
+        "a lone request waits for no timer: median {b_med:?} batched, {p_med:?} direct"
+    );
+    assert!(sizes.lock().unwrap().iter().all(|&n| n == 1));
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_every_caller_and_the_next_batch_works() {
+    // One loop, and a first slow batch so that the next ones queue up together.
+    let f = Double::new(200.0);
+    let sizes = f.sizes.clone();
+    let b = Arc::new(Batcher::start(db().await, config(1, 256), f));
+    let first = {
+        let b = b.clone();
+        tokio::spawn(async move { b.submit(1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers = futures::future::join_all([2, -1, 3, 4].map(|i| {
+        let b = b.clone();
+        async move { b.submit(i).await }
+    }))
+    .await;
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    for a in &answers {
+        let e = a.as_ref().expect_err("the batch with -1 failed for everyone in it");
+        assert_eq!(e.code, Code::Internal, "{e}");
+        assert!(e.message.contains("division by zero"), "{e}");
+    }
+    assert_eq!(sizes.lock().unwrap().clone(), vec![1, 4]);
+    assert_eq!(b.submit(5).await.unwrap(), 10, "the loop goes on");
+}
+
+#[tokio::test]
+async fn a_conflict_runs_the_batch_again() {
+    let f = Double::new(0.0);
+    f.conflicts.store(2, Ordering::SeqCst);
+    let runs = f.runs.clone();
+    let b = Batcher::start(db().await, config(1, 256), f);
+    assert_eq!(b.submit(21).await.unwrap(), 42);
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "two deadlocks, then success");
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_with_unavailable() {
+    let f = Double::new(400.0);
+    let mut cfg = config(1, 1); // a queue of one place
+    cfg.queue_wait = Duration::from_millis(100);
+    let b = Arc::new(Batcher::start(db().await, cfg, f));
+    let running = {
+        let b = b.clone();
+        tokio::spawn(async move { b.submit(1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // 1 is in flight
+    let queued = {
+        let b = b.clone();
+        tokio::spawn(async move { b.submit(2).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await; // 2 holds the only place
+    let e = b.submit(3).await.expect_err("no place left");
+    assert_eq!(e.code, Code::Unavailable);
+    assert!(e.message.contains("queue full"), "{e}");
+    assert_eq!(running.await.unwrap().unwrap(), 2);
+    assert_eq!(queued.await.unwrap().unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_runs_what_is_queued_and_refuses_the_rest() {
+    let db = db().await;
+    let f = Double::new(100.0);
+    let b = Arc::new(Batcher::start(db.clone(), config(2, 32), f));
+    let queued: Vec<_> = (0..40)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.submit(i).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    b.shutdown().await;
+    for (i, q) in queued.into_iter().enumerate() {
+        assert_eq!(
+            q.await.unwrap().unwrap(),
+            2 * i as i32,
+            "queued before shutdown: answered"
+        );
+    }
+    let e = b.submit(7).await.expect_err("after shutdown");
+    assert_eq!(e.code, Code::Unavailable);
+    assert!(e.message.contains("shutting down"), "{e}");
+    // The loops gave their connections back.
+    let c = tokio::time::timeout(Duration::from_secs(2), db.client())
+        .await
+        .unwrap();
+    assert!(c.is_ok());
+}
