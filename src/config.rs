@@ -80,6 +80,12 @@ pub mod defaults {
     /// Password hashes waiting for a free hashing slot; more logins at once are refused with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub const LOGIN_QUEUE: usize = 64;
+    /// Ping batch loops per replica (group commit, design.md §3.1), each on its own pooled
+    /// connection: two keep one batch forming while the other is in flight.
+    pub const BATCH_LOOPS: usize = 2;
+    /// Most pings in one batch: large enough that one statement serves a burst of a big fleet,
+    /// small enough that one batch stays a short transaction.
+    pub const BATCH_MAX: usize = 256;
     /// Password hashes computed at once: one per core keeps the rest of the server responsive
     /// (each argon2id hash takes ~19 MiB and a core for tens of milliseconds).
     pub fn login_concurrency() -> usize {
@@ -282,6 +288,13 @@ pub struct ServeArgs {
     /// Logins waiting for a hashing slot; beyond, RESOURCE_EXHAUSTED [default: 64].
     #[arg(long, env = "TASKQUEUE_LOGIN_QUEUE")]
     pub login_queue: Option<usize>,
+    /// Ping batch loops (group commit), each holding one pooled connection; 0 = every ping on its
+    /// own [default: 2].
+    #[arg(long, env = "TASKQUEUE_BATCH_LOOPS")]
+    pub batch_loops: Option<usize>,
+    /// Most pings served by one batch [default: 256].
+    #[arg(long, env = "TASKQUEUE_BATCH_MAX")]
+    pub batch_max: Option<usize>,
 }
 
 /// How the gRPC port is secured.
@@ -427,6 +440,8 @@ pub struct Config {
     pub statement_timeout: Duration,
     pub login_concurrency: usize,
     pub login_queue: usize,
+    pub batch_loops: usize,
+    pub batch_max: usize,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -529,6 +544,8 @@ struct ScitqSection {
     statement_timeout: Option<Duration>,
     login_concurrency: Option<usize>,
     login_queue: Option<usize>,
+    batch_loops: Option<usize>,
+    batch_max: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -968,6 +985,14 @@ impl Config {
                 .login_queue
                 .or(s.login_queue)
                 .unwrap_or(defaults::LOGIN_QUEUE),
+            batch_loops: args
+                .batch_loops
+                .or(s.batch_loops)
+                .unwrap_or(defaults::BATCH_LOOPS),
+            batch_max: args
+                .batch_max
+                .or(s.batch_max)
+                .unwrap_or(defaults::BATCH_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -1003,6 +1028,14 @@ impl Config {
         anyhow::ensure!(
             self.login_concurrency >= 1,
             "--login-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batch_loops < self.db_pool_size,
+            "--batch-loops must be below --db-pool-size: each batch loop holds a pooled connection"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_max),
+            "--batch-max must be between 1 and 10000"
         );
         anyhow::ensure!(
             self.max_log_followers >= 1,

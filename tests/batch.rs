@@ -172,7 +172,9 @@ async fn a_failed_batch_fails_every_caller_and_the_next_batch_works() {
     .await;
     assert_eq!(first.await.unwrap().unwrap(), 2);
     for a in &answers {
-        let e = a.as_ref().expect_err("the batch with -1 failed for everyone in it");
+        let e = a
+            .as_ref()
+            .expect_err("the batch with -1 failed for everyone in it");
         assert_eq!(e.code, Code::Internal, "{e}");
         assert!(e.message.contains("division by zero"), "{e}");
     }
@@ -187,7 +189,11 @@ async fn a_conflict_runs_the_batch_again() {
     let runs = f.runs.clone();
     let b = Batcher::start(db().await, config(1, 256), f);
     assert_eq!(b.submit(21).await.unwrap(), 42);
-    assert_eq!(runs.load(Ordering::SeqCst), 3, "two deadlocks, then success");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "two deadlocks, then success"
+    );
 }
 
 #[tokio::test]

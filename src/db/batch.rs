@@ -177,7 +177,14 @@ async fn run_loop<Req: Send + Sync + 'static, Resp: Send + 'static>(
                 return; // closed and empty
             }
         }
-        run_batch(&db, &cfg, f.as_ref(), &mut client, std::mem::take(&mut jobs)).await;
+        run_batch(
+            &db,
+            &cfg,
+            f.as_ref(),
+            &mut client,
+            std::mem::take(&mut jobs),
+        )
+        .await;
     }
 }
 

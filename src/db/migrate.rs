@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sandbox",
         sql: include_str!("../../schema/0006_sandbox.sql"),
     },
+    Migration {
+        version: 9,
+        name: "ping_batch",
+        sql: include_str!("../../schema/0009_ping_batch.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

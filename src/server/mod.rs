@@ -233,6 +233,12 @@ async fn serve(
     // Remaining steps, against the same deadline: resign and stop the leader loops, then the
     // metrics endpoint and the pool.
     let deadline = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_grace);
+    if tokio::time::timeout_at(deadline.into(), state.pings.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ping batches still running at the drain deadline");
+    }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
         task.abort();

@@ -11,7 +11,7 @@ use super::login_gate::LoginGate;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
-use crate::db::dispatch::DispatchConfig;
+use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub templates: Templates,
     /// Throttles Login and ChangePassword (password hashes).
     pub login_gate: LoginGate,
+    /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
+    pub pings: Pings,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
+        let pings = Pings::start(db.clone(), dispatch, config.batch_loops, config.batch_max);
         AppState {
             db,
             config,
@@ -79,6 +82,7 @@ impl AppState {
             storage,
             templates,
             login_gate,
+            pings,
         }
     }
 }
