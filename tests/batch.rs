@@ -248,3 +248,103 @@ async fn shutdown_runs_what_is_queued_and_refuses_the_rest() {
         .unwrap();
     assert!(c.is_ok());
 }
+
+/// One series' value in Prometheus text (`name{labels} value`), 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Rough figures, not a timed test (`cargo test --test batch -- --ignored --nocapture`): 200
+/// workers pinging idle in a closed loop on 8 connections for a few seconds against one replica,
+/// with batching off (`--batch-loops 0`) and on; prints pings/s, database transactions per ping
+/// (every statement of a ping runs in autocommit, so `xact_commit` counts statements) and the
+/// batch sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_idle_pings() {
+    use common::{register_worker, spawn_replica, test_config};
+    use taskqueue::proto as pb;
+    let pg = postgres().await;
+    for loops in [0usize, 2] {
+        let url = pg.fresh_db().await;
+        let mut config = test_config(&url);
+        config.leader_eligible = false;
+        config.batch_loops = loops;
+        config.db_pool_size = 32;
+        let r = spawn_replica(config).await;
+        let db = pg.connect(&url).await;
+        let clients: Vec<_> = (0..8).map(|_| r.worker()).collect();
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            let mut c = clients[i % 8].clone();
+            let id = register_worker(&mut c, &format!("idle-{i}"), 1, 0, None).await;
+            // The first ping writes last_ping_at; the next ones (for 10 s) are idle.
+            c.ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
+                worker_id: id,
+                stats: None,
+            })
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        let xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+        tokio::time::sleep(Duration::from_millis(1500)).await; // statistics are flushed each second
+        let x0: i64 = db.query_one(xacts, &[]).await.unwrap().get(0);
+        let m0 = r.metrics().await;
+        let pings = Arc::new(AtomicUsize::new(0));
+        let until = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
+        let tasks: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &worker_id)| {
+                let mut c = clients[i % 8].clone();
+                let pings = pings.clone();
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        c.ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
+                            worker_id,
+                            stats: None,
+                        })
+                        .await
+                        .unwrap();
+                        pings.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let m1 = r.metrics().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let x1: i64 = db.query_one(xacts, &[]).await.unwrap().get(0);
+        let n = pings.load(Ordering::Relaxed) as f64;
+        let d = |s: &str| metric(&m1, s) - metric(&m0, s);
+        let batches = d("taskqueue_batch_size_count{kind=\"ping\"}");
+        let batched = d("taskqueue_batch_size_sum{kind=\"ping\"}");
+        let statements = d("taskqueue_batch_rows_per_statement_count{kind=\"ping\"}");
+        eprintln!(
+            "batch_loops={loops}: {n} idle pings in {secs:.1}s = {:.0}/s; {:.3} transactions/ping \
+             (pg_stat_database, incl. ~{} per 1.5 s of the probe itself); batches {batches}, \
+             mean size {:.1}, statements by the batch metrics {statements} = {:.3}/ping",
+            n / secs,
+            (x1 - x0) as f64 / n,
+            2,
+            if batches > 0.0 {
+                batched / batches
+            } else {
+                0.0
+            },
+            if batched > 0.0 {
+                statements / batched
+            } else {
+                0.0
+            },
+        );
+        r.stop().await.unwrap();
+    }
+}

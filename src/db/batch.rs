@@ -144,8 +144,11 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         self.closing.cancel();
         let loops = std::mem::take(&mut *self.loops.lock().expect("batcher loops lock"));
         for l in loops {
-            if let Err(e) = l.await {
-                tracing::error!(kind = self.cfg.kind, error = %e, "a batch loop failed");
+            match l.await {
+                Ok(()) => {}
+                // The runtime is shutting down under us: nothing was lost that it does not lose.
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => tracing::error!(kind = self.cfg.kind, error = %e, "a batch loop failed"),
             }
         }
     }
