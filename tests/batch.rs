@@ -345,6 +345,87 @@ async fn measure_idle_pings() {
                 0.0
             },
         );
+
+        // Assigning pings: a standing queue, each task reported S at once, then the next ping.
+        db.execute(
+            "INSERT INTO task (task_id, shard, command, container, pending_since)
+             SELECT id, id % 16, 'true', '', now()
+               FROM (SELECT nextval('task_task_id_seq')::integer AS id FROM generate_series(1, 50000)) s",
+            &[],
+        )
+        .await
+        .unwrap();
+        let m0 = r.metrics().await;
+        let done = Arc::new(AtomicUsize::new(0));
+        let until = Instant::now() + Duration::from_secs(5);
+        let started = Instant::now();
+        let tasks: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &worker_id)| {
+                let mut c = clients[i % 8].clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let answer = c
+                            .ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
+                                worker_id,
+                                stats: None,
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        for t in answer.tasks {
+                            c.update_task_status(pb::TaskStatusUpdate {
+                                task_id: t.task_id,
+                                new_status: "S".into(),
+                                duration: Some(0),
+                                free_retry: None,
+                            })
+                            .await
+                            .unwrap();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let m1 = r.metrics().await;
+        let d = |s: &str| metric(&m1, s) - metric(&m0, s);
+        let batches = d("taskqueue_batch_size_count{kind=\"ping\"}");
+        let batched = d("taskqueue_batch_size_sum{kind=\"ping\"}");
+        let n = done.load(Ordering::Relaxed) as f64;
+        let mean = |op: &str| {
+            let count = d(&format!(
+                "taskqueue_db_transaction_duration_seconds_count{{op=\"{op}\"}}"
+            ));
+            let sum = d(&format!(
+                "taskqueue_db_transaction_duration_seconds_sum{{op=\"{op}\"}}"
+            ));
+            if count > 0.0 {
+                sum / count * 1000.0
+            } else {
+                0.0
+            }
+        };
+        eprintln!(
+            "batch_loops={loops}: {n} tasks assigned and reported S in {secs:.1}s = {:.0}/s; \
+             ping batches {batches}, mean size {:.1}; mean ms per ping_batch {:.1}, per claim_tasks \
+             {:.1}, per update_task_status {:.1}",
+            n / secs,
+            if batches > 0.0 {
+                batched / batches
+            } else {
+                0.0
+            },
+            mean("ping_batch"),
+            mean("claim_tasks"),
+            mean("update_task_status"),
+        );
         r.stop().await.unwrap();
     }
 }

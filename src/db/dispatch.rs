@@ -431,10 +431,12 @@ async fn write_batch(
 ) -> Result<Vec<Result<PingAnswer>>> {
     let workers: Vec<i32> = writes.iter().map(|&i| reqs[i].worker_id).collect();
     let stats: Vec<Option<&[u8]>> = writes.iter().map(|&i| reqs[i].stats.as_deref()).collect();
-    let first_shards: Vec<i32> = workers
-        .iter()
-        .map(|&w| i32::from(dispatch::first_shard(w, cfg.shards)))
-        .collect();
+    // One start shard for the whole batch (from its first ping's worker, so it moves from batch
+    // to batch): the batch is one claimer and its shard try-locks are held until it commits, so
+    // claiming from as few shards as possible leaves the others to concurrent batches (per-ping
+    // starts had two loops' batches skip each other's shards and claim less).
+    let start = i32::from(dispatch::first_shard(workers[0], cfg.shards));
+    let first_shards: Vec<i32> = vec![start; workers.len()];
     let mut ids = workers.clone();
     ids.sort_unstable();
     ids.dedup();
