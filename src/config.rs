@@ -1235,6 +1235,29 @@ mod tests {
     }
 
     #[test]
+    fn batch_settings_come_from_flags_yaml_or_defaults() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert_eq!((c.batch_loops, c.batch_max), (2, 256));
+        let yaml = "scitq:\n  batch_loops: 3\n  batch_max: 64\n";
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!((c.batch_loops, c.batch_max), (3, 64));
+        let flags = ServeArgs {
+            batch_loops: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_yaml(yaml, flags).unwrap().batch_loops,
+            0,
+            "0 turns batching off"
+        );
+        assert!(from_yaml("scitq:\n  batch_max: 0\n", ServeArgs::default()).is_err());
+        assert!(
+            from_yaml("scitq:\n  batch_loops: 30\n", ServeArgs::default()).is_err(),
+            "the loops' connections must leave room in the pool (30 by default)"
+        );
+    }
+
+    #[test]
     fn reads_an_original_scitq_yaml() {
         let yaml = r#"
 scitq:
