@@ -1,6 +1,7 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod batch;
 pub mod catalog;
 pub mod dependencies;
 pub mod dispatch;
@@ -49,6 +50,7 @@ pub enum Op {
     RetryTask,
     Ping,
     ClaimTasks,
+    PingBatch,
     Workers,
     Workflows,
     StepStats,
@@ -81,6 +83,7 @@ impl Op {
             Op::RetryTask => "retry_task",
             Op::Ping => "ping",
             Op::ClaimTasks => "claim_tasks",
+            Op::PingBatch => "ping_batch",
             Op::Workers => "workers",
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",
@@ -104,7 +107,7 @@ impl Op {
 /// How many times a transaction that hit a serialization failure or deadlock is run again.
 const MAX_TX_RETRIES: u32 = 5;
 /// How long a request waits for a pooled connection before answering `Unavailable`.
-const POOL_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// The statement timeout of pooled sessions when none is configured: no request holds the database
 /// longer than this.

@@ -270,6 +270,12 @@ async fn serve(
             task.abort();
         }
     }
+    if tokio::time::timeout_at(deadline.into(), state.pings.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ping batches still running at the drain deadline");
+    }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
         task.abort();

@@ -11,7 +11,7 @@ use super::login_gate::LoginGate;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
-use crate::db::dispatch::DispatchConfig;
+use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub login_gate: LoginGate,
     /// Signs the session tokens Login issues (the cluster's key: configured, or kept in Postgres).
     pub jwt: JwtKey,
+    /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
+    pub pings: Pings,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
+        let pings = Pings::start(db.clone(), dispatch, config.batch_loops, config.batch_max);
         AppState {
             db,
             config,
@@ -85,6 +88,7 @@ impl AppState {
             templates,
             login_gate,
             jwt,
+            pings,
         }
     }
 }

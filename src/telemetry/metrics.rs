@@ -29,6 +29,12 @@ pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
 pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
 pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 
+// Group commit (db::batch): label `kind` is a batcher's name (a closed set: ping, …).
+pub const BATCH_SIZE: &str = "taskqueue_batch_size";
+pub const BATCH_WAIT_SECONDS: &str = "taskqueue_batch_wait_seconds";
+pub const BATCH_ROWS_PER_STATEMENT: &str = "taskqueue_batch_rows_per_statement";
+pub const BATCH_REFUSED: &str = "taskqueue_batch_refused_total";
+
 // Task logs and worker events.
 pub const LOG_RECEIVED_BYTES: &str = "taskqueue_log_received_bytes_total";
 pub const LOG_RECEIVED_LINES: &str = "taskqueue_log_received_lines_total";
@@ -94,6 +100,15 @@ pub const JOB_BUCKETS: &[f64] = &[
 /// Count buckets (tasks per ping).
 pub const COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// Batch size buckets (requests per batch, rows per statement): 1 … 1024 (the cap is 256 by default).
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Batch wait buckets (seconds): 50 µs … 1 s; a request waits at most one batch in flight.
+pub const BATCH_WAIT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Histograms and their buckets; any histogram not listed here gets `LATENCY_BUCKETS`.
 const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (TASK_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
@@ -101,6 +116,9 @@ const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (LOG_FOLLOW_LAG_SECONDS, LATENCY_BUCKETS),
     (JOB_DURATION_SECONDS, JOB_BUCKETS),
     (TEMPLATE_RUN_SECONDS, JOB_BUCKETS),
+    (BATCH_SIZE, BATCH_BUCKETS),
+    (BATCH_ROWS_PER_STATEMENT, BATCH_BUCKETS),
+    (BATCH_WAIT_SECONDS, BATCH_WAIT_BUCKETS),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -202,6 +220,23 @@ fn describe() {
         "Task status updates applied, by new status"
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
+    describe_histogram!(
+        BATCH_SIZE,
+        "Requests served by one batch (group commit), by kind"
+    );
+    describe_histogram!(
+        BATCH_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a request waited in its batch queue before its batch started, by kind"
+    );
+    describe_histogram!(
+        BATCH_ROWS_PER_STATEMENT,
+        "Requests one statement of a batch served, by kind (its count is the statements run)"
+    );
+    describe_counter!(
+        BATCH_REFUSED,
+        "Requests refused UNAVAILABLE because their batch queue stayed full, by kind"
+    );
     describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
     describe_counter!(
         LOG_DROPPED_BYTES,
