@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sandbox",
         sql: include_str!("../../schema/0006_sandbox.sql"),
     },
+    Migration {
+        version: 8,
+        name: "ws",
+        sql: include_str!("../../schema/0008_ws.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

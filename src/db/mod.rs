@@ -20,6 +20,7 @@ pub mod users;
 pub mod watchdog;
 pub mod workers;
 pub mod workflows;
+pub mod ws_events;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -55,6 +56,7 @@ pub enum Op {
     LogIngest,
     LogFollow,
     Events,
+    WsEvents,
     Jobs,
     Catalog,
     Recruiters,
@@ -87,6 +89,7 @@ impl Op {
             Op::LogIngest => "log_ingest",
             Op::LogFollow => "log_follow",
             Op::Events => "events",
+            Op::WsEvents => "ws_events",
             Op::Jobs => "jobs",
             Op::Catalog => "catalog",
             Op::Recruiters => "recruiters",

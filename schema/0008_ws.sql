@@ -1,0 +1,208 @@
+-- WebSocket events (behavior.md Appendix A), published by the database itself: triggers on the
+-- tables whose changes the UI shows send one NOTIFY on channel 'tq_ws' per event, inside the
+-- transaction that made the change (NOTIFY is delivered at commit: a rolled-back change sends
+-- nothing), whichever code path or replica made it. Every replica LISTENs and forwards to its
+-- own sockets (src/web/ws.rs).
+--
+-- Notification body: JSON {type, action, id, audience, owner, payload}. `audience` says who may
+-- receive it: 'all' (any logged-in user), 'owner' (the user `owner` and admins; no owner: admins
+-- only), 'admin', or 'internal' (never forwarded: e.g. session/revoked closes sockets). Bodies
+-- over 7,900 bytes (NOTIFY's limit is 8,000) are stored in ws_event and only {"ref": event_id} is
+-- notified; readers fetch the body. Rows are pruned by the replicas after WS_EVENT_KEEP.
+--
+-- Kill switch: `SET taskqueue.ws_events = 'off'` (per session, role or database) publishes
+-- nothing. Bulk cascades (a workflow's steps and tasks deleted with it) publish only the event of
+-- the row deleted by the statement itself (pg_trigger_depth() > 1 inside a cascade).
+
+CREATE TABLE ws_event (
+    event_id    bigserial PRIMARY KEY,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    body        text NOT NULL
+);
+CREATE INDEX ws_event_created_at_idx ON ws_event (created_at);
+
+CREATE FUNCTION tq_ws_publish(kind text, action text, object_id bigint, audience text,
+                              owner_id integer, payload jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_body text;
+    v_ref bigint;
+BEGIN
+    IF current_setting('taskqueue.ws_events', true) = 'off' THEN
+        RETURN;
+    END IF;
+    v_body := jsonb_build_object('type', kind, 'action', action, 'id', object_id,
+                               'audience', audience, 'owner', owner_id, 'payload', payload)::text;
+    IF octet_length(v_body) <= 7900 THEN
+        PERFORM pg_notify('tq_ws', v_body);
+    ELSE
+        INSERT INTO ws_event (body) VALUES (v_body) RETURNING event_id INTO v_ref;
+        PERFORM pg_notify('tq_ws', jsonb_build_object('ref', v_ref)::text);
+    END IF;
+END
+$$;
+
+-- Tasks: created, status changes (with the step's statistics delta), deleted.
+CREATE FUNCTION tq_ws_task() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    wf integer;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF pg_trigger_depth() > 1 THEN
+            RETURN NULL;
+        END IF;
+        PERFORM tq_ws_publish('task', 'deleted', OLD.task_id, 'owner', OLD.owner_id,
+            jsonb_build_object('taskId', OLD.task_id, 'workerId', OLD.worker_id,
+                               'status', OLD.status));
+        RETURN NULL;
+    END IF;
+    IF NEW.step_id IS NOT NULL THEN
+        SELECT workflow_id INTO wf FROM step WHERE step_id = NEW.step_id;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tq_ws_publish('task', 'created', NEW.task_id, 'owner', NEW.owner_id,
+            jsonb_build_object('taskId', NEW.task_id, 'command', NEW.command,
+                               'stepId', NEW.step_id, 'output', NEW.output,
+                               'status', NEW.status, 'taskName', NEW.task_name));
+        IF NEW.previous_task_id IS NOT NULL THEN
+            PERFORM tq_ws_publish('task', 'status', NEW.task_id, 'owner', NEW.owner_id,
+                jsonb_build_object('taskId', NEW.task_id, 'workerId', NEW.worker_id,
+                                   'oldStatus', NULL, 'status', NEW.status,
+                                   'parentTaskId', NEW.previous_task_id));
+        END IF;
+        IF wf IS NOT NULL THEN
+            PERFORM tq_ws_publish('step-stats', 'delta', wf, 'owner', NEW.owner_id,
+                jsonb_build_object('workflowId', wf, 'stepId', NEW.step_id,
+                                   'taskId', NEW.task_id, 'oldStatus', NULL,
+                                   'newStatus', NEW.status, 'incrementTotal', true,
+                                   'retried', NEW.previous_task_id IS NOT NULL));
+        END IF;
+        RETURN NULL;
+    END IF;
+    -- UPDATE of the status (the trigger's WHEN keeps other updates out).
+    PERFORM tq_ws_publish('task', 'status', NEW.task_id, 'owner', NEW.owner_id,
+        jsonb_build_object('taskId', NEW.task_id, 'workerId', COALESCE(NEW.worker_id, OLD.worker_id),
+                           'oldStatus', OLD.status, 'status', NEW.status));
+    IF wf IS NOT NULL THEN
+        PERFORM tq_ws_publish('step-stats', 'delta', wf, 'owner', NEW.owner_id,
+            jsonb_strip_nulls(jsonb_build_object(
+                'workflowId', wf, 'stepId', NEW.step_id, 'taskId', NEW.task_id,
+                'oldStatus', OLD.status, 'newStatus', NEW.status,
+                'duration', CASE NEW.status
+                                WHEN 'O' THEN NEW.download_duration
+                                WHEN 'U' THEN NEW.run_duration
+                                WHEN 'V' THEN NEW.run_duration
+                                WHEN 'S' THEN NEW.upload_duration
+                                WHEN 'F' THEN NEW.upload_duration END,
+                'runStartedEpoch', CASE WHEN NEW.status = 'R'
+                                        THEN EXTRACT(EPOCH FROM NEW.run_started_at)::bigint END)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER task_ws_insert AFTER INSERT ON task
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_task();
+CREATE TRIGGER task_ws_status AFTER UPDATE OF status ON task
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION tq_ws_task();
+CREATE TRIGGER task_ws_delete AFTER DELETE ON task
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_task();
+
+-- Workers: every logged-in user sees the fleet (ListWorkers is open to all); the envelope's id
+-- is the worker id (the UI matches on it).
+CREATE FUNCTION tq_ws_worker() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    sname text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tq_ws_publish('worker', 'deleted', OLD.worker_id, 'all', NULL,
+            jsonb_build_object('workerId', OLD.worker_id));
+        RETURN NULL;
+    END IF;
+    IF NEW.step_id IS NOT NULL THEN
+        SELECT step_name INTO sname FROM step WHERE step_id = NEW.step_id;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tq_ws_publish('worker', 'created', NEW.worker_id, 'all', NULL,
+            jsonb_build_object('worker', jsonb_build_object(
+                'workerId', NEW.worker_id, 'name', NEW.worker_name, 'stepName', sname,
+                'stepId', NEW.step_id, 'concurrency', NEW.concurrency,
+                'prefetch', NEW.prefetch, 'status', NEW.status), 'job', NULL));
+        RETURN NULL;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tq_ws_publish('worker', 'status', NEW.worker_id, 'all', NULL,
+            jsonb_build_object('workerId', NEW.worker_id, 'status', NEW.status));
+    END IF;
+    IF (NEW.worker_name, NEW.step_id, NEW.concurrency, NEW.prefetch)
+       IS DISTINCT FROM (OLD.worker_name, OLD.step_id, OLD.concurrency, OLD.prefetch) THEN
+        PERFORM tq_ws_publish('worker', 'updated', NEW.worker_id, 'all', NULL,
+            jsonb_build_object('workerId', NEW.worker_id, 'name', NEW.worker_name,
+                               'stepId', NEW.step_id, 'stepName', sname,
+                               'concurrency', NEW.concurrency, 'prefetch', NEW.prefetch));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER worker_ws_insert AFTER INSERT ON worker
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_worker();
+CREATE TRIGGER worker_ws_update AFTER UPDATE OF status, worker_name, step_id, concurrency, prefetch
+    ON worker FOR EACH ROW
+    WHEN ((NEW.status, NEW.worker_name, NEW.step_id, NEW.concurrency, NEW.prefetch)
+          IS DISTINCT FROM (OLD.status, OLD.worker_name, OLD.step_id, OLD.concurrency, OLD.prefetch))
+    EXECUTE FUNCTION tq_ws_worker();
+CREATE TRIGGER worker_ws_delete AFTER DELETE ON worker
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_worker();
+
+-- Workflows and steps: their owner's (a step belongs to its workflow's owner). A step's events
+-- carry the workflow id as the envelope's id.
+CREATE FUNCTION tq_ws_workflow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tq_ws_publish('workflow', 'deleted', OLD.workflow_id, 'owner', OLD.owner_id,
+            jsonb_build_object('workflowId', OLD.workflow_id));
+    ELSE
+        PERFORM tq_ws_publish('workflow', 'created', NEW.workflow_id, 'owner', NEW.owner_id,
+            jsonb_build_object('workflowId', NEW.workflow_id, 'name', NEW.workflow_name));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER workflow_ws AFTER INSERT OR DELETE ON workflow
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_workflow();
+
+CREATE FUNCTION tq_ws_step() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    wname text;
+    owner integer;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF pg_trigger_depth() > 1 THEN
+            RETURN NULL;
+        END IF;
+        SELECT owner_id INTO owner FROM workflow WHERE workflow_id = OLD.workflow_id;
+        PERFORM tq_ws_publish('step', 'deleted', OLD.workflow_id, 'owner', owner,
+            jsonb_build_object('stepId', OLD.step_id));
+    ELSE
+        SELECT workflow_name, owner_id INTO wname, owner FROM workflow
+         WHERE workflow_id = NEW.workflow_id;
+        PERFORM tq_ws_publish('step', 'created', NEW.workflow_id, 'owner', owner,
+            jsonb_build_object('stepId', NEW.step_id, 'name', NEW.step_name,
+                               'workflowId', NEW.workflow_id, 'workflowName', wname));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER step_ws AFTER INSERT OR DELETE ON step
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_step();
+
+-- Sessions: a revoked session (Logout, user deletion, expiry sweep) closes its sockets on every
+-- replica at once. Internal: never forwarded to a browser.
+CREATE FUNCTION tq_ws_session() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tq_ws_publish('session', 'revoked', 0, 'internal', OLD.user_id,
+        jsonb_build_object('tokenSha256', encode(OLD.token_sha256, 'hex')));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER session_ws_delete AFTER DELETE ON scitq_user_session
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_session();
