@@ -18,6 +18,7 @@
 //! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`secret_files`]: files created 0600 at open, and private folders of predictable names.
+//! - [`web`]: the HTTP surface for the browser UI (`web::ws`: the WebSocket `/ws` and its fan-out).
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 
 pub mod api;
@@ -37,6 +38,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod templates;
+pub mod web;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
+use crate::web::ws::WsHub;
 
 pub struct AppState {
     pub db: Db,
@@ -38,6 +39,8 @@ pub struct AppState {
     pub templates: Templates,
     /// Throttles Login and ChangePassword (password hashes).
     pub login_gate: LoginGate,
+    /// The WebSocket fan-out of this replica (`/ws`).
+    pub ws: WsHub,
 }
 
 impl AppState {
@@ -63,6 +66,7 @@ impl AppState {
             max_log_bytes_per_task: config.max_log_bytes_per_task,
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
+        let ws = WsHub::start(db.clone(), logs.notifier(), auth.clone(), draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
@@ -79,6 +83,7 @@ impl AppState {
             storage,
             templates,
             login_gate,
+            ws,
         }
     }
 }
