@@ -195,6 +195,72 @@ $$;
 CREATE TRIGGER step_ws AFTER INSERT OR DELETE ON step
     FOR EACH ROW EXECUTE FUNCTION tq_ws_step();
 
+-- Provider jobs (ListJobs is open to every logged-in user). A deletion job also announces
+-- worker/deletionScheduled (id = the worker). Runner bookkeeping (leases, attempts, log lines)
+-- publishes nothing: only status and progression changes do.
+CREATE FUNCTION tq_ws_job() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tq_ws_publish('job', 'deleted', OLD.job_id, 'all', NULL,
+            jsonb_build_object('jobId', OLD.job_id));
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM tq_ws_publish('job', 'created', NEW.job_id, 'all', NULL,
+            jsonb_build_object('jobId', NEW.job_id, 'action', NEW.action, 'status', NEW.status,
+                               'workerId', NEW.worker_id, 'modifiedAt', NEW.modified_at));
+        IF NEW.action = 'D' AND NEW.worker_id IS NOT NULL THEN
+            PERFORM tq_ws_publish('worker', 'deletionScheduled', NEW.worker_id, 'all', NULL,
+                jsonb_build_object('workerId', NEW.worker_id, 'jobId', NEW.job_id));
+        END IF;
+    ELSE
+        PERFORM tq_ws_publish('job', 'updated', NEW.job_id, 'all', NULL,
+            jsonb_build_object('jobId', NEW.job_id, 'status', NEW.status,
+                               'progression', NEW.progression, 'modifiedAt', NEW.modified_at));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER job_ws_insert_delete AFTER INSERT OR DELETE ON job
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_job();
+CREATE TRIGGER job_ws_update AFTER UPDATE OF status, progression ON job
+    FOR EACH ROW WHEN ((NEW.status, NEW.progression) IS DISTINCT FROM (OLD.status, OLD.progression))
+    EXECUTE FUNCTION tq_ws_job();
+
+-- Templates (ListTemplates is open to every logged-in user).
+CREATE FUNCTION tq_ws_template() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tq_ws_publish('template', 'uploaded', NEW.workflow_template_id, 'all', NULL,
+        jsonb_build_object('workflowTemplateId', NEW.workflow_template_id, 'name', NEW.name,
+                           'version', NEW.version, 'description', NEW.description,
+                           'paramJson', NEW.params_schema::text,
+                           'uploadedAt', NEW.uploaded_at));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER template_ws AFTER INSERT ON workflow_template
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_template();
+
+-- Users: admins only (e-mail addresses are theirs and the user's own to read). Never the hash.
+CREATE FUNCTION tq_ws_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM tq_ws_publish('user', 'deleted', OLD.user_id, 'admin', NULL,
+            jsonb_build_object('userId', OLD.user_id));
+    ELSE
+        PERFORM tq_ws_publish('user',
+            CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END, NEW.user_id, 'admin', NULL,
+            jsonb_build_object('userId', NEW.user_id, 'username', NEW.username,
+                               'email', NEW.email, 'isAdmin', NEW.is_admin));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER user_ws_insert_delete AFTER INSERT OR DELETE ON scitq_user
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_user();
+CREATE TRIGGER user_ws_update AFTER UPDATE OF username, email, is_admin ON scitq_user
+    FOR EACH ROW WHEN ((NEW.username, NEW.email, NEW.is_admin)
+                       IS DISTINCT FROM (OLD.username, OLD.email, OLD.is_admin))
+    EXECUTE FUNCTION tq_ws_user();
+
 -- Sessions: a revoked session (Logout, user deletion, expiry sweep) closes its sockets on every
 -- replica at once. Internal: never forwarded to a browser.
 CREATE FUNCTION tq_ws_session() RETURNS trigger LANGUAGE plpgsql AS $$

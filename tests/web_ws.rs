@@ -501,3 +501,35 @@ async fn an_event_over_8_kb_arrives_by_reference() {
         .get(0);
     assert_eq!(stored, 1, "stored, notified by reference");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_events_reach_admins_only_and_job_events_everyone() {
+    let a = replica().await;
+    let (web, _b) = web_side(&a).await;
+    let alice = user_token(&a, "alice").await;
+    let mut ws_alice = connect(web, &alice).await;
+    let mut ws_admin = connect(web, &admin_token(&a).await).await;
+    user_token(&a, "carol").await;
+    let pg = postgres().await.connect(a.database_url()).await;
+    let job: i32 = pg
+        .query_one(
+            "INSERT INTO job (action, status) VALUES ('C', 'S') RETURNING job_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let (created, _) = wait_event(&mut ws_admin, "user", "created", |_| true).await;
+    assert_eq!(created["payload"]["username"], "carol");
+    assert!(
+        !created.to_string().contains("argon2"),
+        "no password hash: {created}"
+    );
+    wait_event(&mut ws_admin, "job", "created", |e| e["id"] == job).await;
+    let (_, before) = wait_event(&mut ws_alice, "job", "created", |e| e["id"] == job).await;
+    assert!(
+        before.iter().all(|e| e["type"] != "user"),
+        "alice saw user events: {before:?}"
+    );
+}
