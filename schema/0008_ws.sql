@@ -21,91 +21,119 @@ CREATE TABLE ws_event (
 );
 CREATE INDEX ws_event_created_at_idx ON ws_event (created_at);
 
+-- Stores a body too large for NOTIFY; returns its id.
+CREATE FUNCTION tq_ws_store(body text) RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO ws_event (body) VALUES (body) RETURNING event_id
+$$;
+
+-- What is notified for a body: itself, or a reference to its stored copy.
+CREATE FUNCTION tq_ws_notice(body text) RETURNS text LANGUAGE sql AS $$
+    SELECT CASE WHEN octet_length(body) <= 7900 THEN body
+                ELSE json_build_object('ref', tq_ws_store(body))::text END
+$$;
+
 CREATE FUNCTION tq_ws_publish(kind text, action text, object_id bigint, audience text,
-                              owner_id integer, payload jsonb)
+                              owner_id integer, payload json)
 RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    v_body text;
-    v_ref bigint;
 BEGIN
     IF current_setting('taskqueue.ws_events', true) = 'off' THEN
         RETURN;
     END IF;
-    v_body := jsonb_build_object('type', kind, 'action', action, 'id', object_id,
-                               'audience', audience, 'owner', owner_id, 'payload', payload)::text;
-    IF octet_length(v_body) <= 7900 THEN
-        PERFORM pg_notify('tq_ws', v_body);
-    ELSE
-        INSERT INTO ws_event (body) VALUES (v_body) RETURNING event_id INTO v_ref;
-        PERFORM pg_notify('tq_ws', jsonb_build_object('ref', v_ref)::text);
-    END IF;
+    PERFORM pg_notify('tq_ws', tq_ws_notice(json_build_object(
+        'type', kind, 'action', action, 'id', object_id, 'audience', audience,
+        'owner', owner_id, 'payload', payload)::text));
 END
 $$;
 
--- Tasks: created, status changes (with the step's statistics delta), deleted.
-CREATE FUNCTION tq_ws_task() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    wf integer;
+-- Tasks: created, status changes (each with the step's statistics delta), deleted. Inserts and
+-- updates are statement-level over the transition tables: a claim of many tasks in one
+-- statement runs the function once, set-based (the hot path: see README for the cost).
+CREATE FUNCTION tq_ws_task_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        IF pg_trigger_depth() > 1 THEN
-            RETURN NULL;
-        END IF;
-        PERFORM tq_ws_publish('task', 'deleted', OLD.task_id, 'owner', OLD.owner_id,
-            jsonb_build_object('taskId', OLD.task_id, 'workerId', OLD.worker_id,
-                               'status', OLD.status));
+    IF current_setting('taskqueue.ws_events', true) = 'off' THEN
         RETURN NULL;
     END IF;
-    IF NEW.step_id IS NOT NULL THEN
-        SELECT workflow_id INTO wf FROM step WHERE step_id = NEW.step_id;
-    END IF;
-    IF TG_OP = 'INSERT' THEN
-        PERFORM tq_ws_publish('task', 'created', NEW.task_id, 'owner', NEW.owner_id,
-            jsonb_build_object('taskId', NEW.task_id, 'command', NEW.command,
-                               'stepId', NEW.step_id, 'output', NEW.output,
-                               'status', NEW.status, 'taskName', NEW.task_name));
-        IF NEW.previous_task_id IS NOT NULL THEN
-            PERFORM tq_ws_publish('task', 'status', NEW.task_id, 'owner', NEW.owner_id,
-                jsonb_build_object('taskId', NEW.task_id, 'workerId', NEW.worker_id,
-                                   'oldStatus', NULL, 'status', NEW.status,
-                                   'parentTaskId', NEW.previous_task_id));
-        END IF;
-        IF wf IS NOT NULL THEN
-            PERFORM tq_ws_publish('step-stats', 'delta', wf, 'owner', NEW.owner_id,
-                jsonb_build_object('workflowId', wf, 'stepId', NEW.step_id,
-                                   'taskId', NEW.task_id, 'oldStatus', NULL,
-                                   'newStatus', NEW.status, 'incrementTotal', true,
-                                   'retried', NEW.previous_task_id IS NOT NULL));
-        END IF;
-        RETURN NULL;
-    END IF;
-    -- UPDATE of the status (the trigger's WHEN keeps other updates out).
-    PERFORM tq_ws_publish('task', 'status', NEW.task_id, 'owner', NEW.owner_id,
-        jsonb_build_object('taskId', NEW.task_id, 'workerId', COALESCE(NEW.worker_id, OLD.worker_id),
-                           'oldStatus', OLD.status, 'status', NEW.status));
-    IF wf IS NOT NULL THEN
-        PERFORM tq_ws_publish('step-stats', 'delta', wf, 'owner', NEW.owner_id,
-            jsonb_strip_nulls(jsonb_build_object(
-                'workflowId', wf, 'stepId', NEW.step_id, 'taskId', NEW.task_id,
-                'oldStatus', OLD.status, 'newStatus', NEW.status,
-                'duration', CASE NEW.status
-                                WHEN 'O' THEN NEW.download_duration
-                                WHEN 'U' THEN NEW.run_duration
-                                WHEN 'V' THEN NEW.run_duration
-                                WHEN 'S' THEN NEW.upload_duration
-                                WHEN 'F' THEN NEW.upload_duration END,
-                'runStartedEpoch', CASE WHEN NEW.status = 'R'
-                                        THEN EXTRACT(EPOCH FROM NEW.run_started_at)::bigint END)));
-    END IF;
+    PERFORM pg_notify('tq_ws', tq_ws_notice(e.body)) FROM (
+        SELECT n.task_id, 1 AS k, json_build_object(
+                   'type', 'task', 'action', 'created', 'id', n.task_id, 'audience', 'owner',
+                   'owner', n.owner_id, 'payload', json_build_object(
+                       'taskId', n.task_id, 'command', n.command, 'stepId', n.step_id,
+                       'output', n.output, 'status', n.status, 'taskName', n.task_name))::text AS body
+          FROM new_rows n
+        UNION ALL
+        SELECT n.task_id, 2, json_build_object(
+                   'type', 'task', 'action', 'status', 'id', n.task_id, 'audience', 'owner',
+                   'owner', n.owner_id, 'payload', json_build_object(
+                       'taskId', n.task_id, 'workerId', n.worker_id, 'oldStatus', NULL,
+                       'status', n.status, 'parentTaskId', n.previous_task_id))::text
+          FROM new_rows n WHERE n.previous_task_id IS NOT NULL
+        UNION ALL
+        SELECT n.task_id, 3, json_build_object(
+                   'type', 'step-stats', 'action', 'delta', 'id', s.workflow_id,
+                   'audience', 'owner', 'owner', n.owner_id, 'payload', json_build_object(
+                       'workflowId', s.workflow_id, 'stepId', n.step_id, 'taskId', n.task_id,
+                       'oldStatus', NULL, 'newStatus', n.status, 'incrementTotal', true,
+                       'retried', n.previous_task_id IS NOT NULL))::text
+          FROM new_rows n JOIN step s ON s.step_id = n.step_id
+        ORDER BY 1, 2) e;
     RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION tq_ws_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('taskqueue.ws_events', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('tq_ws', tq_ws_notice(e.body)) FROM (
+        SELECT n.task_id, 1 AS k, json_build_object(
+                   'type', 'task', 'action', 'status', 'id', n.task_id, 'audience', 'owner',
+                   'owner', n.owner_id, 'payload', json_build_object(
+                       'taskId', n.task_id, 'workerId', COALESCE(n.worker_id, o.worker_id),
+                       'oldStatus', o.status, 'status', n.status))::text AS body
+          FROM new_rows n JOIN old_rows o ON o.task_id = n.task_id
+         WHERE n.status IS DISTINCT FROM o.status
+        UNION ALL
+        SELECT n.task_id, 2, json_build_object(
+                   'type', 'step-stats', 'action', 'delta', 'id', s.workflow_id,
+                   'audience', 'owner', 'owner', n.owner_id, 'payload', json_strip_nulls(json_build_object(
+                       'workflowId', s.workflow_id, 'stepId', n.step_id, 'taskId', n.task_id,
+                       'oldStatus', o.status, 'newStatus', n.status,
+                       'duration', CASE n.status
+                                       WHEN 'O' THEN n.download_duration
+                                       WHEN 'U' THEN n.run_duration
+                                       WHEN 'V' THEN n.run_duration
+                                       WHEN 'S' THEN n.upload_duration
+                                       WHEN 'F' THEN n.upload_duration END,
+                       'runStartedEpoch', CASE WHEN n.status = 'R'
+                                               THEN EXTRACT(EPOCH FROM n.run_started_at)::bigint END)))::text
+          FROM new_rows n JOIN old_rows o ON o.task_id = n.task_id
+          JOIN step s ON s.step_id = n.step_id
+         WHERE n.status IS DISTINCT FROM o.status
+        ORDER BY 1, 2) e;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION tq_ws_task_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tq_ws_publish('task', 'deleted', OLD.task_id, 'owner', OLD.owner_id,
+        json_build_object('taskId', OLD.task_id, 'workerId', OLD.worker_id, 'status', OLD.status));
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER task_ws_insert AFTER INSERT ON task
-    FOR EACH ROW EXECUTE FUNCTION tq_ws_task();
-CREATE TRIGGER task_ws_status AFTER UPDATE OF status ON task
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION tq_ws_task();
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tq_ws_task_insert();
+CREATE TRIGGER task_ws_update AFTER UPDATE ON task
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tq_ws_task_update();
 CREATE TRIGGER task_ws_delete AFTER DELETE ON task
-    FOR EACH ROW EXECUTE FUNCTION tq_ws_task();
+    FOR EACH ROW EXECUTE FUNCTION tq_ws_task_delete();
 
 -- Workers: every logged-in user sees the fleet (ListWorkers is open to all); the envelope's id
 -- is the worker id (the UI matches on it).
@@ -115,7 +143,7 @@ DECLARE
 BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM tq_ws_publish('worker', 'deleted', OLD.worker_id, 'all', NULL,
-            jsonb_build_object('workerId', OLD.worker_id));
+            json_build_object('workerId', OLD.worker_id));
         RETURN NULL;
     END IF;
     IF NEW.step_id IS NOT NULL THEN
@@ -123,7 +151,7 @@ BEGIN
     END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM tq_ws_publish('worker', 'created', NEW.worker_id, 'all', NULL,
-            jsonb_build_object('worker', jsonb_build_object(
+            json_build_object('worker', json_build_object(
                 'workerId', NEW.worker_id, 'name', NEW.worker_name, 'stepName', sname,
                 'stepId', NEW.step_id, 'concurrency', NEW.concurrency,
                 'prefetch', NEW.prefetch, 'status', NEW.status), 'job', NULL));
@@ -131,12 +159,12 @@ BEGIN
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         PERFORM tq_ws_publish('worker', 'status', NEW.worker_id, 'all', NULL,
-            jsonb_build_object('workerId', NEW.worker_id, 'status', NEW.status));
+            json_build_object('workerId', NEW.worker_id, 'status', NEW.status));
     END IF;
     IF (NEW.worker_name, NEW.step_id, NEW.concurrency, NEW.prefetch)
        IS DISTINCT FROM (OLD.worker_name, OLD.step_id, OLD.concurrency, OLD.prefetch) THEN
         PERFORM tq_ws_publish('worker', 'updated', NEW.worker_id, 'all', NULL,
-            jsonb_build_object('workerId', NEW.worker_id, 'name', NEW.worker_name,
+            json_build_object('workerId', NEW.worker_id, 'name', NEW.worker_name,
                                'stepId', NEW.step_id, 'stepName', sname,
                                'concurrency', NEW.concurrency, 'prefetch', NEW.prefetch));
     END IF;
@@ -159,10 +187,10 @@ CREATE FUNCTION tq_ws_workflow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM tq_ws_publish('workflow', 'deleted', OLD.workflow_id, 'owner', OLD.owner_id,
-            jsonb_build_object('workflowId', OLD.workflow_id));
+            json_build_object('workflowId', OLD.workflow_id));
     ELSE
         PERFORM tq_ws_publish('workflow', 'created', NEW.workflow_id, 'owner', NEW.owner_id,
-            jsonb_build_object('workflowId', NEW.workflow_id, 'name', NEW.workflow_name));
+            json_build_object('workflowId', NEW.workflow_id, 'name', NEW.workflow_name));
     END IF;
     RETURN NULL;
 END
@@ -181,12 +209,12 @@ BEGIN
         END IF;
         SELECT owner_id INTO owner FROM workflow WHERE workflow_id = OLD.workflow_id;
         PERFORM tq_ws_publish('step', 'deleted', OLD.workflow_id, 'owner', owner,
-            jsonb_build_object('stepId', OLD.step_id));
+            json_build_object('stepId', OLD.step_id));
     ELSE
         SELECT workflow_name, owner_id INTO wname, owner FROM workflow
          WHERE workflow_id = NEW.workflow_id;
         PERFORM tq_ws_publish('step', 'created', NEW.workflow_id, 'owner', owner,
-            jsonb_build_object('stepId', NEW.step_id, 'name', NEW.step_name,
+            json_build_object('stepId', NEW.step_id, 'name', NEW.step_name,
                                'workflowId', NEW.workflow_id, 'workflowName', wname));
     END IF;
     RETURN NULL;
@@ -202,18 +230,18 @@ CREATE FUNCTION tq_ws_job() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM tq_ws_publish('job', 'deleted', OLD.job_id, 'all', NULL,
-            jsonb_build_object('jobId', OLD.job_id));
+            json_build_object('jobId', OLD.job_id));
     ELSIF TG_OP = 'INSERT' THEN
         PERFORM tq_ws_publish('job', 'created', NEW.job_id, 'all', NULL,
-            jsonb_build_object('jobId', NEW.job_id, 'action', NEW.action, 'status', NEW.status,
+            json_build_object('jobId', NEW.job_id, 'action', NEW.action, 'status', NEW.status,
                                'workerId', NEW.worker_id, 'modifiedAt', NEW.modified_at));
         IF NEW.action = 'D' AND NEW.worker_id IS NOT NULL THEN
             PERFORM tq_ws_publish('worker', 'deletionScheduled', NEW.worker_id, 'all', NULL,
-                jsonb_build_object('workerId', NEW.worker_id, 'jobId', NEW.job_id));
+                json_build_object('workerId', NEW.worker_id, 'jobId', NEW.job_id));
         END IF;
     ELSE
         PERFORM tq_ws_publish('job', 'updated', NEW.job_id, 'all', NULL,
-            jsonb_build_object('jobId', NEW.job_id, 'status', NEW.status,
+            json_build_object('jobId', NEW.job_id, 'status', NEW.status,
                                'progression', NEW.progression, 'modifiedAt', NEW.modified_at));
     END IF;
     RETURN NULL;
@@ -229,7 +257,7 @@ CREATE TRIGGER job_ws_update AFTER UPDATE OF status, progression ON job
 CREATE FUNCTION tq_ws_template() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM tq_ws_publish('template', 'uploaded', NEW.workflow_template_id, 'all', NULL,
-        jsonb_build_object('workflowTemplateId', NEW.workflow_template_id, 'name', NEW.name,
+        json_build_object('workflowTemplateId', NEW.workflow_template_id, 'name', NEW.name,
                            'version', NEW.version, 'description', NEW.description,
                            'paramJson', NEW.params_schema::text,
                            'uploadedAt', NEW.uploaded_at));
@@ -244,11 +272,11 @@ CREATE FUNCTION tq_ws_user() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         PERFORM tq_ws_publish('user', 'deleted', OLD.user_id, 'admin', NULL,
-            jsonb_build_object('userId', OLD.user_id));
+            json_build_object('userId', OLD.user_id));
     ELSE
         PERFORM tq_ws_publish('user',
             CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END, NEW.user_id, 'admin', NULL,
-            jsonb_build_object('userId', NEW.user_id, 'username', NEW.username,
+            json_build_object('userId', NEW.user_id, 'username', NEW.username,
                                'email', NEW.email, 'isAdmin', NEW.is_admin));
     END IF;
     RETURN NULL;
@@ -266,7 +294,7 @@ CREATE TRIGGER user_ws_update AFTER UPDATE OF username, email, is_admin ON scitq
 CREATE FUNCTION tq_ws_session() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM tq_ws_publish('session', 'revoked', 0, 'internal', OLD.user_id,
-        jsonb_build_object('tokenSha256', encode(OLD.token_sha256, 'hex')));
+        json_build_object('tokenSha256', encode(OLD.token_sha256, 'hex')));
     RETURN NULL;
 END
 $$;

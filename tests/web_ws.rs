@@ -438,11 +438,11 @@ async fn a_slow_reader_is_disconnected_and_the_others_keep_receiving() {
     let mut fast = connect(web, &token).await;
     assert!(sync(&mut fast).await.is_empty());
 
-    const FLOOD: usize = 1500;
+    const FLOOD: usize = 3000;
     let pg = postgres().await.connect(a.database_url()).await;
     pg.execute(
         "INSERT INTO task (command, container, status)
-         SELECT 'flood ' || g || ' ' || repeat('x', 4000), 'alpine', 'P' FROM generate_series(1, $1) g",
+         SELECT 'flood ' || g || ' ' || repeat('x', 3000), 'alpine', 'P' FROM generate_series(1, $1) g",
         &[&(FLOOD as i32)],
     )
     .await
@@ -532,4 +532,139 @@ async fn user_events_reach_admins_only_and_job_events_everyone() {
         before.iter().all(|e| e["type"] != "user"),
         "alice saw user events: {before:?}"
     );
+}
+
+/// Measurement, not a check: what the event triggers cost a status change, per row, in one
+/// statement over many rows (a batch of claims) and in one statement per row (status updates).
+/// `cargo test --test web_ws trigger_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn trigger_cost() {
+    let url = postgres().await.fresh_db().await;
+    let pg = postgres().await.connect(&url).await;
+    // A replica always listens (and reads at once).
+    let listener = postgres().await.connect(&url).await;
+    listener.batch_execute("LISTEN tq_ws").await.unwrap();
+    pg.batch_execute(
+        "INSERT INTO workflow (workflow_name) VALUES ('bench');
+         INSERT INTO step (step_name, workflow_id) SELECT 's', workflow_id FROM workflow;",
+    )
+    .await
+    .unwrap();
+    const ROWS: i32 = 20_000;
+    const SINGLE: i32 = 2_000;
+    for mode in [
+        "no triggers",
+        "off (kill switch)",
+        "on",
+        "no triggers",
+        "off (kill switch)",
+        "on",
+    ] {
+        pg.batch_execute(
+            "DELETE FROM task; ALTER TABLE task ENABLE TRIGGER USER; RESET taskqueue.ws_events;",
+        )
+        .await
+        .unwrap();
+        match mode {
+            "off (kill switch)" => pg.batch_execute("SET taskqueue.ws_events = 'off'").await,
+            "no triggers" => {
+                pg.batch_execute(
+                    "ALTER TABLE task DISABLE TRIGGER task_ws_update;
+                     ALTER TABLE task DISABLE TRIGGER task_ws_insert;",
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+        .unwrap();
+        let t = std::time::Instant::now();
+        pg.execute(
+            "INSERT INTO task (command, container, status, step_id)
+             SELECT 'c' || g, 'alpine', 'P', (SELECT min(step_id) FROM step)
+               FROM generate_series(1, $1) g",
+            &[&ROWS],
+        )
+        .await
+        .unwrap();
+        let insert = t.elapsed();
+        let t = std::time::Instant::now();
+        pg.execute("UPDATE task SET status = 'A' WHERE status = 'P'", &[])
+            .await
+            .unwrap();
+        let batch = t.elapsed();
+        let ids: Vec<i32> = pg
+            .query(
+                "SELECT task_id FROM task ORDER BY task_id LIMIT $1",
+                &[&i64::from(SINGLE)],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let stmt = pg
+            .prepare("UPDATE task SET status = 'C' WHERE task_id = $1")
+            .await
+            .unwrap();
+        let t = std::time::Instant::now();
+        for id in &ids {
+            pg.execute(&stmt, &[id]).await.unwrap();
+        }
+        let single = t.elapsed();
+        println!(
+            "events {mode}: insert {:.1} µs/row, batch update {:.1} µs/row, \
+             single-row updates {:.1} µs each",
+            insert.as_secs_f64() * 1e6 / f64::from(ROWS),
+            batch.as_secs_f64() * 1e6 / f64::from(ROWS),
+            single.as_secs_f64() * 1e6 / f64::from(SINGLE),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn trigger_cost_single() {
+    let url = postgres().await.fresh_db().await;
+    let pg = postgres().await.connect(&url).await;
+    let listener = postgres().await.connect(&url).await;
+    listener.batch_execute("LISTEN tq_ws").await.unwrap();
+    pg.batch_execute(
+        "INSERT INTO task (command, container, status) SELECT 'c' || g, 'alpine', 'P' FROM generate_series(1, 2000) g",
+    )
+    .await
+    .unwrap();
+    let t = std::time::Instant::now();
+    pg.batch_execute("UPDATE task SET status = 'D'")
+        .await
+        .unwrap();
+    println!(
+        "batch: {:.1} µs/row",
+        t.elapsed().as_secs_f64() * 1e6 / 2000.0
+    );
+    let stmt = pg
+        .prepare("UPDATE task SET status = $2 WHERE task_id = $1")
+        .await
+        .unwrap();
+    for (round, status) in ["A", "C", "R"].iter().enumerate() {
+        let t = std::time::Instant::now();
+        for id in 1..=500i32 {
+            pg.execute(&stmt, &[&id, status]).await.unwrap();
+        }
+        println!(
+            "round {round}: {:.1} µs each",
+            t.elapsed().as_secs_f64() * 1e6 / 500.0
+        );
+    }
+    let rows = pg
+        .query(
+            "EXPLAIN ANALYZE UPDATE task SET status = 'U' WHERE task_id = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in rows {
+        let l: String = r.get(0);
+        println!("{l}");
+    }
 }

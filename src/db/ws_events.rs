@@ -37,7 +37,7 @@ pub struct Event {
     pub payload: serde_json::Value,
 }
 
-const PUBLISH: &str = "SELECT tq_ws_publish($1, $2, $3, $4, $5, $6::text::jsonb)";
+const PUBLISH: &str = "SELECT tq_ws_publish($1, $2, $3, $4, $5, $6::text::json)";
 
 /// Publishes `event` on `client` — inside a transaction, it is sent at commit (and not at all on
 /// rollback).

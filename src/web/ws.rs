@@ -496,7 +496,14 @@ async fn serve(state: Arc<AppState>, socket: WebSocket, mut slot: Slot, token: S
                 }.map(|reply| Message::Text(reply.into()))
             }
             event = slot.rx.recv() => match event {
-                Some(text) => Some(Message::Text(text)),
+                Some(text) => {
+                    // Write what is waiting in one go (one flush), so a burst drains faster
+                    // than the fan-out fills the buffer.
+                    if !write_burst(&mut sink, &mut slot.rx, text).await {
+                        break Close::Gone;
+                    }
+                    None
+                }
                 None => break Close::Gone,
             },
             _ = ping.tick() => Some(Message::Ping(Default::default())),
@@ -524,6 +531,29 @@ async fn serve(state: Arc<AppState>, socket: WebSocket, mut slot: Slot, token: S
         let close = sink.send(Message::Close(Some(frame)));
         let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     }
+}
+
+/// Most messages written before one flush.
+const WRITE_BURST: usize = 64;
+
+/// Writes `first` and whatever else is already waiting (up to `WRITE_BURST`), then flushes;
+/// false when the socket failed or the write took longer than `WRITE_TIMEOUT`.
+async fn write_burst(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    first: Utf8Bytes,
+) -> bool {
+    let write = async {
+        sink.feed(Message::Text(first)).await?;
+        for _ in 1..WRITE_BURST {
+            match rx.try_recv() {
+                Ok(text) => sink.feed(Message::Text(text)).await?,
+                Err(_) => break,
+            }
+        }
+        sink.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 /// The reply to a client's text message, if any.
