@@ -14,7 +14,9 @@
 -- nothing. Bulk cascades (a workflow's steps and tasks deleted with it) publish only the event of
 -- the row deleted by the statement itself (pg_trigger_depth() > 1 inside a cascade).
 
-CREATE TABLE ws_event (
+-- UNLOGGED: bodies live for seconds; losing them in a crash loses events that were never going
+-- to be replayed anyway, and writing them costs no WAL.
+CREATE UNLOGGED TABLE ws_event (
     event_id    bigserial PRIMARY KEY,
     created_at  timestamptz NOT NULL DEFAULT now(),
     body        text NOT NULL
@@ -47,70 +49,96 @@ $$;
 
 -- Tasks: created, status changes (each with the step's statistics delta), deleted. Inserts and
 -- updates are statement-level over the transition tables: a claim of many tasks in one
--- statement runs the function once, set-based (the hot path: see README for the cost).
+-- statement runs the function once, set-based, and sends ONE notification holding the JSON
+-- array of its events (stored by reference when over 7,900 bytes). Why one: NOTIFY's queue is
+-- cached in 8 pages (64 kB); a burst of thousands of notifications overflows it and every
+-- notifying commit (log followers' wake-ups too) then waits on its disk pages.
 CREATE FUNCTION tq_ws_task_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    events text;
 BEGIN
     IF current_setting('taskqueue.ws_events', true) = 'off' THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_notify('tq_ws', tq_ws_notice(e.body)) FROM (
-        SELECT n.task_id, 1 AS k, json_build_object(
-                   'type', 'task', 'action', 'created', 'id', n.task_id, 'audience', 'owner',
-                   'owner', n.owner_id, 'payload', json_build_object(
-                       'taskId', n.task_id, 'command', n.command, 'stepId', n.step_id,
-                       'output', n.output, 'status', n.status, 'taskName', n.task_name))::text AS body
-          FROM new_rows n
+    SELECT json_agg(e.body ORDER BY e.task_id, e.k)::text INTO events FROM (
+        WITH added AS MATERIALIZED (
+            SELECT n.*, (SELECT s.workflow_id FROM step s WHERE s.step_id = n.step_id) AS wf
+              FROM new_rows n
+        )
+        SELECT a.task_id, 1 AS k, json_build_object(
+                   'type', 'task', 'action', 'created', 'id', a.task_id, 'audience', 'owner',
+                   'owner', a.owner_id, 'payload', json_build_object(
+                       'taskId', a.task_id, 'command', a.command, 'stepId', a.step_id,
+                       'output', a.output, 'status', a.status, 'taskName', a.task_name)) AS body
+          FROM added a
         UNION ALL
-        SELECT n.task_id, 2, json_build_object(
-                   'type', 'task', 'action', 'status', 'id', n.task_id, 'audience', 'owner',
-                   'owner', n.owner_id, 'payload', json_build_object(
-                       'taskId', n.task_id, 'workerId', n.worker_id, 'oldStatus', NULL,
-                       'status', n.status, 'parentTaskId', n.previous_task_id))::text
-          FROM new_rows n WHERE n.previous_task_id IS NOT NULL
+        SELECT a.task_id, 2, json_build_object(
+                   'type', 'task', 'action', 'status', 'id', a.task_id, 'audience', 'owner',
+                   'owner', a.owner_id, 'payload', json_build_object(
+                       'taskId', a.task_id, 'workerId', a.worker_id, 'oldStatus', NULL,
+                       'status', a.status, 'parentTaskId', a.previous_task_id))
+          FROM added a WHERE a.previous_task_id IS NOT NULL
         UNION ALL
-        SELECT n.task_id, 3, json_build_object(
-                   'type', 'step-stats', 'action', 'delta', 'id', s.workflow_id,
-                   'audience', 'owner', 'owner', n.owner_id, 'payload', json_build_object(
-                       'workflowId', s.workflow_id, 'stepId', n.step_id, 'taskId', n.task_id,
-                       'oldStatus', NULL, 'newStatus', n.status, 'incrementTotal', true,
-                       'retried', n.previous_task_id IS NOT NULL))::text
-          FROM new_rows n JOIN step s ON s.step_id = n.step_id
-        ORDER BY 1, 2) e;
+        SELECT a.task_id, 3, json_build_object(
+                   'type', 'step-stats', 'action', 'delta', 'id', a.wf,
+                   'audience', 'owner', 'owner', a.owner_id, 'payload', json_build_object(
+                       'workflowId', a.wf, 'stepId', a.step_id, 'taskId', a.task_id,
+                       'oldStatus', NULL, 'newStatus', a.status, 'incrementTotal', true,
+                       'retried', a.previous_task_id IS NOT NULL))
+          FROM added a WHERE a.wf IS NOT NULL
+        ) e;
+    IF events IS NOT NULL THEN
+        PERFORM pg_notify('tq_ws', tq_ws_notice(events));
+    END IF;
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION tq_ws_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The transition tables have no index: their join must be hashed, never a nested loop (which
+-- is quadratic in the rows of the statement), hence enable_nestloop off inside the function.
+-- The step's workflow is a scalar subquery (one index probe per changed row), not a join.
+CREATE FUNCTION tq_ws_task_update() RETURNS trigger LANGUAGE plpgsql
+SET enable_nestloop = off AS $$
+DECLARE
+    events text;
 BEGIN
     IF current_setting('taskqueue.ws_events', true) = 'off' THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_notify('tq_ws', tq_ws_notice(e.body)) FROM (
-        SELECT n.task_id, 1 AS k, json_build_object(
-                   'type', 'task', 'action', 'status', 'id', n.task_id, 'audience', 'owner',
-                   'owner', n.owner_id, 'payload', json_build_object(
-                       'taskId', n.task_id, 'workerId', COALESCE(n.worker_id, o.worker_id),
-                       'oldStatus', o.status, 'status', n.status))::text AS body
-          FROM new_rows n JOIN old_rows o ON o.task_id = n.task_id
-         WHERE n.status IS DISTINCT FROM o.status
+    SELECT json_agg(e.body ORDER BY e.task_id, e.k)::text INTO events FROM (
+        WITH changed AS MATERIALIZED (
+            SELECT n.task_id, n.owner_id, n.step_id, n.status, o.status AS old_status,
+                   COALESCE(n.worker_id, o.worker_id) AS worker_id,
+                   CASE n.status
+                       WHEN 'O' THEN n.download_duration
+                       WHEN 'U' THEN n.run_duration
+                       WHEN 'V' THEN n.run_duration
+                       WHEN 'S' THEN n.upload_duration
+                       WHEN 'F' THEN n.upload_duration END AS duration,
+                   CASE WHEN n.status = 'R'
+                        THEN EXTRACT(EPOCH FROM n.run_started_at)::bigint END AS run_started,
+                   (SELECT s.workflow_id FROM step s WHERE s.step_id = n.step_id) AS wf
+              FROM new_rows n JOIN old_rows o ON o.task_id = n.task_id
+             WHERE n.status IS DISTINCT FROM o.status
+        )
+        SELECT c.task_id, 1 AS k, json_build_object(
+                   'type', 'task', 'action', 'status', 'id', c.task_id, 'audience', 'owner',
+                   'owner', c.owner_id, 'payload', json_build_object(
+                       'taskId', c.task_id, 'workerId', c.worker_id,
+                       'oldStatus', c.old_status, 'status', c.status)) AS body
+          FROM changed c
         UNION ALL
-        SELECT n.task_id, 2, json_build_object(
-                   'type', 'step-stats', 'action', 'delta', 'id', s.workflow_id,
-                   'audience', 'owner', 'owner', n.owner_id, 'payload', json_strip_nulls(json_build_object(
-                       'workflowId', s.workflow_id, 'stepId', n.step_id, 'taskId', n.task_id,
-                       'oldStatus', o.status, 'newStatus', n.status,
-                       'duration', CASE n.status
-                                       WHEN 'O' THEN n.download_duration
-                                       WHEN 'U' THEN n.run_duration
-                                       WHEN 'V' THEN n.run_duration
-                                       WHEN 'S' THEN n.upload_duration
-                                       WHEN 'F' THEN n.upload_duration END,
-                       'runStartedEpoch', CASE WHEN n.status = 'R'
-                                               THEN EXTRACT(EPOCH FROM n.run_started_at)::bigint END)))::text
-          FROM new_rows n JOIN old_rows o ON o.task_id = n.task_id
-          JOIN step s ON s.step_id = n.step_id
-         WHERE n.status IS DISTINCT FROM o.status
-        ORDER BY 1, 2) e;
+        SELECT c.task_id, 2, json_build_object(
+                   'type', 'step-stats', 'action', 'delta', 'id', c.wf,
+                   'audience', 'owner', 'owner', c.owner_id, 'payload', json_strip_nulls(json_build_object(
+                       'workflowId', c.wf, 'stepId', c.step_id, 'taskId', c.task_id,
+                       'oldStatus', c.old_status, 'newStatus', c.status,
+                       'duration', c.duration, 'runStartedEpoch', c.run_started)))
+          FROM changed c WHERE c.wf IS NOT NULL
+        ) e;
+    IF events IS NOT NULL THEN
+        PERFORM pg_notify('tq_ws', tq_ws_notice(events));
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -630,14 +630,27 @@ async fn trigger_cost_single() {
     let listener = postgres().await.connect(&url).await;
     listener.batch_execute("LISTEN tq_ws").await.unwrap();
     pg.batch_execute(
-        "INSERT INTO task (command, container, status) SELECT 'c' || g, 'alpine', 'P' FROM generate_series(1, 2000) g",
+        "INSERT INTO workflow (workflow_name) VALUES ('bench');
+         INSERT INTO step (step_name, workflow_id) SELECT 's', workflow_id FROM workflow;
+         INSERT INTO task (command, container, status, step_id) SELECT 'c' || g, 'alpine', 'P', (SELECT min(step_id) FROM step) FROM generate_series(1, 20000) g",
     )
     .await
     .unwrap();
     let t = std::time::Instant::now();
-    pg.batch_execute("UPDATE task SET status = 'D'")
+    if std::env::var_os("WS_EVENTS_OFF").is_some() {
+        pg.batch_execute("SET taskqueue.ws_events = 'off'")
+            .await
+            .unwrap();
+    }
+    let t = std::time::Instant::now();
+    let rows = pg
+        .query("EXPLAIN ANALYZE UPDATE task SET status = 'D'", &[])
         .await
         .unwrap();
+    for r in rows {
+        let l: String = r.get(0);
+        println!("batch plan: {l}");
+    }
     println!(
         "batch: {:.1} µs/row",
         t.elapsed().as_secs_f64() * 1e6 / 2000.0
@@ -666,5 +679,27 @@ async fn trigger_cost_single() {
     for r in rows {
         let l: String = r.get(0);
         println!("{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn notify_cost() {
+    let url = postgres().await.fresh_db().await;
+    let pg = postgres().await.connect(&url).await;
+    let listener = postgres().await.connect(&url).await;
+    listener.batch_execute("LISTEN tq_ws").await.unwrap();
+    for n in [2_000i32, 10_000, 40_000] {
+        let t = std::time::Instant::now();
+        pg.execute(
+            "SELECT count(pg_notify('tq_ws', g || repeat('x', 300))) FROM generate_series(1, $1) g",
+            &[&n],
+        )
+        .await
+        .unwrap();
+        println!(
+            "{n} notifies: {:.1} µs each",
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        );
     }
 }

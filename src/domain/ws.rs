@@ -149,10 +149,11 @@ pub struct Notice {
     pub payload: serde_json::Value,
 }
 
-/// What a notification body holds: an event, or the id of a stored one (over 8 kB).
+/// What a notification body holds: an event, an array of events (one statement's), or the id
+/// of a stored body (over 8 kB) holding either.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
-    Event(Notice),
+    Events(Vec<Notice>),
     Ref(i64),
 }
 
@@ -164,11 +165,16 @@ struct RefBody {
 
 impl Body {
     pub fn parse(text: &str) -> Result<Body, String> {
+        if text.trim_start().starts_with('[') {
+            return serde_json::from_str::<Vec<Notice>>(text)
+                .map(Body::Events)
+                .map_err(|e| format!("not an array of events: {e}"));
+        }
         if let Ok(r) = serde_json::from_str::<RefBody>(text) {
             return Ok(Body::Ref(r.event_id));
         }
         serde_json::from_str::<Notice>(text)
-            .map(Body::Event)
+            .map(|n| Body::Events(vec![n]))
             .map_err(|e| format!("not an event: {e}"))
     }
 }
@@ -297,12 +303,13 @@ mod tests {
     #[test]
     fn bodies_and_envelopes() {
         assert_eq!(Body::parse(r#"{"ref": 12}"#), Ok(Body::Ref(12)));
-        let Ok(Body::Event(n)) = Body::parse(
+        let Ok(Body::Events(events)) = Body::parse(
             r#"{"type":"task","action":"status","id":3,"audience":"owner","owner":1,
                "payload":{"taskId":3,"status":"A"}}"#,
         ) else {
             panic!("an event")
         };
+        let n = &events[0];
         assert_eq!(n.owner, Some(1));
         let env: serde_json::Value = serde_json::from_str(&n.envelope()).unwrap();
         assert_eq!(
@@ -311,6 +318,15 @@ mod tests {
                                "payload":{"taskId":3,"status":"A"}})
         );
         assert!(Body::parse(r#"{"type":"task"}"#).is_err());
+        let Ok(Body::Events(two)) = Body::parse(
+            r#"[{"type":"task","action":"created","id":1,"audience":"owner","owner":null},
+                {"type":"step-stats","action":"delta","id":2,"audience":"owner","owner":null}]"#,
+        ) else {
+            panic!("an array")
+        };
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1].kind, "step-stats");
+        assert!(Body::parse("[1]").is_err());
     }
 
     proptest! {

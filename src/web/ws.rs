@@ -62,6 +62,8 @@ pub const MAX_INBOUND: usize = 1 << 20;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a socket checks again that its session is live (revocations also arrive at once).
 pub const SESSION_RECHECK: Duration = Duration::from_secs(10);
+/// Events delivered between two yields of the fan-out (see `Hub::dispatch`).
+const DELIVERY_SLICE: usize = 16;
 /// How often the fan-out prunes stored (by-reference) event bodies.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// The session cookie the UI's `/login` sets.
@@ -378,17 +380,15 @@ async fn fan_out(
 
 impl Hub {
     async fn dispatch(&self, body: &str) {
-        let notice = match Body::parse(body) {
-            Ok(Body::Event(notice)) => {
-                counter!(m::WS_EVENTS, "kind" => "inline").increment(1);
-                notice
+        let events = match Body::parse(body) {
+            Ok(Body::Events(events)) => {
+                counter!(m::WS_EVENTS, "kind" => "inline").increment(events.len() as u64);
+                events
             }
             Ok(Body::Ref(event_id)) => {
-                counter!(m::WS_EVENTS, "kind" => "ref").increment(1);
-                match self.fetch(event_id).await {
-                    Some(notice) => notice,
-                    None => return,
-                }
+                let events = self.fetch(event_id).await;
+                counter!(m::WS_EVENTS, "kind" => "ref").increment(events.len() as u64);
+                events
             }
             Err(e) => {
                 counter!(m::WS_EVENTS, "kind" => "bad").increment(1);
@@ -396,10 +396,22 @@ impl Hub {
                 return;
             }
         };
-        if notice.audience == Audience::Internal {
-            self.internal(&notice).await;
-            return;
+        for (i, notice) in events.iter().enumerate() {
+            if notice.audience == Audience::Internal {
+                self.internal(notice).await;
+            } else {
+                self.deliver(notice);
+            }
+            // One statement's events may be thousands: let the sockets write between slices,
+            // so the buffer rule drops the readers that cannot keep up, not everyone at once.
+            if i % DELIVERY_SLICE == DELIVERY_SLICE - 1 {
+                tokio::task::yield_now().await;
+            }
         }
+    }
+
+    /// Queues one event to every local socket that may see it and subscribed to it.
+    fn deliver(&self, notice: &Notice) {
         let mut envelope: Option<Utf8Bytes> = None;
         let clients = lock(&self.clients);
         for entry in clients.by_id.values() {
@@ -419,24 +431,24 @@ impl Hub {
         }
     }
 
-    /// A stored event body (over 8 kB).
-    async fn fetch(&self, event_id: i64) -> Option<Notice> {
+    /// The events of a stored body (over 8 kB); none when it cannot be read.
+    async fn fetch(&self, event_id: i64) -> Vec<Notice> {
         match ws_events::fetch(&self.db, event_id).await {
             Ok(Some(body)) => match Body::parse(&body) {
-                Ok(Body::Event(notice)) => Some(notice),
+                Ok(Body::Events(events)) => events,
                 _ => {
                     tracing::warn!(event_id, "unreadable stored websocket event");
-                    None
+                    Vec::new()
                 }
             },
             Ok(None) => {
                 tracing::warn!(event_id, "stored websocket event already pruned");
-                None
+                Vec::new()
             }
             Err(e) => {
                 counter!(m::WS_EVENTS, "kind" => "lost").increment(1);
                 tracing::warn!(event_id, error = %e, "could not read a stored websocket event");
-                None
+                Vec::new()
             }
         }
     }
