@@ -636,7 +636,6 @@ async fn trigger_cost_single() {
     )
     .await
     .unwrap();
-    let t = std::time::Instant::now();
     if std::env::var_os("WS_EVENTS_OFF").is_some() {
         pg.batch_execute("SET taskqueue.ws_events = 'off'")
             .await

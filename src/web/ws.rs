@@ -4,9 +4,9 @@
 //! Each replica runs ONE fan-out task (`WsHub`) reading them from the replica's LISTEN session
 //! (`db::notify`, shared with the log followers), fetching by-reference bodies, and handing each
 //! event's envelope (serialized once) to the local sockets that may see it (`domain::ws`) and
-//! subscribed to it. Each socket has a bounded buffer of `CLIENT_BUFFER` messages filled with
-//! `try_send`: a socket whose buffer is full is disconnected, never waited for, so a slow reader
-//! never slows the others.
+//! subscribed to it. Each socket has a bounded buffer of `CLIENT_BUFFER` messages: a socket whose
+//! buffer is still full `FULL_GRACE` after the others were served is disconnected — so a slow
+//! reader delays the others at most once, by that grace, and never blocks them.
 //!
 //! Authentication: the upgrade needs a live, unscoped user session — the `session_token` cookie
 //! (what the UI has after `/login`) or `Authorization: Bearer` — else 401 (the original
@@ -62,6 +62,10 @@ pub const MAX_INBOUND: usize = 1 << 20;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a socket checks again that its session is live (revocations also arrive at once).
 pub const SESSION_RECHECK: Duration = Duration::from_secs(10);
+/// How long the fan-out waits, once, for a socket whose buffer is full before disconnecting
+/// it: a healthy reader that was not scheduled during a burst of thousands of events keeps its
+/// socket; one that does not read loses it.
+pub const FULL_GRACE: Duration = Duration::from_millis(250);
 /// Events delivered between two yields of the fan-out (see `Hub::dispatch`).
 const DELIVERY_SLICE: usize = 16;
 /// How often the fan-out prunes stored (by-reference) event bodies.
@@ -400,33 +404,45 @@ impl Hub {
             if notice.audience == Audience::Internal {
                 self.internal(notice).await;
             } else {
-                self.deliver(notice);
+                self.deliver(notice).await;
             }
-            // One statement's events may be thousands: let the sockets write between slices,
-            // so the buffer rule drops the readers that cannot keep up, not everyone at once.
+            // One statement's events may be thousands: let the sockets write between slices.
             if i % DELIVERY_SLICE == DELIVERY_SLICE - 1 {
                 tokio::task::yield_now().await;
             }
         }
     }
 
-    /// Queues one event to every local socket that may see it and subscribed to it.
-    fn deliver(&self, notice: &Notice) {
-        let mut envelope: Option<Utf8Bytes> = None;
-        let clients = lock(&self.clients);
-        for entry in clients.by_id.values() {
-            if !rules::may_receive(entry.viewer, notice.audience, notice.owner)
-                || !lock(&entry.subscriptions).wants(&notice.kind, notice.id)
-            {
-                continue;
+    /// Queues one event to every local socket that may see it and subscribed to it. A socket
+    /// whose buffer is full gets `FULL_GRACE` to make room (the others are already served),
+    /// then is disconnected; a disconnected socket is skipped, so each slow socket delays the
+    /// fan-out at most once.
+    async fn deliver(&self, notice: &Notice) {
+        let envelope = Utf8Bytes::from(notice.envelope());
+        let mut late = Vec::new();
+        {
+            let clients = lock(&self.clients);
+            for entry in clients.by_id.values() {
+                if entry.closer.token.is_cancelled()
+                    || !rules::may_receive(entry.viewer, notice.audience, notice.owner)
+                    || !lock(&entry.subscriptions).wants(&notice.kind, notice.id)
+                {
+                    continue;
+                }
+                match entry.tx.try_send(envelope.clone()) {
+                    Ok(()) => counter!(m::WS_MESSAGES_SENT).increment(1),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        late.push((entry.tx.clone(), entry.closer.clone()))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
             }
-            let text = envelope
-                .get_or_insert_with(|| Utf8Bytes::from(notice.envelope()))
-                .clone();
-            match entry.tx.try_send(text) {
-                Ok(()) => counter!(m::WS_MESSAGES_SENT).increment(1),
-                Err(mpsc::error::TrySendError::Full(_)) => entry.closer.close(Close::Slow),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+        for (tx, closer) in late {
+            match tokio::time::timeout(FULL_GRACE, tx.send(envelope.clone())).await {
+                Ok(Ok(())) => counter!(m::WS_MESSAGES_SENT).increment(1),
+                Ok(Err(_)) => {}
+                Err(_) => closer.close(Close::Slow),
             }
         }
     }
