@@ -93,11 +93,11 @@ async fn upgrade(
     };
     let viewer = match resolve(&state, &token).await {
         Ok(viewer) => viewer,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let slot = match state.ws.register(viewer, token_digest(&token)) {
         Ok(slot) => slot,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     ws.max_message_size(MAX_INBOUND)
         .max_frame_size(MAX_INBOUND)
@@ -127,13 +127,13 @@ fn session_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The user behind `token`, or the refusal to send.
-async fn resolve(state: &AppState, token: &str) -> Result<Viewer, Response> {
-    let unauthorized = |why: &str| refuse(StatusCode::UNAUTHORIZED, "unauthenticated", why);
+async fn resolve(state: &AppState, token: &str) -> Result<Viewer, Refusal> {
+    let unauthorized = |why: &str| Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", why);
     let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) else {
         return Err(unauthorized("invalid session token"));
     };
     match state.auth.authenticate(Some(&bearer)).await {
-        Ok(Caller::User(u)) if u.scoped => Err(refuse(
+        Ok(Caller::User(u)) if u.scoped => Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "a template script's session may not open /ws",
@@ -144,7 +144,7 @@ async fn resolve(state: &AppState, token: &str) -> Result<Viewer, Response> {
         }),
         Ok(_) => Err(unauthorized("/ws needs a user session: log in")),
         Err(e) if e.code == Code::Unauthenticated => Err(unauthorized(&e.message)),
-        Err(e) => Err(refuse(
+        Err(e) => Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             &format!("cannot check the session now: {}", e.message),
@@ -153,8 +153,29 @@ async fn resolve(state: &AppState, token: &str) -> Result<Viewer, Response> {
 }
 
 fn refuse(status: StatusCode, reason: &'static str, message: &str) -> Response {
-    counter!(m::WS_REFUSED, "reason" => reason).increment(1);
-    (status, message.to_string()).into_response()
+    Refusal::new(status, reason, message).into_response()
+}
+
+/// An upgrade refused: its status and message (counted by reason when built).
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: &'static str, message: &str) -> Refusal {
+        counter!(m::WS_REFUSED, "reason" => reason).increment(1);
+        Refusal {
+            status,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
 }
 
 /// Why the server closes a socket.
@@ -305,10 +326,10 @@ impl WsHub {
         lock(&self.hub.clients).by_id.len()
     }
 
-    fn register(&self, viewer: Viewer, digest: [u8; 32]) -> Result<Slot, Response> {
+    fn register(&self, viewer: Viewer, digest: [u8; 32]) -> Result<Slot, Refusal> {
         let mut clients = lock(&self.hub.clients);
         if clients.by_id.len() >= MAX_SOCKETS {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "replica_full",
                 "this replica serves its maximum of WebSockets: try another replica",
@@ -316,7 +337,7 @@ impl WsHub {
         }
         let mine = clients.per_user.entry(viewer.user_id).or_default();
         if *mine >= MAX_SOCKETS_PER_USER {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "user_full",
                 &format!(
