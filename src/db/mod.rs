@@ -22,6 +22,7 @@ pub mod users;
 pub mod watchdog;
 pub mod workers;
 pub mod workflows;
+pub mod ws_events;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ pub enum Op {
     LogIngest,
     LogFollow,
     Events,
+    WsEvents,
     Jobs,
     Catalog,
     Recruiters,
@@ -91,6 +93,7 @@ impl Op {
             Op::LogIngest => "log_ingest",
             Op::LogFollow => "log_follow",
             Op::Events => "events",
+            Op::WsEvents => "ws_events",
             Op::Jobs => "jobs",
             Op::Catalog => "catalog",
             Op::Recruiters => "recruiters",

@@ -17,6 +17,7 @@ use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
+use crate::web::ws::WsHub;
 
 pub struct AppState {
     pub db: Db,
@@ -43,6 +44,8 @@ pub struct AppState {
     pub jwt: JwtKey,
     /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
     pub pings: Pings,
+    /// The WebSocket fan-out of this replica (`/ws`).
+    pub ws: WsHub,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             max_log_bytes_per_task: config.max_log_bytes_per_task,
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
+        let ws = WsHub::start(db.clone(), logs.notifier(), auth.clone(), draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
@@ -89,6 +93,7 @@ impl AppState {
             login_gate,
             jwt,
             pings,
+            ws,
         }
     }
 }

@@ -46,6 +46,12 @@ pub const LOG_FOLLOW_LAG_SECONDS: &str = "taskqueue_log_follow_lag_seconds";
 pub const WORKER_EVENTS_INSERTED: &str = "taskqueue_worker_events_inserted_total";
 pub const NOTIFY_LISTENING: &str = "taskqueue_notify_listening";
 pub const NOTIFY_RECONNECTS: &str = "taskqueue_notify_reconnects_total";
+// WebSocket /ws (web::ws).
+pub const WS_SOCKETS: &str = "taskqueue_ws_sockets";
+pub const WS_EVENTS: &str = "taskqueue_ws_events_total";
+pub const WS_MESSAGES_SENT: &str = "taskqueue_ws_messages_sent_total";
+pub const WS_CLOSED: &str = "taskqueue_ws_closed_total";
+pub const WS_REFUSED: &str = "taskqueue_ws_refused_total";
 // Fleet: provider jobs, workers, recruiters.
 pub const JOBS_FINISHED: &str = "taskqueue_jobs_total";
 pub const JOB_DURATION_SECONDS: &str = "taskqueue_job_duration_seconds";
@@ -274,6 +280,23 @@ fn describe() {
     describe_counter!(
         NOTIFY_RECONNECTS,
         "Times the LISTEN session was lost and reconnected"
+    );
+    describe_gauge!(WS_SOCKETS, "WebSocket /ws connections open on this replica");
+    describe_counter!(
+        WS_EVENTS,
+        "WebSocket events read from tq_ws, by how they came (inline, ref, lost, bad)"
+    );
+    describe_counter!(
+        WS_MESSAGES_SENT,
+        "Event messages queued to WebSocket clients of this replica"
+    );
+    describe_counter!(
+        WS_CLOSED,
+        "WebSocket connections closed by the server, by reason (slow, revoked, too_big, idle, draining, error)"
+    );
+    describe_counter!(
+        WS_REFUSED,
+        "WebSocket upgrades refused, by reason (unauthenticated, forbidden, replica_full, user_full)"
     );
     describe_counter!(
         JOBS_FINISHED,
