@@ -280,6 +280,9 @@ async fn a_replica_exports_every_metric_the_dashboard_and_alerts_use() {
         .await
         .unwrap();
 
+    // A request of the web listener.
+    common::http_get(replica.web_addr.unwrap(), "/").await;
+
     // Tasks, a worker, pings, status updates (one automatic retry), logs.
     let mut c = replica.worker();
     let mut ids = Vec::new();
