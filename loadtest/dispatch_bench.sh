@@ -24,7 +24,8 @@
 # ours, the limit or peer of the same run, the ratio; and one JSON line (`BENCH_JSON {…}`).
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
-#        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf of a replica's idle pings))
+#        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf of a replica's idle pings),
+#        PROFILE_SECONDS, PROFILE_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -164,9 +165,9 @@ assigned_per_s=$(json "$assign" 'round(assigning_pings_per_s)')
 echo "== idle pings of full workers ($WORKERS workers each holding 1 task, ${PHASE}s)"
 reset_tasks; load_tasks "$WORKERS"
 if [ "$PROFILE" = 1 ]; then
-  # A profile of one replica's idle pings, from 2 s in for a third of the phase.
+  # A profile of one replica's idle pings, from 2 s in for a third of the phase ($PROFILE_SECONDS).
   mkdir -p "$PROFILE_DIR"
-  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/idle-replica.perf.data" -- sleep "$((PHASE / 6 + 1))" \
+  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/idle-replica.perf.data" -- sleep "${PROFILE_SECONDS:-$((PHASE / 6 + 1))}" \
      >"$PROFILE_DIR/perf-record.log" 2>&1) &
   perf_job=$!
 fi
