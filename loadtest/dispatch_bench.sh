@@ -9,13 +9,23 @@
 #   3. idle pings (a full worker: one read, no write) and idle pings with free capacity and an empty
 #      queue (the claim walks the shards and finds nothing);
 #   4. a bare tonic unary RPC (grpc.health.v1 Check on a server with nothing else) at equal concurrency;
-#   5. latency at a fixed offered rate: ~2,000 pings/s from $RATE_WORKERS workers pinging every 200 ms,
+#   5. the full lifecycle: $LIFE_WORKERS workers of concurrency 4 draining $TASKS standing tasks,
+#      each task = a ping and C, O, R, U, S (a worker pings again as soon as a slot frees);
+#   6. the peer, on the same PostgreSQL (its own database; PEER=0 skips it): graphile-worker (npm,
+#      loadtest/graphile/), $PEER_JOBS no-op jobs at 16 concurrent, its defaults and its batching;
+#   7. latency at a fixed offered rate: ~2,000 pings/s from $RATE_WORKERS workers pinging every 200 ms,
 #      each running 2 tasks of 5 s at a time through the full status chain (C, R, S) from a standing
 #      queue — a busy fleet (real tasks run for minutes), ~160 tasks/s and ~500 status updates/s on
 #      top of the pings; first pings spread over 200 ms, the first 5 s (registrations, first
 #      claims) left out of the figures.
+# Phases 2, 3, 4 and 5 also measure CPU: of the replica processes (or the bare tonic server), of the
+# whole PostgreSQL cluster (the postmaster and all its children: backends, walwriter, …; see
+# loadtest/cpu.py) and of the load tool, per ping / task / RPC. It ends with a table: each measure,
+# ours, the limit or peer of the same run, the ratio; and one JSON line (`BENCH_JSON {…}`).
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
-# Usage: loadtest/dispatch_bench.sh            (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE)
+# Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
+#        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf of a replica's idle pings),
+#        PROFILE_SECONDS, PROFILE_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +34,11 @@ TASKS=${TASKS:-100000}
 REPLICAS=${REPLICAS:-3}
 PHASE=${SECONDS_PER_PHASE:-60}
 RATE_WORKERS=${RATE_WORKERS:-400}
+LIFE_WORKERS=${LIFE_WORKERS:-200}
+PEER=${PEER:-1}
+PEER_JOBS=${PEER_JOBS:-20000}
+PROFILE=${PROFILE:-0}
+PROFILE_DIR=${PROFILE_DIR:-target/bench-profile}
 TOKEN=bench-worker-token
 
 ./scripts/setup.sh
@@ -64,17 +79,20 @@ pgport=$(free_port)
 pids+=($!)
 for _ in $(seq 100); do "$pgbin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres taskqueue
+pgpid=$(head -1 "$work/pg/postmaster.pid")  # the postmaster: its children are the whole cluster
 DB="postgresql://postgres@127.0.0.1:$pgport/taskqueue"
 psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d taskqueue -qAt "$@"; }
 "$BIN/taskqueue" migrate --database-url "$DB" >/dev/null
 
 # --- replicas ----------------------------------------------------------------------------------
 targets=()
+rpids=()
 for i in $(seq "$REPLICAS"); do
   port=$(free_port)
   TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen off \
     --worker-token "$TOKEN" --admin-password bench --data-dir "$work/r$i" --db-pool-size 24 >"$work/r$i.log" 2>&1 &
   pids+=($!)
+  rpids+=($!)
   targets+=("127.0.0.1:$port")
 done
 TARGETS=$(IFS=,; echo "${targets[*]}")
@@ -88,6 +106,18 @@ load_tasks() { # $1 = how many standing pending tasks, inserted directly
             SELECT setval('task_task_id_seq', $1);" -c "VACUUM ANALYZE task" >/dev/null
 }
 json() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(eval(sys.argv[2], {}, d))" "$1" "$2"; }
+# CPU seconds of a phase: cpu_begin PID… (the servers: replicas or the bare server) before it,
+# cpu_end after it prints {"servers": s, "postgres": s} — the servers' and the whole cluster's.
+cpu_begin() { cpu_pids=("$@"); cpu_s0=$(python3 loadtest/cpu.py "${cpu_pids[@]}"); cpu_p0=$(python3 loadtest/cpu.py --tree "$pgpid"); }
+cpu_end() {
+  local s1 p1
+  s1=$(python3 loadtest/cpu.py "${cpu_pids[@]}"); p1=$(python3 loadtest/cpu.py --tree "$pgpid")
+  python3 -c "import sys; print('{\"servers\": %.2f, \"postgres\": %.2f}' % (float(sys.argv[1]) - float(sys.argv[2]), float(sys.argv[3]) - float(sys.argv[4])))" \
+    "$s1" "$cpu_s0" "$p1" "$cpu_p0"
+}
+results="$work/results"
+mkdir -p "$results"
+save() { printf '%s\n' "$2" >"$results/$1.json"; }  # save NAME JSON: for the summary
 
 echo "== raw limit: pgbench, 1 claim per transaction, $WORKERS clients, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
@@ -99,9 +129,12 @@ UPDATE task SET status = 'A', assigned_at = now()
  WHERE task_id = (SELECT task_id FROM task WHERE status = 'P' AND COALESCE(step_id, 0) = 0 AND shard = :s
                    ORDER BY task_id LIMIT 1 FOR UPDATE SKIP LOCKED);
 SQL
+cpu_begin "${rpids[@]}"
 raw=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -t "$((TASKS / WORKERS))" \
       -f "$work/claim.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
-echo "raw claims/s: $raw"
+cpu_raw=$(cpu_end)
+echo "raw claims/s: $raw; cpu $cpu_raw"
+save raw "{\"claims_per_s\": $raw, \"claims\": $(( (TASKS / WORKERS) * WORKERS )), \"cpu_s\": $cpu_raw}"
 
 echo "== our claim alone: pgbench calling tq_claim_batch (1 task per call), $WORKERS clients, same queue"
 reset_tasks; load_tasks "$TASKS"
@@ -112,21 +145,44 @@ cat >"$work/claim_fn.sql" <<'SQL'
 \set s random(0, 15)
 SELECT claimed, waits FROM tq_claim_batch(:w, NULL, 1, 16, :s, 1953562628, interval '1 second');
 SQL
+cpu_begin "${rpids[@]}"
 claim_fn=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -t "$((TASKS / WORKERS))" \
       -D wlo="$wlo" -D whi="$whi" -f "$work/claim_fn.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
-echo "tq_claim_batch calls/s: $claim_fn"
+cpu_claim_fn=$(cpu_end)
+echo "tq_claim_batch calls/s: $claim_fn; cpu $cpu_claim_fn"
+save claim_fn "{\"calls_per_s\": $claim_fn, \"calls\": $(( (TASKS / WORKERS) * WORKERS )), \"cpu_s\": $cpu_claim_fn}"
 
 echo "== assigning pings: $WORKERS workers (concurrency 1), $REPLICAS replicas, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
+cpu_begin "${rpids[@]}"
 assign=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle minimal --ping-interval 0s --stop-after-assigned "$TASKS" \
              --duration 600s --prefix a)
-echo "$assign"
+cpu_assign=$(cpu_end)
+echo "$assign"; echo "cpu $cpu_assign"
+save assign "$assign"; save cpu_assign "$cpu_assign"
 assigned_per_s=$(json "$assign" 'round(assigning_pings_per_s)')
 
 echo "== idle pings of full workers ($WORKERS workers each holding 1 task, ${PHASE}s)"
 reset_tasks; load_tasks "$WORKERS"
+if [ "$PROFILE" = 1 ]; then
+  # A profile of one replica's idle pings, from 2 s in for a third of the phase ($PROFILE_SECONDS).
+  mkdir -p "$PROFILE_DIR"
+  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/idle-replica.perf.data" -- sleep "${PROFILE_SECONDS:-$((PHASE / 6 + 1))}" \
+     >"$PROFILE_DIR/perf-record.log" 2>&1) &
+  perf_job=$!
+fi
+cpu_begin "${rpids[@]}"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
-echo "$idle_full"
+cpu_idle_full=$(cpu_end)
+echo "$idle_full"; echo "cpu $cpu_idle_full"
+save idle_full "$idle_full"; save cpu_idle_full "$cpu_idle_full"
+if [ "$PROFILE" = 1 ]; then
+  wait "$perf_job" || true
+  perf report -i "$PROFILE_DIR/idle-replica.perf.data" --stdio --no-children --percent-limit 1 -g none 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-replica.top.txt" || true
+  echo "profile of a replica's idle pings: $PROFILE_DIR/idle-replica.top.txt (perf.data beside it)"
+  head -25 "$PROFILE_DIR/idle-replica.top.txt"
+fi
 
 echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
 read -r lo hi < <(psql_ -F ' ' -c "SELECT min(worker_id), max(worker_id) FROM worker")
@@ -141,43 +197,70 @@ SELECT w.status, w.concurrency, w.prefetch, w.step_id,
 SELECT t.* FROM task t LEFT JOIN step s ON s.step_id = t.step_id
  WHERE t.worker_id = :id AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V') ORDER BY t.task_id;
 SQL
+cpu_begin "${rpids[@]}"
 raw_idle=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$WORKERS" -j 2 -T "$((PHASE / 2))" \
       -D lo="$lo" -D hi="$hi" -f "$work/idle.sql" taskqueue 2>&1 | awk '/^tps/ {print $3; exit}')
-echo "raw idle-ping reads/s: $raw_idle"
+cpu_raw_idle=$(cpu_end)
+echo "raw idle-ping reads/s: $raw_idle; cpu $cpu_raw_idle"
+save raw_idle "{\"per_s\": $raw_idle, \"seconds\": $((PHASE / 2)), \"cpu_s\": $cpu_raw_idle}"
 
 echo "== idle pings with free capacity and an empty queue (${PHASE}s)"
 reset_tasks
+cpu_begin "${rpids[@]}"
 idle_empty=$(sim --workers "$WORKERS" --concurrency 4 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix e)
-echo "$idle_empty"
+cpu_idle_empty=$(cpu_end)
+echo "$idle_empty"; echo "cpu $cpu_idle_empty"
+save idle_empty "$idle_empty"; save cpu_idle_empty "$cpu_idle_empty"
 
 echo "== bare tonic unary RPC: health Check on a server with nothing else, $WORKERS loops"
 bport=$(free_port)
 "$BIN/fleet-sim" --bare-server "127.0.0.1:$bport" >"$work/bare.log" 2>&1 &
+bare_pid=$!
 pids+=($!)
 sleep 1
+cpu_begin "$bare_pid"
 bare=$("$BIN/fleet-sim" --mode health --targets "127.0.0.1:$bport" --workers "$WORKERS" --connections "$REPLICAS" \
        --duration "$((PHASE / 2))s" --json)
-echo "$bare"
+cpu_bare=$(cpu_end)
+echo "$bare"; echo "cpu $cpu_bare"
+save bare "$bare"; save cpu_bare "$cpu_bare"
+kill "$bare_pid" 2>/dev/null || true
+
+echo "== full lifecycle: $LIFE_WORKERS workers × 4, draining $TASKS standing tasks, each: a ping, C, O, R, U, S"
+reset_tasks; load_tasks "$TASKS"
+cpu_begin "${rpids[@]}"
+life=$(sim --workers "$LIFE_WORKERS" --concurrency 4 --lifecycle nominal --ping-interval 1s --ping-on-finish \
+           --stop-after-finished "$TASKS" --duration 600s --prefix l)
+cpu_life=$(cpu_end)
+echo "$life"; echo "cpu $cpu_life"
+save life "$life"; save cpu_life "$cpu_life"
+
+if [ "$PEER" = 1 ]; then
+  echo "== peer: graphile-worker on the same PostgreSQL (database graphile), $PEER_JOBS no-op jobs, 16 concurrent"
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "node/npm missing (apt-get install nodejs npm): set PEER=0 to skip the peer" >&2; exit 1
+  fi
+  # npm ci (the committed lock file, from the npm registry) unless node_modules is newer than it.
+  installed=loadtest/graphile/node_modules/.package-lock.json
+  if [ ! -e "$installed" ] || [ loadtest/graphile/package-lock.json -nt "$installed" ]; then
+    (cd loadtest/graphile && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres graphile
+  for mode in default batched; do
+    peer=$(cd loadtest/graphile && DATABASE_URL="postgresql://postgres@127.0.0.1:$pgport/graphile" PG_PID="$pgpid" \
+           JOBS="$PEER_JOBS" CONCURRENCY=16 POOL_SIZE="${PEER_POOL_SIZE:-}" node bench.js "$mode")
+    echo "$peer"
+    save "peer_$mode" "$peer"
+  done
+fi
 
 echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, 2 tasks of 5 s each at a time"
 reset_tasks
 rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
            --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r)
 echo "$rate"
+save rate "$rate"
 
 echo
 echo "== summary (same machine, same PostgreSQL)"
-python3 - "$raw" "$raw_idle" "$claim_fn" "$assign" "$idle_full" "$idle_empty" "$bare" "$rate" <<'PY'
-import json, sys
-raw = float(sys.argv[1]); raw_idle = float(sys.argv[2]); claim_fn = float(sys.argv[3])
-a, f, e, b, r = (json.loads(x) for x in sys.argv[4:])
-bare = b["calls_per_s"]
-print(f"assigning pings/s      {a['assigning_pings_per_s']:8.0f}   = {a['assigning_pings_per_s']/raw:.2f} x raw single-claim rate ({raw:.0f}/s)")
-print(f"  our claim alone (pgbench of tq_claim_batch) {claim_fn:.0f}/s = {claim_fn/raw:.2f} x raw; pings reach {a['assigning_pings_per_s']/claim_fn:.2f} x it")
-print(f"  tasks assigned/s     {a['tasks_assigned_per_s']:8.0f};  ping p50 {a['ping_ms']['p50']:.2f} ms, p99 {a['ping_ms']['p99']:.2f} ms")
-print(f"idle pings/s (full)    {f['pings_per_s']:8.0f}   = {f['pings_per_s']/bare:.2f} x bare tonic unary ({bare:.0f}/s); p99 {f['ping_ms']['p99']:.2f} ms")
-print(f"                                = {f['pings_per_s']/raw_idle:.2f} x pgbench of its own two reads ({raw_idle:.0f}/s)")
-print(f"idle pings/s (empty q) {e['pings_per_s']:8.0f}   = {e['pings_per_s']/bare:.2f} x bare tonic unary; p99 {e['ping_ms']['p99']:.2f} ms")
-print(f"offered ~2000 pings/s: {r['pings_per_s']:.0f} pings/s, p50 {r['ping_ms']['p50']:.2f} ms, p99 {r['ping_ms']['p99']:.2f} ms, "
-      f"queue wait p50 {r['queue_wait_ms']['p50']:.0f} ms p99 {r['queue_wait_ms']['p99']:.0f} ms")
-PY
+python3 loadtest/bench_summary.py "$results"

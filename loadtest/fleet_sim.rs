@@ -51,7 +51,8 @@ struct Args {
     /// Submit every task before the workers start (a standing queue), instead of while they run.
     #[arg(long)]
     preload: bool,
-    /// Status updates per task: `full` (C, R, S — as real workers), `minimal` (S only), `none`.
+    /// Status updates per task: `full` (C, R, S — as real workers), `nominal` (C, O, R, U, S — the
+    /// whole chain of behavior.md), `minimal` (S only), `none`.
     #[arg(long, default_value = "full")]
     lifecycle: String,
     /// Stop after this long (or when every submitted task finished).
@@ -60,6 +61,13 @@ struct Args {
     /// Stop once this many tasks were assigned (drain a standing queue loaded by other means).
     #[arg(long, default_value_t = 0)]
     stop_after_assigned: u64,
+    /// Stop once this many tasks went through their whole lifecycle (drain a standing queue).
+    #[arg(long, default_value_t = 0)]
+    stop_after_finished: u64,
+    /// A worker also pings as soon as one of its tasks finished (a free slot), not only every
+    /// `--ping-interval`: the throughput of a fleet that fetches work when a slot frees.
+    #[arg(long)]
+    ping_on_finish: bool,
     /// gRPC connections per target.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -106,6 +114,7 @@ struct Counts {
     assigning_pings: u64,
     assigned: u64,
     updates: u64,
+    finished: u64,
 }
 
 impl Stats {
@@ -116,8 +125,22 @@ impl Stats {
             assigning_pings: load(&self.assigning_pings),
             assigned: load(&self.assigned),
             updates: load(&self.updates),
+            finished: load(&self.finished),
         }
     }
+}
+
+/// CPU seconds (user + system, every thread) this process used so far, from /proc/self/stat (in
+/// clock ticks of 1/100 s, Linux's fixed USER_HZ); 0 where there is no /proc.
+fn own_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // "pid (comm) state ppid …": fields 14 and 15 are utime and stime.
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 fn histogram() -> Histogram<u64> {
@@ -175,6 +198,7 @@ async fn simulated_worker(
         .mul_f64(index as f64 / args.workers.max(1) as f64);
     tokio::time::sleep(spread).await;
     let mut seen = std::collections::HashSet::new();
+    let slot_freed = Arc::new(tokio::sync::Notify::new());
     while !stop.load(Ordering::Relaxed) {
         let start = Instant::now();
         let answer = pool
@@ -201,7 +225,12 @@ async fn simulated_worker(
             .filter(|t| seen.insert(t.task_id))
             .collect();
         if fresh.is_empty() {
-            tokio::time::sleep(args.ping_interval).await;
+            if args.ping_on_finish {
+                // Notify keeps one permit: a task that finished during the ping wakes us at once.
+                let _ = tokio::time::timeout(args.ping_interval, slot_freed.notified()).await;
+            } else {
+                tokio::time::sleep(args.ping_interval).await;
+            }
             continue;
         }
         stats.assigning_pings.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +248,11 @@ async fn simulated_worker(
         }
         for t in fresh {
             let (args, pool, stats) = (args.clone(), pool.clone(), stats.clone());
-            tokio::spawn(async move { run_task(&args, &pool, &stats, t.task_id).await });
+            let slot_freed = slot_freed.clone();
+            tokio::spawn(async move {
+                run_task(&args, &pool, &stats, t.task_id).await;
+                slot_freed.notify_one();
+            });
         }
     }
 }
@@ -228,6 +261,7 @@ async fn run_task(args: &Args, pool: &Pool, stats: &Stats, task_id: i32) {
     let chain: &[&str] = match args.lifecycle.as_str() {
         "none" => &[],
         "minimal" => &["S"],
+        "nominal" => &["C", "O", "R", "U", "S"],
         _ => &["C", "R", "S"],
     };
     for (i, status) in chain.iter().enumerate() {
@@ -346,16 +380,19 @@ async fn health_load(args: &Args) -> anyhow::Result<()> {
         })
         .collect();
     let started = Instant::now();
+    let cpu_from = own_cpu_s();
     for l in loops {
         l.await?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let client_cpu_s = own_cpu_s() - cpu_from;
     let [p50, _, p99, _] = quantiles(&latency);
     let rate = calls.load(Ordering::Relaxed) as f64 / secs;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"mode": "health", "calls_per_s": rate, "p50_ms": p50, "p99_ms": p99})
+            serde_json::json!({"mode": "health", "calls": calls.load(Ordering::Relaxed), "calls_per_s": rate,
+                "p50_ms": p50, "p99_ms": p99, "client_cpu_s": client_cpu_s})
         );
     } else {
         println!(
@@ -419,14 +456,14 @@ async fn main() -> anyhow::Result<()> {
     });
     let deadline = started + args.duration;
     // The measured window: from the end of the warm-up, with the counters as they were then.
-    let mut window = (started, Counts::default());
+    let mut window = (started, Counts::default(), own_cpu_s());
     let mut warming = !args.warmup.is_zero();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if warming && started.elapsed() >= args.warmup {
             warming = false;
             stats.ping_latency.lock().unwrap().take();
-            window = (Instant::now(), stats.counts());
+            window = (Instant::now(), stats.counts(), own_cpu_s());
         }
         let all_done =
             args.tasks > 0 && stats.finished.load(Ordering::Relaxed) as usize >= args.tasks;
@@ -435,11 +472,15 @@ async fn main() -> anyhow::Result<()> {
             && args.tasks > 0;
         let drained = args.stop_after_assigned > 0
             && stats.assigned.load(Ordering::Relaxed) >= args.stop_after_assigned;
-        if all_done || all_assigned || drained {
+        let finished = args.stop_after_finished > 0
+            && stats.finished.load(Ordering::Relaxed) >= args.stop_after_finished;
+        if all_done || all_assigned || drained || finished {
             break;
         }
     }
     let elapsed = window.0.elapsed().as_secs_f64();
+    let client_cpu_s = own_cpu_s() - window.2;
+    let end = stats.counts();
     stop.store(true, Ordering::Relaxed);
     if let Some(s) = submitter {
         s.abort();
@@ -448,12 +489,12 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
 
-    let end = stats.counts();
     let from = window.1;
     let pings = (end.pings - from.pings) as f64;
     let assigning = (end.assigning_pings - from.assigning_pings) as f64;
     let assigned = (end.assigned - from.assigned) as f64;
     let updates = (end.updates - from.updates) as f64;
+    let finished = (end.finished - from.finished) as f64;
     let errors = stats.errors.load(Ordering::Relaxed) as f64;
     let [p50, p95, p99, max] = quantiles(&stats.ping_latency);
     let [w50, _, w99, _] = quantiles(&stats.queue_wait);
@@ -466,7 +507,12 @@ async fn main() -> anyhow::Result<()> {
         "ping_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
         "tasks_assigned": assigned,
         "tasks_assigned_per_s": assigned / elapsed,
+        "status_updates": updates,
         "status_updates_per_s": updates / elapsed,
+        "tasks_finished": finished,
+        "tasks_finished_per_s": finished / elapsed,
+        "assigning_pings": assigning,
+        "client_cpu_s": client_cpu_s,
         "queue_wait_ms": {"p50": w50, "p99": w99},
         "errors": errors,
     });
