@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     ADMIN_PASSWORD, ADMIN_USER, ChildReplica, free_port, postgres, register_worker, set_status,
-    task, try_http_get, workflow_with_step,
+    task, workflow_with_step,
 };
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -173,6 +173,43 @@ async fn wait_listening(port: u16, what: &str) {
     .await;
 }
 
+/// A GET to Chromium's DevTools HTTP endpoint: the body, or `None` (nothing listening yet, or no
+/// whole answer within 5 s). Chromium keeps the connection open whatever the request says, so
+/// the body is read up to its Content-Length.
+async fn devtools_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = s.read(&mut chunk).await.ok()?;
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())
+                        .flatten()
+                });
+                if length.is_some_and(|len| body.len() >= len) || n == 0 {
+                    return Some(body.to_string());
+                }
+            }
+            if n == 0 {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// A DevTools protocol session on one page.
 struct DevTools {
     socket: tokio_tungstenite::WebSocketStream<
@@ -187,7 +224,7 @@ impl DevTools {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = loop {
-            let page = try_http_get(addr, "/json/list")
+            let page = devtools_get(addr, "/json/list")
                 .await
                 .and_then(|body| serde_json::from_str::<Value>(&body).ok())
                 .and_then(|targets| {

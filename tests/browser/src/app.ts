@@ -184,7 +184,7 @@ async function main(): Promise<void> {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ username, password }),
   });
-  result.login = { status: login.status, body: await login.text() };
+  result.login = { status: login.status, body: (await login.text()).slice(0, 500) };
   if (!login.ok) throw new Error(`login answered ${login.status}`);
   progress.loggedIn = true;
 
