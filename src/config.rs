@@ -282,6 +282,38 @@ pub struct ServeArgs {
     /// Logins waiting for a hashing slot; beyond, RESOURCE_EXHAUSTED [default: 64].
     #[arg(long, env = "TASKQUEUE_LOGIN_QUEUE")]
     pub login_queue: Option<usize>,
+    /// Port of the web listener (gRPC-Web, REST helpers, /ws, the UI's files), on the --listen
+    /// host and with its TLS; off when unset.
+    #[arg(long, env = "TASKQUEUE_HTTPS_PORT")]
+    pub https_port: Option<u16>,
+    /// Folder of the built web UI, served at the web listener's root [default: none].
+    #[arg(long, env = "TASKQUEUE_UI_DIR")]
+    pub ui_dir: Option<PathBuf>,
+    /// Do not serve gRPC-Web on the web listener.
+    #[arg(long, env = "TASKQUEUE_DISABLE_GRPCWEB", num_args = 0..=1,
+          default_missing_value = "true")]
+    pub disable_grpcweb: Option<bool>,
+    /// The server's public name: URLs given to workers, the TLS certificate, the UI origin.
+    #[arg(long, env = "TASKQUEUE_SERVER_FQDN")]
+    pub server_fqdn: Option<String>,
+    /// Key signing session tokens (HS256); none → generated once and kept in the database.
+    #[arg(long, env = "TASKQUEUE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding that key; not together with --jwt-secret.
+    #[arg(long, env = "TASKQUEUE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Origin allowed by CORS on the web listener [default: https://<server fqdn>:5173].
+    #[arg(long, env = "TASKQUEUE_UI_ORIGIN")]
+    pub ui_origin: Option<String>,
+    /// Token of `GET /scitq-client?token=…` (the worker binary for cloud-init); none → not served.
+    #[arg(long, env = "TASKQUEUE_CLIENT_DOWNLOAD_TOKEN", hide_env_values = true)]
+    pub client_download_token: Option<String>,
+    /// File holding that token; not together with --client-download-token.
+    #[arg(long, env = "TASKQUEUE_CLIENT_DOWNLOAD_TOKEN_FILE")]
+    pub client_download_token_file: Option<PathBuf>,
+    /// The file served at /scitq-client [default: this taskqueue binary].
+    #[arg(long, env = "TASKQUEUE_CLIENT_BINARY")]
+    pub client_binary: Option<PathBuf>,
 }
 
 /// How the gRPC port is secured.
@@ -427,6 +459,16 @@ pub struct Config {
     pub statement_timeout: Duration,
     pub login_concurrency: usize,
     pub login_queue: usize,
+    /// The web listener (`--https-port` on the --listen host), or none.
+    pub web_listen: Option<SocketAddr>,
+    pub ui_dir: Option<PathBuf>,
+    pub disable_grpcweb: bool,
+    /// The configured session-token key; none → the one kept in the database.
+    pub jwt_secret: Option<String>,
+    /// The CORS origin of the web listener.
+    pub ui_origin: String,
+    pub client_download_token: Option<String>,
+    pub client_binary: Option<PathBuf>,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -529,6 +571,17 @@ struct ScitqSection {
     statement_timeout: Option<Duration>,
     login_concurrency: Option<usize>,
     login_queue: Option<usize>,
+    https_port: Option<u16>,
+    disable_https: Option<bool>,
+    ui_dir: Option<PathBuf>,
+    disable_grpcweb: Option<bool>,
+    jwt_secret: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
+    ui_origin: Option<String>,
+    client_download_token: Option<String>,
+    client_download_token_file: Option<PathBuf>,
+    #[serde(alias = "client_binary_path")]
+    client_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -700,6 +753,19 @@ impl Config {
         } else {
             TlsMode::Plain
         });
+        let server_fqdn = args
+            .server_fqdn
+            .clone()
+            .or(s.server_fqdn.clone())
+            .filter(|f| !f.trim().is_empty());
+        // The original's `https_port` defaults to 443; ours is off unless a port is given, and
+        // `disable_https` turns a configured one off.
+        let web_port = match args.https_port {
+            Some(port) => Some(port),
+            None if s.disable_https == Some(true) => None,
+            None => s.https_port,
+        };
+        let web_listen = web_port.map(|port| SocketAddr::new(listen.ip(), port));
         let etcd_endpoints = match (&args.etcd_endpoints, s.etcd_endpoints) {
             (Some(list), _) => list.clone(),
             (None, Some(StringOrList::One(one))) => one.split(',').map(str::to_string).collect(),
@@ -876,7 +942,7 @@ impl Config {
                 .clone()
                 .or(s.server_name)
                 .unwrap_or_else(|| defaults::SERVER_NAME.into()),
-            server_fqdn: s.server_fqdn,
+            server_fqdn: server_fqdn.clone(),
             replica_name,
             leader_eligible: !args.no_leader,
             recruiter_interval: s.recruiter_interval.unwrap_or(defaults::RECRUITER_INTERVAL),
@@ -968,6 +1034,32 @@ impl Config {
                 .login_queue
                 .or(s.login_queue)
                 .unwrap_or(defaults::LOGIN_QUEUE),
+            web_listen,
+            ui_dir: args.ui_dir.clone().or(s.ui_dir),
+            disable_grpcweb: args.disable_grpcweb.or(s.disable_grpcweb).unwrap_or(false),
+            jwt_secret: secret(
+                "jwt secret",
+                (args.jwt_secret.clone(), args.jwt_secret_file.as_deref()),
+                (s.jwt_secret, s.jwt_secret_file.as_deref()),
+            )?,
+            ui_origin: args.ui_origin.clone().or(s.ui_origin).unwrap_or_else(|| {
+                format!(
+                    "https://{}:5173",
+                    server_fqdn.as_deref().unwrap_or("localhost")
+                )
+            }),
+            client_download_token: secret(
+                "client download token",
+                (
+                    args.client_download_token.clone(),
+                    args.client_download_token_file.as_deref(),
+                ),
+                (
+                    s.client_download_token,
+                    s.client_download_token_file.as_deref(),
+                ),
+            )?,
+            client_binary: args.client_binary.clone().or(s.client_binary),
         };
         config.validate()?;
         Ok(config)
@@ -983,6 +1075,12 @@ impl Config {
 
     /// Checks relations between values that no single flag can check.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(web) = self.web_listen {
+            anyhow::ensure!(
+                web.port() == 0 || web.port() != self.listen.port(),
+                "--https-port must differ from the gRPC port of --listen"
+            );
+        }
         anyhow::ensure!(
             !self.template_interpreter.trim().is_empty(),
             "--template-interpreter must not be empty"
@@ -1521,5 +1619,65 @@ providers:
             ..Default::default()
         };
         assert!(from_yaml("{}", args).unwrap().metrics_listen.is_none());
+    }
+
+    #[test]
+    fn web_surface_options_from_yaml_and_flags() {
+        // Off by default, with the UI's development origin.
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert!(c.web_listen.is_none());
+        assert_eq!(c.ui_origin, "https://localhost:5173");
+        assert!(!c.disable_grpcweb && c.jwt_secret.is_none() && c.client_download_token.is_none());
+        // The original's keys.
+        let yaml = "scitq:
+  port: 50051
+  https_port: 8443
+  server_fqdn: scitq.example.org
+  disable_grpcweb: true
+  jwt_secret: s3cret
+  client_download_token: dl
+  client_binary_path: /usr/local/bin/scitq-client
+  ui_dir: /srv/ui
+";
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!(c.web_listen.unwrap().to_string(), "0.0.0.0:8443");
+        assert_eq!(c.ui_origin, "https://scitq.example.org:5173");
+        assert!(c.disable_grpcweb);
+        assert_eq!(c.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.client_download_token.as_deref(), Some("dl"));
+        assert_eq!(
+            c.client_binary.as_deref(),
+            Some(Path::new("/usr/local/bin/scitq-client"))
+        );
+        assert_eq!(c.ui_dir.as_deref(), Some(Path::new("/srv/ui")));
+        // disable_https turns the file's port off; a flag wins over both.
+        let off = "scitq: {https_port: 8443, disable_https: true}";
+        assert!(
+            from_yaml(off, ServeArgs::default())
+                .unwrap()
+                .web_listen
+                .is_none()
+        );
+        let args = ServeArgs {
+            https_port: Some(9443),
+            ui_origin: Some("https://ui.example.org".into()),
+            ..Default::default()
+        };
+        let c = from_yaml(off, args).unwrap();
+        assert_eq!(c.web_listen.unwrap().to_string(), "127.0.0.1:9443");
+        assert_eq!(c.ui_origin, "https://ui.example.org");
+        // The web port may not be the gRPC port.
+        let args = ServeArgs {
+            https_port: Some(50051),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", args).is_err());
+        // A secret given twice is refused.
+        let args = ServeArgs {
+            jwt_secret: Some("a".into()),
+            jwt_secret_file: Some(PathBuf::from("/nonexistent")),
+            ..Default::default()
+        };
+        assert!(from_yaml("{}", args).is_err());
     }
 }

@@ -19,6 +19,7 @@
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`secret_files`]: files created 0600 at open, and private folders of predictable names.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
+//! - [`web`]: the web listener — gRPC-Web, REST helpers, `/ws`, the UI's files, `/scitq-client`.
 
 pub mod api;
 pub mod cli;
@@ -37,6 +38,7 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod templates;
+pub mod web;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -308,6 +308,7 @@ async fn start_tls_replica() -> (u16, PathBuf, tokio::sync::oneshot::Sender<()>)
         taskqueue::server::Listeners {
             grpc,
             metrics: None,
+            web: None,
         },
         async move {
             let _ = rx.await;

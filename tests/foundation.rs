@@ -658,6 +658,7 @@ async fn tls_with_a_self_signed_certificate() {
         taskqueue::server::Listeners {
             grpc,
             metrics: None,
+            web: None,
         },
         async move {
             let _ = rx.await;

@@ -43,7 +43,9 @@ fn script(name: &str) -> PathBuf {
 
 /// A base port whose offsets used by up.sh are all free right now.
 fn free_base() -> u16 {
-    let offsets = [50, 51, 52, 53, 90, 91, 92, 93, 379, 380, 404, 432];
+    let offsets = [
+        50, 51, 52, 53, 60, 61, 62, 63, 90, 91, 92, 93, 379, 380, 404, 432,
+    ];
     let seed = std::process::id() as u16;
     for i in 0..200u16 {
         // Below the kernel's ephemeral range (32768+), so no outgoing connection takes our ports.
@@ -274,6 +276,45 @@ async fn a_local_cluster_spreads_pings_elects_one_leader_and_survives_losing_it(
             "replica {r} served no ping\n{}",
             cluster.logs()
         );
+    }
+
+    // 1b. The web front: TLS at haproxy, HTTP/2 by ALPN, gRPC-Web through to the replicas.
+    let web = &cluster.env["LOCAL_CLUSTER_WEB"];
+    let cert = &cluster.env["LOCAL_CLUSTER_WEB_CERT"];
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--cacert",
+                cert,
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(
+        curl(&[&format!("{web}/")]),
+        "2 404",
+        "no UI configured: 404 over h2"
+    );
+    for _ in 0..3 {
+        // An empty ListWorkflows request (one empty frame, base64) with the worker token.
+        let answer = curl(&[
+            "-H",
+            "content-type: application/grpc-web-text",
+            "-H",
+            &format!("authorization: Bearer {}", cluster.token()),
+            "--data",
+            "AAAAAAA=",
+            &format!("{web}/taskqueue.TaskQueue/ListWorkflows"),
+        ]);
+        assert_eq!(answer, "2 200", "gRPC-Web through the web front");
     }
 
     // 2. Exactly one leader; Prometheus scrapes all three with our rules loaded.

@@ -70,6 +70,7 @@ async fn start(config: Config) -> Running {
         taskqueue::server::Listeners {
             grpc,
             metrics: None,
+            web: None,
         },
         async move {
             let _ = rx.await;

@@ -34,6 +34,8 @@ use state::AppState;
 pub struct Listeners {
     pub grpc: TcpListener,
     pub metrics: Option<TcpListener>,
+    /// The web listener (`--https-port`), if configured.
+    pub web: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -50,7 +52,15 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Listeners { grpc, metrics })
+        let web = match config.web_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--https-port)"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { grpc, metrics, web })
     }
 }
 
@@ -143,6 +153,19 @@ async fn serve(
         .max_decoding_message_size(crate::config::defaults::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::config::defaults::MAX_MESSAGE_BYTES);
 
+    let web_task = match listeners.web {
+        Some(listener) => {
+            let app = crate::web::router(state.clone(), service.clone());
+            let tls = crate::web::tls_config(&config)?;
+            Some(tokio::spawn(crate::web::serve(
+                listener,
+                app,
+                tls,
+                state.draining.clone(),
+            )))
+        }
+        None => None,
+    };
     let metrics_task = listeners.metrics.map(|listener| {
         let db = db.clone();
         tokio::spawn(serve_metrics(
@@ -233,6 +256,17 @@ async fn serve(
     // Remaining steps, against the same deadline: resign and stop the leader loops, then the
     // metrics endpoint and the pool.
     let deadline = deadline.unwrap_or_else(|| Instant::now() + config.shutdown_grace);
+    if let Some(mut task) = web_task {
+        // The web listener drains on the same signal (its streams end on `draining`).
+        state.draining.cancel();
+        if tokio::time::timeout_at(deadline.into(), &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("web listener drain deadline passed; closing its connections");
+            task.abort();
+        }
+    }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
         task.abort();

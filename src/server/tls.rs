@@ -1,4 +1,4 @@
-//! TLS of the gRPC port (design.md §7): certificate files, or a self-signed certificate generated at
+//! TLS of the gRPC port and of the web listener (design.md §7): certificate files, or a self-signed certificate generated at
 //! first start into `<data_dir>/tls/` and reused after, so clients can be handed `cert.pem` to trust.
 
 use std::net::SocketAddr;
@@ -11,14 +11,8 @@ use crate::config::{Config, TlsMode};
 
 /// The server TLS settings for `config`, or `None` for plaintext.
 pub fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (cert, key) = match &config.tls {
-        TlsMode::Plain => return Ok(None),
-        TlsMode::Files { cert, key } => (cert.clone(), key.clone()),
-        TlsMode::SelfSigned => self_signed(
-            &config.data_dir,
-            config.listen,
-            config.server_fqdn.as_deref(),
-        )?,
+    let Some((cert, key)) = certificate_files(config)? else {
+        return Ok(None);
     };
     let cert_pem = std::fs::read(&cert)
         .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?;
@@ -27,6 +21,20 @@ pub fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
     Ok(Some(
         ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)),
     ))
+}
+
+/// The certificate and key files of `config` (generated first when self-signed), or `None` for
+/// plaintext. The web listener uses the same.
+pub fn certificate_files(config: &Config) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    Ok(match &config.tls {
+        TlsMode::Plain => None,
+        TlsMode::Files { cert, key } => Some((cert.clone(), key.clone())),
+        TlsMode::SelfSigned => Some(self_signed(
+            &config.data_dir,
+            config.listen,
+            config.server_fqdn.as_deref(),
+        )?),
+    })
 }
 
 /// Paths of the self-signed certificate and key, generated if missing.

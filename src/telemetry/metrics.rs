@@ -53,6 +53,9 @@ pub const RECRUITER_RECYCLES: &str = "taskqueue_recruiter_recycles_total";
 pub const TEMPLATE_RUNS: &str = "taskqueue_template_runs_total";
 pub const TEMPLATE_RUN_SECONDS: &str = "taskqueue_template_run_duration_seconds";
 
+// The web listener.
+pub const WEB_REQUESTS: &str = "taskqueue_web_requests_total";
+
 // Caches (moka).
 pub const CACHE_REQUESTS: &str = "taskqueue_cache_requests_total";
 
@@ -129,6 +132,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(GRPC_STARTED, "RPCs started on the server");
+    describe_counter!(
+        WEB_REQUESTS,
+        "Requests of the web listener, by kind (grpc-web, rest, ws, client, files) and HTTP status"
+    );
     describe_counter!(
         TEMPLATE_RUNS,
         "Template runs finished, by outcome (succeeded, failed, timed_out)"

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod leader;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,6 +161,8 @@ pub fn test_config(database_url: &str) -> Config {
     let mut c = Config::for_database(database_url);
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    // The web listener (gRPC-Web, REST, /ws), plain HTTP like the gRPC port of tests.
+    c.web_listen = Some("127.0.0.1:0".parse().unwrap());
     c.admin_password = Some(ADMIN_PASSWORD.into());
     c.worker_token = Some(WORKER_TOKEN.into());
     c.data_dir = tempdir();
@@ -192,6 +195,8 @@ pub fn tempdir() -> PathBuf {
 pub struct Replica {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The web listener's address (`Config::web_listen`), when it has one.
+    pub web_addr: Option<SocketAddr>,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -236,12 +241,17 @@ pub async fn spawn_replica(config: Config) -> Replica {
         Some(a) => Some(TcpListener::bind(a).await.unwrap()),
         None => None,
     };
+    let web = match config.web_listen {
+        Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+        None => None,
+    };
     let addr = grpc.local_addr().unwrap();
     let metrics_addr = metrics.as_ref().map(|m| m.local_addr().unwrap());
+    let web_addr = web.as_ref().map(|w| w.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(
         config.clone(),
-        Listeners { grpc, metrics },
+        Listeners { grpc, metrics, web },
         async move {
             let _ = rx.await;
         },
@@ -249,6 +259,7 @@ pub async fn spawn_replica(config: Config) -> Replica {
     let replica = Replica {
         addr,
         metrics_addr,
+        web_addr,
         config,
         shutdown: Some(tx),
         handle: Some(handle),
