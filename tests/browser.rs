@@ -376,6 +376,26 @@ async fn write_lines(mut worker: Client, task_id: i32) {
     call.await.unwrap().expect("SendTaskLogs");
 }
 
+/// A replica's web requests so far: (all kinds, gRPC-Web), from its /metrics.
+async fn web_requests(replica: &ChildReplica) -> (f64, f64) {
+    let text = replica
+        .scrape(Duration::from_secs(5))
+        .await
+        .expect("the replica's /metrics");
+    let mut counts = (0.0, 0.0);
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("taskqueue_web_requests_total{") else {
+            continue;
+        };
+        let value: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+        counts.0 += value;
+        if rest.contains("kind=\"grpc-web\"") {
+            counts.1 += value;
+        }
+    }
+    counts
+}
+
 fn line(task_id: i32, n: usize) -> String {
     format!("task {task_id} line {n}")
 }
@@ -659,6 +679,16 @@ async fn the_test_page_works_through_haproxy_in_front_of_two_replicas() {
         attempts.len(),
         status_events.len()
     );
+
+    // Round robin: both replicas served the page's requests.
+    for replica in &replicas {
+        let (all, grpc_web) = web_requests(replica).await;
+        eprintln!(
+            "browser: {} served {all} web requests, {grpc_web} of them gRPC-Web",
+            replica.name
+        );
+        assert!(all > 0.0, "{} served nothing through haproxy", replica.name);
+    }
     drop(browser);
     drop(haproxy);
 }
