@@ -570,6 +570,12 @@ async fn the_test_page_works_through_haproxy_in_front_of_two_replicas() {
     assert_eq!(r["login"]["status"], 200, "{r:#}");
     assert_eq!(r["fetchCookie"]["status"], 200, "{r:#}");
     assert_eq!(r["tokenParts"], 3, "a JWT: header.payload.signature");
+    assert_eq!(
+        r["claims"]["username"], USER,
+        "the UI reads its user from atob(payload): {r:#}"
+    );
+    assert!(r["claims"]["userId"].is_i64(), "{r:#}");
+    assert_eq!(r["cookieVisible"], false, "the session cookie is HttpOnly");
 
     // ListTasks and ListWorkers over gRPC-Web.
     let listed: BTreeSet<i64> = r["listTasks"]

@@ -194,6 +194,15 @@ async function main(): Promise<void> {
   if (!cookie.ok) throw new Error(`fetchCookie answered ${cookie.status}: ${cookieBody}`);
   const token = String(JSON.parse(cookieBody).token ?? "");
   result.tokenParts = token.split(".").length;
+  // What the UI does to find who it is: the middle part through atob and JSON.parse.
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1] ?? ""));
+    result.claims = { username: claims.username, userId: claims.userId };
+  } catch (e) {
+    result.claims = { error: String(e) };
+  }
+  // The session cookie is HttpOnly: never visible to scripts.
+  result.cookieVisible = document.cookie.includes("session_token");
   show("logged in");
 
   const transport = new GrpcWebFetchTransport({
