@@ -97,23 +97,34 @@ pub async fn login(
 ) -> Result<pb::LoginResponse> {
     let peer = peer_of(&request);
     let req = request.into_inner();
-    if req.username.is_empty() || req.password.is_empty() {
+    let token = start_session(state, &req.username, &req.password, peer).await?;
+    Ok(pb::LoginResponse { token })
+}
+
+/// Login's work, shared with the web surface's `POST /login`: checks the credentials through the
+/// login gate and returns a new session token — a JWT of the cluster's key, stored as its
+/// SHA-256 only. Bad credentials → Unauthenticated.
+pub async fn start_session(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    peer: Option<IpAddr>,
+) -> Result<String> {
+    if username.is_empty() || password.is_empty() {
         return Err(Error::invalid("username and password are required"));
     }
-    LoginGate::check_lengths(&[("username", &req.username), ("password", &req.password)])?;
-    let admission = state.login_gate.admit(&req.username, peer)?;
-    let user_id = check_password(state, &admission, &req.username, &req.password, peer)
+    LoginGate::check_lengths(&[("username", username), ("password", password)])?;
+    let admission = state.login_gate.admit(username, peer)?;
+    let user_id = check_password(state, &admission, username, password, peer)
         .await?
         .ok_or_else(|| Error::unauthenticated("invalid credentials"))?;
-    let token = credentials::new_session_token();
-    users::create_session(
-        &state.db,
-        user_id,
-        &credentials::token_digest(&token),
-        state.config.session_ttl,
-    )
-    .await?;
-    Ok(pb::LoginResponse { token })
+    let ttl = state.config.session_ttl;
+    let exp = chrono::Utc::now()
+        .timestamp()
+        .saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    let token = state.jwt.issue(user_id, username, exp);
+    users::create_session(&state.db, user_id, &credentials::token_digest(&token), ttl).await?;
+    Ok(token)
 }
 
 pub async fn logout(state: &AppState, request: Request<pb::Token>) -> Result<pb::Ack> {
@@ -121,9 +132,16 @@ pub async fn logout(state: &AppState, request: Request<pb::Token>) -> Result<pb:
     if token.is_empty() {
         return Err(Error::invalid("token is required"));
     }
-    users::delete_session(&state.db, &credentials::token_digest(&token)).await?;
-    state.auth.forget(&token).await;
+    end_session(state, &token).await?;
     Ok(ACK)
+}
+
+/// Logout's work, shared with `POST /logout`: deletes the session of `token` (true if there was
+/// one) and forgets it on this replica at once.
+pub async fn end_session(state: &AppState, token: &str) -> Result<bool> {
+    let existed = users::delete_session(&state.db, &credentials::token_digest(token)).await?;
+    state.auth.forget(token).await;
+    Ok(existed)
 }
 
 pub async fn create_user(

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sandbox",
         sql: include_str!("../../schema/0006_sandbox.sql"),
     },
+    Migration {
+        version: 7,
+        name: "web",
+        sql: include_str!("../../schema/0007_web.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

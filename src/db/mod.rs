@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod notify;
 pub mod ownership;
 pub mod recruiters;
+pub mod secrets;
 pub mod tasks;
 pub mod templates;
 pub mod users;

@@ -8,6 +8,7 @@ pub mod docker_options;
 pub mod events;
 pub mod fetch_policy;
 pub mod filters;
+pub mod jwt;
 pub mod limits;
 pub mod logs;
 pub mod ownership;

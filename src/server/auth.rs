@@ -21,6 +21,7 @@ use moka::future::Cache;
 use crate::api::rpcs::{self, Access};
 use crate::db::{self, Db, users::User};
 use crate::domain::credentials::{token_digest, worker_token_matches};
+use crate::domain::jwt::{self, JwtKey};
 use crate::domain::ownership::Actor;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::CACHE_REQUESTS;
@@ -78,12 +79,19 @@ impl Caller {
 pub struct Authenticator {
     db: Db,
     worker_token: String,
+    /// Checks the signature and expiry of JWT session tokens before their database lookup.
+    jwt: JwtKey,
     allow_anonymous_log_streams: bool,
     cache: Cache<[u8; 32], Option<User>>,
 }
 
 impl Authenticator {
-    pub fn new(db: Db, worker_token: String, allow_anonymous_log_streams: bool) -> Authenticator {
+    pub fn new(
+        db: Db,
+        worker_token: String,
+        jwt: JwtKey,
+        allow_anonymous_log_streams: bool,
+    ) -> Authenticator {
         let cache = Cache::builder()
             .max_capacity(TOKEN_CACHE_CAPACITY)
             .time_to_live(TOKEN_CACHE_TTL)
@@ -91,6 +99,7 @@ impl Authenticator {
         Authenticator {
             db,
             worker_token,
+            jwt,
             allow_anonymous_log_streams,
             cache,
         }
@@ -110,8 +119,23 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::unauthenticated("invalid token: expected 'Bearer <token>'"))?;
+        self.authenticate_token(token).await
+    }
+
+    /// The caller behind a bare token (the worker token, or a session's). A token shaped like our
+    /// JWTs must carry a valid signature and be unexpired before its session is looked up; other
+    /// session tokens (template scripts') go straight to the lookup.
+    pub async fn authenticate_token(&self, token: &str) -> Result<Caller> {
         if worker_token_matches(token, &self.worker_token) {
             return Ok(Caller::WorkerToken);
+        }
+        if jwt::looks_like_jwt(token) {
+            let now = chrono::Utc::now().timestamp();
+            if let Err(e) = self.jwt.verify(token, now) {
+                return Err(Error::unauthenticated(format!(
+                    "invalid session token ({e}): log in again"
+                )));
+            }
         }
         let digest = token_digest(token);
         let hit = self.cache.contains_key(&digest);
@@ -126,6 +150,11 @@ impl Authenticator {
             .map_err(|e: Arc<Error>| Error::new(e.code, e.message.clone()))?;
         user.map(Caller::User)
             .ok_or_else(|| Error::unauthenticated("invalid or expired session: log in again"))
+    }
+
+    /// The configured worker token (for `/WorkerToken`, admins only).
+    pub fn worker_token(&self) -> &str {
+        &self.worker_token
     }
 
     /// Forgets a token on this replica at once (Logout).

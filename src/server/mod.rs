@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::db::embedded::{EmbeddedPostgres, Options as EmbeddedOptions};
 use crate::db::{self, Db};
 use crate::domain::credentials;
+use crate::domain::jwt::JwtKey;
 use crate::proto::task_queue_server::TaskQueueServer;
 use crate::telemetry::grpc::GrpcMetricsLayer;
 use crate::telemetry::metrics as m;
@@ -127,6 +128,7 @@ async fn serve(
     tracing::info!(applied = ?report.applied, schema_version = report.current, "schema is current");
     bootstrap_admin(&db, &config).await?;
     let worker_token = resolve_worker_token(&config)?;
+    let jwt = jwt_key(&db, &config).await?;
     let providers = crate::providers::Providers::from_config(
         &config,
         &crate::providers::Environment::for_replica(&config, grpc_addr, &worker_token),
@@ -137,6 +139,7 @@ async fn serve(
         db.clone(),
         config.clone(),
         worker_token,
+        jwt,
         grpc_addr,
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -346,6 +349,18 @@ async fn bootstrap_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
 
 async fn hash_blocking(password: String) -> anyhow::Result<String> {
     Ok(tokio::task::spawn_blocking(move || credentials::hash_password(&password)).await??)
+}
+
+/// The key of session tokens: `jwt_secret` when configured, else the cluster's generated key,
+/// created in the database by the first replica that needs it and read back by every other.
+async fn jwt_key(db: &Db, config: &Config) -> anyhow::Result<JwtKey> {
+    let secret = match &config.jwt_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => db::secrets::get_or_create(db, db::secrets::JWT_KEY, &JwtKey::generate_secret())
+            .await
+            .context("cannot read or store the generated JWT key")?,
+    };
+    JwtKey::new(&secret).context("invalid jwt_secret")
 }
 
 /// The worker token: configured, or the one kept in the data dir, or a new one written there (0600)

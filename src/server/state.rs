@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::DispatchConfig;
+use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub templates: Templates,
     /// Throttles Login and ChangePassword (password hashes).
     pub login_gate: LoginGate,
+    /// Signs the session tokens Login issues (the cluster's key: configured, or kept in Postgres).
+    pub jwt: JwtKey,
 }
 
 impl AppState {
@@ -45,11 +48,13 @@ impl AppState {
         db: Db,
         config: Arc<Config>,
         worker_token: String,
+        jwt: JwtKey,
         grpc_addr: SocketAddr,
     ) -> AppState {
         let auth = Arc::new(Authenticator::new(
             db.clone(),
             worker_token,
+            jwt.clone(),
             config.allow_unauthenticated_log_streams,
         ));
         let dispatch = DispatchConfig {
@@ -79,6 +84,7 @@ impl AppState {
             storage,
             templates,
             login_gate,
+            jwt,
         }
     }
 }
