@@ -80,6 +80,12 @@ pub mod defaults {
     /// Password hashes waiting for a free hashing slot; more logins at once are refused with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub const LOGIN_QUEUE: usize = 64;
+    /// Ping batch loops per replica (group commit, design.md §3.1), each on its own pooled
+    /// connection: two keep one batch forming while the other is in flight.
+    pub const BATCH_LOOPS: usize = 2;
+    /// Most pings in one batch: large enough that one statement serves a burst of a big fleet,
+    /// small enough that one batch stays a short transaction.
+    pub const BATCH_MAX: usize = 256;
     /// Password hashes computed at once: one per core keeps the rest of the server responsive
     /// (each argon2id hash takes ~19 MiB and a core for tens of milliseconds).
     pub fn login_concurrency() -> usize {
@@ -314,6 +320,13 @@ pub struct ServeArgs {
     /// The file served at /scitq-client [default: this taskqueue binary].
     #[arg(long, env = "TASKQUEUE_CLIENT_BINARY")]
     pub client_binary: Option<PathBuf>,
+    /// Ping batch loops (group commit), each holding one pooled connection; 0 = every ping on its
+    /// own [default: 2].
+    #[arg(long, env = "TASKQUEUE_BATCH_LOOPS")]
+    pub batch_loops: Option<usize>,
+    /// Most pings served by one batch [default: 256].
+    #[arg(long, env = "TASKQUEUE_BATCH_MAX")]
+    pub batch_max: Option<usize>,
 }
 
 /// How the gRPC port is secured.
@@ -469,6 +482,8 @@ pub struct Config {
     pub ui_origin: String,
     pub client_download_token: Option<String>,
     pub client_binary: Option<PathBuf>,
+    pub batch_loops: usize,
+    pub batch_max: usize,
 }
 
 /// The YAML file: the original's sections; unknown keys are ignored so an existing scitq.yaml loads.
@@ -582,6 +597,8 @@ struct ScitqSection {
     client_download_token_file: Option<PathBuf>,
     #[serde(alias = "client_binary_path")]
     client_binary: Option<PathBuf>,
+    batch_loops: Option<usize>,
+    batch_max: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1060,6 +1077,14 @@ impl Config {
                 ),
             )?,
             client_binary: args.client_binary.clone().or(s.client_binary),
+            batch_loops: args
+                .batch_loops
+                .or(s.batch_loops)
+                .unwrap_or(defaults::BATCH_LOOPS),
+            batch_max: args
+                .batch_max
+                .or(s.batch_max)
+                .unwrap_or(defaults::BATCH_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -1101,6 +1126,14 @@ impl Config {
         anyhow::ensure!(
             self.login_concurrency >= 1,
             "--login-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batch_loops < self.db_pool_size,
+            "--batch-loops must be below --db-pool-size: each batch loop holds a pooled connection"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_max),
+            "--batch-max must be between 1 and 10000"
         );
         anyhow::ensure!(
             self.max_log_followers >= 1,
@@ -1296,6 +1329,29 @@ mod tests {
                 ServeArgs::default()
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn batch_settings_come_from_flags_yaml_or_defaults() {
+        let c = from_yaml("{}", ServeArgs::default()).unwrap();
+        assert_eq!((c.batch_loops, c.batch_max), (2, 256));
+        let yaml = "scitq:\n  batch_loops: 3\n  batch_max: 64\n";
+        let c = from_yaml(yaml, ServeArgs::default()).unwrap();
+        assert_eq!((c.batch_loops, c.batch_max), (3, 64));
+        let flags = ServeArgs {
+            batch_loops: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_yaml(yaml, flags).unwrap().batch_loops,
+            0,
+            "0 turns batching off"
+        );
+        assert!(from_yaml("scitq:\n  batch_max: 0\n", ServeArgs::default()).is_err());
+        assert!(
+            from_yaml("scitq:\n  batch_loops: 30\n", ServeArgs::default()).is_err(),
+            "the loops' connections must leave room in the pool (30 by default)"
         );
     }
 

@@ -11,8 +11,12 @@ use common::{postgres, register_worker, spawn_replica, task, test_config};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use proptest::test_runner::{Config as PropConfig, TestRng, TestRunner};
+use prost::Message as _;
+use taskqueue::db::Db;
+use taskqueue::db::dispatch::{DispatchConfig, PingRequest, ping_batch};
 use taskqueue::domain::dispatch::{WorkerSnapshot, free_capacity, plan_ping};
 use taskqueue::domain::status::WorkerStatus;
+use taskqueue::error::Code;
 use taskqueue::proto as pb;
 
 #[tokio::test]
@@ -130,6 +134,62 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// Puts worker `id` in the state of `case` (tasks it holds taken from the end of the queue) and
+/// returns the snapshot the reference model decides on.
+async fn prepare(db: &tokio_postgres::Client, id: i32, case: &Case) -> WorkerSnapshot {
+    db.execute(
+        "UPDATE worker SET status = $2, concurrency = $3, prefetch = $4,
+                last_ping_at = CASE WHEN $5::bigint IS NULL THEN NULL
+                                    ELSE now() - make_interval(secs => $5::bigint) END
+          WHERE worker_id = $1",
+        &[
+            &id,
+            &case.status.letter(),
+            &case.concurrency,
+            &case.prefetch,
+            &case.ping_age.map(|a| a as i64),
+        ],
+    )
+    .await
+    .unwrap();
+    db.execute("DELETE FROM worker_stats WHERE worker_id = $1", &[&id])
+        .await
+        .unwrap();
+    if let Some(age) = case.stats_age {
+        db.execute(
+            "INSERT INTO worker_stats (worker_id, stats, updated_at)
+             VALUES ($1, '\\x', now() - make_interval(secs => $2::bigint))",
+            &[&id, &(age as i64)],
+        )
+        .await
+        .unwrap();
+    }
+    for (status, weight) in &case.held {
+        // Taken from the end of the queue: the claim works from the front.
+        db.execute(
+            "UPDATE task SET status = $2, worker_id = $1, weight = $3
+              WHERE task_id = (SELECT max(task_id) FROM task WHERE status = 'P')",
+            &[&id, status, weight],
+        )
+        .await
+        .unwrap();
+    }
+    let held_weight: f64 = case
+        .held
+        .iter()
+        .filter(|(s, _)| ["A", "C", "D", "O", "R"].contains(s))
+        .map(|(_, w)| w)
+        .sum();
+    WorkerSnapshot {
+        status: case.status,
+        concurrency: case.concurrency,
+        prefetch: case.prefetch,
+        held_weight,
+        last_ping_age: case.ping_age.map(Duration::from_secs),
+        stats_age: case.stats_age.map(Duration::from_secs),
+    }
+}
+
 #[tokio::test]
 async fn every_ping_does_what_the_reference_model_says() {
     let pg = postgres().await;
@@ -162,57 +222,7 @@ async fn every_ping_does_what_the_reference_model_says() {
 
     for (i, case) in cases.iter().enumerate() {
         let id = register_worker(&mut c, &format!("rule-{i}"), 1, 0, None).await;
-        db.execute(
-            "UPDATE worker SET status = $2, concurrency = $3, prefetch = $4,
-                    last_ping_at = CASE WHEN $5::bigint IS NULL THEN NULL
-                                        ELSE now() - make_interval(secs => $5::bigint) END
-              WHERE worker_id = $1",
-            &[
-                &id,
-                &case.status.letter(),
-                &case.concurrency,
-                &case.prefetch,
-                &case.ping_age.map(|a| a as i64),
-            ],
-        )
-        .await
-        .unwrap();
-        db.execute("DELETE FROM worker_stats WHERE worker_id = $1", &[&id])
-            .await
-            .unwrap();
-        if let Some(age) = case.stats_age {
-            db.execute(
-                "INSERT INTO worker_stats (worker_id, stats, updated_at)
-                 VALUES ($1, '\\x', now() - make_interval(secs => $2::bigint))",
-                &[&id, &(age as i64)],
-            )
-            .await
-            .unwrap();
-        }
-        for (status, weight) in &case.held {
-            // Taken from the end of the queue: the claim works from the front.
-            db.execute(
-                "UPDATE task SET status = $2, worker_id = $1, weight = $3
-                  WHERE task_id = (SELECT max(task_id) FROM task WHERE status = 'P')",
-                &[&id, status, weight],
-            )
-            .await
-            .unwrap();
-        }
-        let held_weight: f64 = case
-            .held
-            .iter()
-            .filter(|(s, _)| ["A", "C", "D", "O", "R"].contains(s))
-            .map(|(_, w)| w)
-            .sum();
-        let snapshot = WorkerSnapshot {
-            status: case.status,
-            concurrency: case.concurrency,
-            prefetch: case.prefetch,
-            held_weight,
-            last_ping_age: case.ping_age.map(Duration::from_secs),
-            stats_age: case.stats_age.map(Duration::from_secs),
-        };
+        let snapshot = prepare(&db, id, case).await;
         let plan = plan_ping(&snapshot, case.send_stats, interval);
         let before = db
             .query_one(
@@ -276,4 +286,238 @@ async fn every_ping_does_what_the_reference_model_says() {
         let new_a = case.held.iter().filter(|(s, _)| *s == "A").count() + plan.claim as usize;
         assert_eq!(answer.tasks.len(), new_a, "tasks sent in full, {what}");
     }
+}
+
+/// A standing queue of `n` step-less pending tasks, inserted in one statement.
+async fn standing_queue(db: &tokio_postgres::Client, n: i32, shards: u16) {
+    db.execute(
+        "INSERT INTO task (task_id, shard, command, container, pending_since)
+         SELECT id, id % $2, 'true', '', now()
+           FROM (SELECT nextval('task_task_id_seq')::integer AS id FROM generate_series(1, $1)) s",
+        &[&n, &i32::from(shards)],
+    )
+    .await
+    .unwrap();
+}
+
+/// A batch: random workers, then extra pings (worker index, position, with stats) that make some
+/// of them ping twice in one batch.
+fn batch() -> impl Strategy<Value = (Vec<Case>, Vec<(usize, usize, bool)>, bool)> {
+    (
+        proptest::collection::vec(case(), 1..8),
+        proptest::collection::vec((0usize..64, 0usize..64, any::<bool>()), 0..4),
+        proptest::bool::weighted(0.2),
+    )
+}
+
+/// The batch path (`db::dispatch::ping_batch`: one read for every ping of the batch, one
+/// `tq_ping_batch` call for those that write) against the reference model applied ping after
+/// ping: a ping is answered from the read when the model says it writes nothing; the others run
+/// in order, each seeing what the previous ones of its worker wrote.
+#[tokio::test]
+async fn every_batch_does_what_the_reference_model_says() {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let mut config = test_config(&url);
+    config.leader_eligible = false; // no watchdog changing statuses under the test
+    let interval = config.last_ping_write_interval();
+    let cfg = DispatchConfig {
+        shards: config.assign_shards,
+        last_ping_write_interval: interval,
+    };
+    let r = spawn_replica(config).await;
+    let db = pg.connect(&url).await;
+    let mut c = r.worker();
+    let pool = Db::connect(&url, 2).unwrap();
+    let client = pool.client().await.unwrap();
+    // Larger than every claim together (at most 5 per worker).
+    standing_queue(&db, 2000, cfg.shards).await;
+
+    let mut runner = TestRunner::new_with_rng(
+        PropConfig::default(),
+        TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+    );
+    let mut duplicated_batches = 0;
+    for round in 0..40 {
+        let (cases, extras, unknown) = batch().new_tree(&mut runner).unwrap().current();
+        let mut ids = Vec::new();
+        let mut snaps = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            let id = register_worker(&mut c, &format!("batch-{round}-{i}"), 1, 0, None).await;
+            snaps.push(prepare(&db, id, case).await);
+            ids.push(id);
+        }
+        // (worker index, with stats) per ping, in batch order.
+        let mut pings: Vec<(Option<usize>, bool)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, case)| (Some(i), case.send_stats))
+            .collect();
+        for &(w, pos, stats) in &extras {
+            pings.insert(pos % (pings.len() + 1), (Some(w % cases.len()), stats));
+        }
+        if unknown {
+            pings.insert(pings.len() / 2, (None, false));
+        }
+        if !extras.is_empty() {
+            duplicated_batches += 1;
+        }
+
+        // The model, ping after ping.
+        let mut state = snaps.clone();
+        let mut claims = vec![0i32; cases.len()];
+        let mut touched = vec![false; cases.len()];
+        let mut stored = vec![false; cases.len()];
+        let mut answered_from_read = vec![false; pings.len()];
+        for (j, &(w, stats)) in pings.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if !plan_ping(&snaps[w], stats, interval).writes() {
+                answered_from_read[j] = true;
+                continue;
+            }
+            let plan = plan_ping(&state[w], stats, interval);
+            claims[w] += plan.claim;
+            if plan.touch_last_ping || plan.back_online.is_some() {
+                touched[w] = true;
+                state[w].last_ping_age = Some(Duration::ZERO);
+            }
+            if plan.store_stats {
+                stored[w] = true;
+                state[w].stats_age = Some(Duration::ZERO);
+            }
+            if let Some(s) = plan.back_online {
+                state[w].status = s;
+            }
+            state[w].held_weight += f64::from(plan.claim);
+        }
+
+        let before = db
+            .query(
+                "SELECT w.worker_id, w.last_ping_at, (SELECT count(*) FROM task t WHERE t.worker_id = w.worker_id)
+                   FROM worker w WHERE w.worker_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        let reqs: Vec<PingRequest> = pings
+            .iter()
+            .map(|&(w, stats)| PingRequest {
+                worker_id: w.map_or(i32::MAX, |w| ids[w]),
+                stats: stats.then(|| {
+                    pb::WorkerStats {
+                        cpu_usage_percent: 12.5,
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                }),
+            })
+            .collect();
+        let answers = ping_batch(&client, &cfg, &reqs).await.unwrap();
+        assert_eq!(answers.len(), reqs.len());
+        let after = db
+            .query(
+                "SELECT w.worker_id, w.last_ping_at, (SELECT count(*) FROM task t WHERE t.worker_id = w.worker_id),
+                        w.status, s.stats
+                   FROM worker w LEFT JOIN worker_stats s ON s.worker_id = w.worker_id
+                  WHERE w.worker_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+
+        let what = |w: usize| format!("round {round}, worker {w}: {:?}, pings {pings:?}", cases[w]);
+        for (w, &id) in ids.iter().enumerate() {
+            let b = before.iter().find(|r| r.get::<_, i32>(0) == id).unwrap();
+            let a = after.iter().find(|r| r.get::<_, i32>(0) == id).unwrap();
+            let claimed = a.get::<_, i64>(2) - b.get::<_, i64>(2);
+            assert_eq!(claimed, i64::from(claims[w]), "claimed, {}", what(w));
+            assert_eq!(
+                a.get::<_, String>(3),
+                state[w].status.letter(),
+                "status, {}",
+                what(w)
+            );
+            let ping_before: Option<std::time::SystemTime> = b.get(1);
+            let ping_after: Option<std::time::SystemTime> = a.get(1);
+            assert_eq!(
+                ping_after != ping_before,
+                touched[w],
+                "last_ping_at written, {}",
+                what(w)
+            );
+            let has_stats = a
+                .get::<_, Option<Vec<u8>>>(4)
+                .is_some_and(|s| !s.is_empty());
+            assert_eq!(has_stats, stored[w], "stats stored, {}", what(w));
+            let waits: usize = pings
+                .iter()
+                .zip(&answers)
+                .filter(|((p, _), _)| *p == Some(w))
+                .map(|(_, a)| a.as_ref().unwrap().claimed_waits.len())
+                .sum();
+            assert_eq!(waits, claims[w] as usize, "claims reported, {}", what(w));
+        }
+        for (j, (&(w, _), answer)) in pings.iter().zip(&answers).enumerate() {
+            let Some(w) = w else {
+                let e = answer.as_ref().expect_err("unknown worker");
+                assert_eq!(e.code, Code::NotFound, "{e}");
+                continue;
+            };
+            let answer = answer.as_ref().unwrap();
+            assert_eq!(answer.concurrency, cases[w].concurrency, "{}", what(w));
+            let held_a = cases[w].held.iter().filter(|(s, _)| *s == "A").count();
+            let sent = if answered_from_read[j] {
+                held_a
+            } else {
+                held_a + claims[w] as usize
+            };
+            assert_eq!(
+                answer.tasks.len(),
+                sent,
+                "ping {j}: tasks sent in full, {}",
+                what(w)
+            );
+        }
+    }
+    assert!(
+        duplicated_batches >= 10,
+        "batches with a worker twice: {duplicated_batches}"
+    );
+}
+
+/// When a batch wants more than the queue holds, every ping gets a task before any gets a second,
+/// and nobody goes above its capacity.
+#[tokio::test]
+async fn claims_spread_fairly_across_a_batch() {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let mut config = test_config(&url);
+    config.leader_eligible = false;
+    let cfg = DispatchConfig {
+        shards: config.assign_shards,
+        last_ping_write_interval: config.last_ping_write_interval(),
+    };
+    let r = spawn_replica(config).await;
+    let db = pg.connect(&url).await;
+    let mut c = r.worker();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(register_worker(&mut c, &format!("fair-{i}"), 4, 0, None).await);
+    }
+    standing_queue(&db, 8, cfg.shards).await;
+    let client = Db::connect(&url, 2).unwrap().client().await.unwrap();
+    let reqs: Vec<PingRequest> = ids
+        .iter()
+        .map(|&worker_id| PingRequest {
+            worker_id,
+            stats: None,
+        })
+        .collect();
+    let answers = ping_batch(&client, &cfg, &reqs).await.unwrap();
+    let got: Vec<usize> = answers
+        .iter()
+        .map(|a| a.as_ref().unwrap().tasks.len())
+        .collect();
+    assert_eq!(got.iter().sum::<usize>(), 8, "{got:?}");
+    assert!(got.iter().all(|&n| (1..=4).contains(&n)), "{got:?}");
 }

@@ -8,7 +8,6 @@ use tonic::Request;
 
 use super::access::{self, Machines};
 use super::limits::fit_ping_answer;
-use crate::db::dispatch;
 use crate::db::workers::{self, Registration, WorkerChanges};
 use crate::domain::status::{RecyclableScope, WorkerStatus};
 use crate::error::{Error, Result};
@@ -80,7 +79,7 @@ pub async fn ping_and_take_new_tasks(
 ) -> Result<pb::TaskListAndOther> {
     let start = Instant::now();
     let r = request.into_inner();
-    let answer = dispatch::ping(&state.db, &state.dispatch, r.worker_id, r.stats.as_ref()).await?;
+    let answer = state.pings.ping(r.worker_id, r.stats.as_ref()).await?;
     let claimed = answer.claimed_waits.len();
     counter!(m::TASKS_ASSIGNED).increment(claimed as u64);
     histogram!(m::TASKS_PER_PING).record(claimed as f64);

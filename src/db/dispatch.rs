@@ -4,7 +4,13 @@
 //! `last_ping_at`, stats due) does it under the worker's advisory lock — two pings of one worker
 //! never race — and claims through `tq_claim` (schema/0002_dispatch.sql); the decision and the
 //! writes are `tq_ping` (schema/0004_ping.sql).
+//!
+//! With group commit on (`--batch-loops` ≥ 1, the default; design.md §3.1) pings go through a
+//! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with two pipelined reads (the
+//! snapshots and held tasks of all its workers) and, for those that write or claim, one call of
+//! `tq_ping_batch` (schema/0009_ping_batch.sql) pipelined with a read of their held tasks.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -13,9 +19,10 @@ use prost::Message as _;
 use scoped_futures::ScopedFutureExt as _;
 use tokio_postgres::Row;
 
+use super::batch::{BatchConfig, BatchFn, Batcher, record_statement, same_error};
 use super::locks::{NS_SHARD, NS_WORKER};
 use super::tasks::{TASK_COLUMNS, task_from_row};
-use super::{Db, Op, pg_error, retry_allowed};
+use super::{Client, Db, Op, pg_error, retry_allowed};
 use crate::domain::dispatch::{self, HeldTask, WorkerSnapshot};
 use crate::domain::status::{TaskStatus, WorkerStatus};
 use crate::error::{Error, Result};
@@ -80,6 +87,26 @@ const SNAPSHOT: &str = "
 /// unknown worker.
 const PING: &str = "SELECT status, concurrency, back_from, claimed, waits
                       FROM tq_ping($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// SNAPSHOT for every worker of a batch (`= ANY($1)`), one row each, with its id.
+static SNAPSHOTS: LazyLock<String> = LazyLock::new(|| {
+    SNAPSHOT
+        .replace("SELECT w.status,", "SELECT w.worker_id, w.status,")
+        .replace("WHERE w.worker_id = $1", "WHERE w.worker_id = ANY($1)")
+});
+
+/// HELD for every worker of a batch, grouped by worker.
+static HELD_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
+          WHERE t.worker_id = ANY($1) AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V')
+          ORDER BY t.worker_id, t.task_id"
+    )
+});
+
+/// The write side of the pings of a batch that write or claim (schema/0009_ping_batch.sql).
+const PING_BATCH: &str = "SELECT statuses, concurrencies, back_froms, claim_pings, waits
+                            FROM tq_ping_batch($1, $2, $3, $4, $5, $6, $7, $8)";
 
 fn snapshot_from(row: Option<Row>, worker_id: i32) -> Result<(WorkerSnapshot, Option<bool>)> {
     let row = row.ok_or_else(|| not_registered(worker_id))?;
@@ -227,6 +254,249 @@ pub async fn ping(
             result => return result,
         }
     }
+}
+
+/// The metrics label of the ping batcher.
+pub const PING_BATCH_KIND: &str = "ping";
+
+/// One ping waiting for its batch: the worker and its stats, encoded.
+#[derive(Debug, Clone)]
+pub struct PingRequest {
+    pub worker_id: i32,
+    pub stats: Option<Vec<u8>>,
+}
+
+/// How the pings of a replica reach the database: through the ping batcher (group commit), or one
+/// by one (`ping`) when batching is off.
+pub struct Pings {
+    db: Db,
+    cfg: DispatchConfig,
+    batcher: Option<Batcher<PingRequest, Result<PingAnswer>>>,
+}
+
+impl Pings {
+    /// `loops` batch loops (0: no batching) of at most `max` pings each.
+    pub fn start(db: Db, cfg: DispatchConfig, loops: usize, max: usize) -> Pings {
+        let batcher = (loops > 0).then(|| {
+            let batch = BatchConfig {
+                kind: PING_BATCH_KIND,
+                op: Op::PingBatch,
+                loops,
+                max,
+                queue_wait: super::POOL_WAIT,
+            };
+            Batcher::start(db.clone(), batch, PingBatch { cfg })
+        });
+        Pings { db, cfg, batcher }
+    }
+
+    /// Handles one ping of `worker_id`.
+    pub async fn ping(
+        &self,
+        worker_id: i32,
+        stats: Option<&pb::WorkerStats>,
+    ) -> Result<PingAnswer> {
+        match &self.batcher {
+            Some(b) => {
+                let req = PingRequest {
+                    worker_id,
+                    stats: stats.map(|s| s.encode_to_vec()),
+                };
+                b.submit(req).await?
+            }
+            None => ping(&self.db, &self.cfg, worker_id, stats).await,
+        }
+    }
+
+    /// Runs the queued pings and stops the batch loops (shutdown, after the RPCs drained).
+    pub async fn shutdown(&self) {
+        if let Some(b) = &self.batcher {
+            b.shutdown().await;
+        }
+    }
+}
+
+/// The `BatchFn` of pings: [`ping_batch`].
+pub struct PingBatch {
+    pub cfg: DispatchConfig,
+}
+
+#[async_trait::async_trait]
+impl BatchFn<PingRequest, Result<PingAnswer>> for PingBatch {
+    async fn run(
+        &self,
+        client: &mut Client,
+        reqs: &[PingRequest],
+    ) -> Result<Vec<Result<PingAnswer>>> {
+        ping_batch(client, &self.cfg, reqs).await
+    }
+}
+
+/// Task rows grouped by worker (rows come ordered by worker).
+fn by_worker(rows: &[Row]) -> HashMap<i32, &[Row]> {
+    let mut out = HashMap::new();
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        let w: Option<i32> = rows[start].get("worker_id");
+        if i == rows.len() || rows[i].get::<_, Option<i32>>("worker_id") != w {
+            if let Some(w) = w {
+                out.insert(w, &rows[start..i]);
+            }
+            start = i;
+        }
+    }
+    out
+}
+
+/// Serves a batch of pings, one answer per ping in order (a ping of an unknown worker gets its own
+/// NOT_FOUND). First round trip: the snapshots (with the queue probe) and the held tasks of every
+/// worker of the batch, two reads pipelined — read after every ping of the batch arrived, so an
+/// idle ping (`dispatch::plan_ping` finds nothing to write and the probe nothing to claim) is
+/// answered from them. Second round trip, only when some ping writes or claims: `tq_ping_batch`
+/// for those pings (in arrival order; it decides again under the workers' locks, as `tq_ping`)
+/// pipelined with a read of their workers' held tasks, in autocommit, in order on one connection,
+/// so the read sees the claims. A conflict fails the whole batch (the batcher runs it again);
+/// another error of the write fails the pings that wrote, not the idle ones.
+pub async fn ping_batch(
+    c: &Client,
+    cfg: &DispatchConfig,
+    reqs: &[PingRequest],
+) -> Result<Vec<Result<PingAnswer>>> {
+    let mut ids: Vec<i32> = reqs.iter().map(|r| r.worker_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (snap_stmt, held_stmt) =
+        try_join(c.prepare_cached(&SNAPSHOTS), c.prepare_cached(&HELD_MANY))
+            .await
+            .map_err(pg_error)?;
+    let (snaps, held) = try_join(c.query(&snap_stmt, &[&ids]), c.query(&held_stmt, &[&ids]))
+        .await
+        .map_err(pg_error)?;
+    record_statement(PING_BATCH_KIND, ids.len());
+    record_statement(PING_BATCH_KIND, ids.len());
+    let mut snapshots = HashMap::with_capacity(snaps.len());
+    for row in snaps {
+        let worker_id: i32 = row.get("worker_id");
+        snapshots.insert(worker_id, snapshot_from(Some(row), worker_id)?);
+    }
+    let held = by_worker(&held);
+
+    let mut out: Vec<Option<Result<PingAnswer>>> = (0..reqs.len()).map(|_| None).collect();
+    let mut writes = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let Some((snapshot, maybe_pending)) = snapshots.get(&r.worker_id) else {
+            out[i] = Some(Err(not_registered(r.worker_id)));
+            continue;
+        };
+        let plan = dispatch::plan_ping(snapshot, r.stats.is_some(), cfg.last_ping_write_interval);
+        let idle = plan.back_online.is_none()
+            && !plan.touch_last_ping
+            && !plan.store_stats
+            && (plan.claim == 0 || *maybe_pending == Some(false));
+        if idle {
+            let rows = held.get(&r.worker_id).copied().unwrap_or_default();
+            out[i] = Some(Ok(answer(snapshot.concurrency, rows, Vec::new())));
+        } else {
+            writes.push(i);
+        }
+    }
+
+    if !writes.is_empty() {
+        match write_batch(c, cfg, reqs, &writes).await {
+            Ok(answers) => {
+                for (i, a) in writes.iter().zip(answers) {
+                    out[*i] = Some(a);
+                }
+            }
+            Err(e) if e.retryable => return Err(e),
+            Err(e) => {
+                for i in &writes {
+                    out[*i] = Some(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(Error::internal("a ping of the batch was not answered"))))
+        .collect())
+}
+
+/// The second round trip of [`ping_batch`]: the pings at `writes` (positions in `reqs`).
+async fn write_batch(
+    c: &Client,
+    cfg: &DispatchConfig,
+    reqs: &[PingRequest],
+    writes: &[usize],
+) -> Result<Vec<Result<PingAnswer>>> {
+    let workers: Vec<i32> = writes.iter().map(|&i| reqs[i].worker_id).collect();
+    let stats: Vec<Option<&[u8]>> = writes.iter().map(|&i| reqs[i].stats.as_deref()).collect();
+    // One start shard for the whole batch (from its first ping's worker, so it moves from batch
+    // to batch): the batch is one claimer and its shard try-locks are held until it commits, so
+    // claiming from as few shards as possible leaves the others to concurrent batches (per-ping
+    // starts had two loops' batches skip each other's shards and claim less).
+    let start = i32::from(dispatch::first_shard(workers[0], cfg.shards));
+    let first_shards: Vec<i32> = vec![start; workers.len()];
+    let mut ids = workers.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    let shards = i32::from(cfg.shards);
+    let touch_after = PgInterval(cfg.last_ping_write_interval);
+    let rescan = PgInterval(RESCAN_INTERVAL);
+    let (ping_stmt, held_stmt) =
+        try_join(c.prepare_cached(PING_BATCH), c.prepare_cached(&HELD_MANY))
+            .await
+            .map_err(pg_error)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &workers,
+        &stats,
+        &touch_after,
+        &shards,
+        &first_shards,
+        &NS_WORKER,
+        &NS_SHARD,
+        &rescan,
+    ];
+    let (row, held) = try_join(
+        c.query_one(&ping_stmt, &params),
+        c.query(&held_stmt, &[&ids]),
+    )
+    .await
+    .map_err(pg_error)?;
+    record_statement(PING_BATCH_KIND, workers.len());
+    record_statement(PING_BATCH_KIND, ids.len());
+    let held = by_worker(&held);
+    let statuses: Vec<Option<String>> = row.get("statuses");
+    let concurrencies: Vec<Option<i32>> = row.get("concurrencies");
+    let back_froms: Vec<Option<String>> = row.get("back_froms");
+    let claim_pings: Vec<i32> = row.get("claim_pings");
+    let waits: Vec<f64> = row.get("waits");
+    let mut claimed_waits: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
+    for (&k, &w) in claim_pings.iter().zip(&waits) {
+        if let Some(list) = usize::try_from(k - 1)
+            .ok()
+            .and_then(|k| claimed_waits.get_mut(k))
+        {
+            list.push(w);
+        }
+    }
+    Ok(workers
+        .iter()
+        .enumerate()
+        .map(|(k, &worker_id)| {
+            let (Some(status), Some(concurrency)) = (
+                statuses.get(k).cloned().flatten(),
+                concurrencies.get(k).copied().flatten(),
+            ) else {
+                return Err(not_registered(worker_id));
+            };
+            if let Some(from) = back_froms.get(k).cloned().flatten() {
+                tracing::info!(worker_id, from = %from.trim(), to = %status.trim(), "worker is back online");
+            }
+            let rows = held.get(&worker_id).copied().unwrap_or_default();
+            Ok(answer(concurrency, rows, std::mem::take(&mut claimed_waits[k])))
+        })
+        .collect())
 }
 
 /// A `Duration` sent as a Postgres `interval`.

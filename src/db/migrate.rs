@@ -51,6 +51,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "web",
         sql: include_str!("../../schema/0007_web.sql"),
     },
+    Migration {
+        version: 8,
+        name: "ws",
+        sql: include_str!("../../schema/0008_ws.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "ping_batch",
+        sql: include_str!("../../schema/0009_ping_batch.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

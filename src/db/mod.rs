@@ -1,6 +1,7 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
 
+pub mod batch;
 pub mod catalog;
 pub mod dependencies;
 pub mod dispatch;
@@ -21,6 +22,7 @@ pub mod users;
 pub mod watchdog;
 pub mod workers;
 pub mod workflows;
+pub mod ws_events;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -49,6 +51,7 @@ pub enum Op {
     RetryTask,
     Ping,
     ClaimTasks,
+    PingBatch,
     Workers,
     Workflows,
     StepStats,
@@ -56,6 +59,7 @@ pub enum Op {
     LogIngest,
     LogFollow,
     Events,
+    WsEvents,
     Jobs,
     Catalog,
     Recruiters,
@@ -81,6 +85,7 @@ impl Op {
             Op::RetryTask => "retry_task",
             Op::Ping => "ping",
             Op::ClaimTasks => "claim_tasks",
+            Op::PingBatch => "ping_batch",
             Op::Workers => "workers",
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",
@@ -88,6 +93,7 @@ impl Op {
             Op::LogIngest => "log_ingest",
             Op::LogFollow => "log_follow",
             Op::Events => "events",
+            Op::WsEvents => "ws_events",
             Op::Jobs => "jobs",
             Op::Catalog => "catalog",
             Op::Recruiters => "recruiters",
@@ -104,7 +110,7 @@ impl Op {
 /// How many times a transaction that hit a serialization failure or deadlock is run again.
 const MAX_TX_RETRIES: u32 = 5;
 /// How long a request waits for a pooled connection before answering `Unavailable`.
-const POOL_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const POOL_WAIT: Duration = Duration::from_secs(10);
 
 /// The statement timeout of pooled sessions when none is configured: no request holds the database
 /// longer than this.

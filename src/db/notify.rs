@@ -9,6 +9,11 @@
 //! LISTEN is in place: whatever happened meanwhile is read again. The session reconnects with
 //! exponential back-off (100 ms … 5 s) until the stop token is cancelled.
 //! Not guaranteed: delivery while disconnected (hence the wake-all), or ordering between pairs.
+//!
+//! Channels whose payloads matter themselves (the WebSocket events of `tq_ws`) are also read as a
+//! stream with `messages`: every notification of the channel, in order, to every receiver (a
+//! receiver more than `MESSAGE_BUFFER` behind loses the oldest and is told how many), and a
+//! `Message::Reconnected` after each new LISTEN (what was sent meanwhile is lost).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +29,16 @@ use crate::telemetry::metrics as m;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Notifications a `messages` receiver may lag behind before it loses the oldest.
+pub const MESSAGE_BUFFER: usize = 4096;
+
+/// One notification of a channel read with `Notifier::messages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Payload(Arc<str>),
+    /// LISTEN is (again) in place: notifications sent while it was not are lost.
+    Reconnected,
+}
 
 /// The replica's LISTEN session and its subscribers. Cheap to clone.
 #[derive(Clone)]
@@ -34,11 +49,29 @@ pub struct Notifier {
 struct Inner {
     /// channel → payload → wake counter. An entry lives while it has subscribers.
     topics: Mutex<HashMap<&'static str, HashMap<String, watch::Sender<u64>>>>,
+    /// channel → every payload, for `messages` receivers (sent only while one exists).
+    streams: HashMap<&'static str, broadcast::Sender<Message>>,
     listening: AtomicBool,
 }
 
 impl Inner {
+    fn new(channels: &[&'static str]) -> Inner {
+        Inner {
+            topics: Mutex::new(channels.iter().map(|c| (*c, HashMap::new())).collect()),
+            streams: channels
+                .iter()
+                .map(|c| (*c, broadcast::channel(MESSAGE_BUFFER).0))
+                .collect(),
+            listening: AtomicBool::new(false),
+        }
+    }
+
     fn wake(&self, channel: &str, payload: &str) {
+        if let Some(stream) = self.streams.get(channel)
+            && stream.receiver_count() > 0
+        {
+            let _ = stream.send(Message::Payload(payload.into()));
+        }
         let topics = self.topics.lock().expect("notifier lock");
         if let Some(sender) = topics.get(channel).and_then(|t| t.get(payload)) {
             sender.send_modify(|n| *n = n.wrapping_add(1));
@@ -46,6 +79,9 @@ impl Inner {
     }
 
     fn wake_all(&self) {
+        for stream in self.streams.values() {
+            let _ = stream.send(Message::Reconnected);
+        }
         let topics = self.topics.lock().expect("notifier lock");
         for sender in topics.values().flat_map(HashMap::values) {
             sender.send_modify(|n| *n = n.wrapping_add(1));
@@ -67,10 +103,7 @@ impl Notifier {
                 "channel names are plain identifiers"
             );
         }
-        let inner = Arc::new(Inner {
-            topics: Mutex::new(channels.iter().map(|c| (*c, HashMap::new())).collect()),
-            listening: AtomicBool::new(false),
-        });
+        let inner = Arc::new(Inner::new(channels));
         let listen: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
         tokio::spawn(run(inner.clone(), pg, listen, stop));
         Notifier { inner }
@@ -94,6 +127,15 @@ impl Notifier {
             payload,
             rx,
         }
+    }
+
+    /// Every notification of `channel` from now on, in order (see the module doc).
+    pub fn messages(&self, channel: &'static str) -> broadcast::Receiver<Message> {
+        self.inner
+            .streams
+            .get(channel)
+            .unwrap_or_else(|| panic!("the notifier does not listen on {channel}"))
+            .subscribe()
     }
 
     /// Whether the LISTEN session is up: while it is not, subscribers should poll more often.
@@ -218,11 +260,9 @@ mod tests {
     use super::*;
 
     fn notifier() -> Notifier {
-        let inner = Arc::new(Inner {
-            topics: Mutex::new([("task_log", HashMap::new())].into_iter().collect()),
-            listening: AtomicBool::new(false),
-        });
-        Notifier { inner }
+        Notifier {
+            inner: Arc::new(Inner::new(&["task_log"])),
+        }
     }
 
     #[tokio::test]
@@ -255,5 +295,19 @@ mod tests {
         drop(a2);
         drop(b);
         assert!(n.inner.topics.lock().unwrap()["task_log"].is_empty());
+    }
+
+    #[tokio::test]
+    async fn messages_carry_every_payload_in_order() {
+        let n = notifier();
+        n.inner.wake("task_log", "nobody listens yet");
+        let mut rx = n.messages("task_log");
+        n.inner.wake("task_log", "a");
+        n.inner.wake("task_log", "b");
+        n.inner.wake_all();
+        assert_eq!(rx.recv().await.unwrap(), Message::Payload("a".into()));
+        assert_eq!(rx.recv().await.unwrap(), Message::Payload("b".into()));
+        assert_eq!(rx.recv().await.unwrap(), Message::Reconnected);
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -18,6 +18,7 @@ pub mod recruitment;
 pub mod status;
 pub mod tasks;
 pub mod templates;
+pub mod ws;
 
 /// A rule was broken by the input (`Invalid`) or by the current state (`Conflict`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

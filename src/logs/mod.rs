@@ -81,7 +81,7 @@ impl LogService {
         let stop = draining.child_token();
         let notifier = Notifier::start(
             db.session_config("taskqueue-notify"),
-            &[NOTIFY_CHANNEL],
+            &[NOTIFY_CHANNEL, crate::db::ws_events::CHANNEL],
             stop.clone(),
         );
         let pool = db.max_size().max(2);
@@ -98,6 +98,11 @@ impl LogService {
             draining,
             _stop_notifier: Arc::new(stop.drop_guard()),
         }
+    }
+
+    /// The replica's LISTEN session, shared with the WebSocket fan-out (`web::ws`).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// Whether the LISTEN session is up (tests wait for it).

@@ -8,7 +8,8 @@
 //!
 //! Cache: token digest → user, for `TOKEN_CACHE_TTL`. What may be stale: a Logout, DeleteUser or
 //! UpdateUser made through another replica takes effect here within that TTL (on this replica, at
-//! once). Nothing else is cached; a session's expiry is checked by SQL on every cache refresh.
+//! once; a deleted session also at once on every replica while its LISTEN session is up, through
+//! the `session/revoked` event the WebSocket fan-out reads). Nothing else is cached; a session's expiry is checked by SQL on every cache refresh.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -160,6 +161,12 @@ impl Authenticator {
     /// Forgets a token on this replica at once (Logout).
     pub async fn forget(&self, token: &str) {
         self.cache.invalidate(&token_digest(token)).await;
+    }
+
+    /// Forgets a session by its digest on this replica (a session deleted through another
+    /// replica, announced by `session/revoked`: see `web::ws`).
+    pub async fn forget_digest(&self, digest: &[u8; 32]) {
+        self.cache.invalidate(digest).await;
     }
 
     /// Forgets every cached session on this replica (user changed or deleted).

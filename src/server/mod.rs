@@ -270,6 +270,12 @@ async fn serve(
             task.abort();
         }
     }
+    if tokio::time::timeout_at(deadline.into(), state.pings.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ping batches still running at the drain deadline");
+    }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
         task.abort();
@@ -353,7 +359,7 @@ async fn hash_blocking(password: String) -> anyhow::Result<String> {
 
 /// The key of session tokens: `jwt_secret` when configured, else the cluster's generated key,
 /// created in the database by the first replica that needs it and read back by every other.
-async fn jwt_key(db: &Db, config: &Config) -> anyhow::Result<JwtKey> {
+pub async fn jwt_key(db: &Db, config: &Config) -> anyhow::Result<JwtKey> {
     let secret = match &config.jwt_secret {
         Some(secret) => secret.as_bytes().to_vec(),
         None => db::secrets::get_or_create(db, db::secrets::JWT_KEY, &JwtKey::generate_secret())

@@ -11,12 +11,13 @@ use super::login_gate::LoginGate;
 use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
-use crate::db::dispatch::DispatchConfig;
+use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
+use crate::web::ws::WsHub;
 
 pub struct AppState {
     pub db: Db,
@@ -41,6 +42,10 @@ pub struct AppState {
     pub login_gate: LoginGate,
     /// Signs the session tokens Login issues (the cluster's key: configured, or kept in Postgres).
     pub jwt: JwtKey,
+    /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
+    pub pings: Pings,
+    /// The WebSocket fan-out of this replica (`/ws`).
+    pub ws: WsHub,
 }
 
 impl AppState {
@@ -68,10 +73,12 @@ impl AppState {
             max_log_bytes_per_task: config.max_log_bytes_per_task,
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
+        let ws = WsHub::start(db.clone(), logs.notifier(), auth.clone(), draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
+        let pings = Pings::start(db.clone(), dispatch, config.batch_loops, config.batch_max);
         AppState {
             db,
             config,
@@ -85,6 +92,8 @@ impl AppState {
             templates,
             login_gate,
             jwt,
+            pings,
+            ws,
         }
     }
 }

@@ -29,6 +29,12 @@ pub const TASK_STATUS_UPDATES: &str = "taskqueue_task_status_updates_total";
 pub const TASKS_SUBMITTED: &str = "taskqueue_tasks_submitted_total";
 pub const TASK_RETRIES: &str = "taskqueue_task_retries_total";
 
+// Group commit (db::batch): label `kind` is a batcher's name (a closed set: ping, …).
+pub const BATCH_SIZE: &str = "taskqueue_batch_size";
+pub const BATCH_WAIT_SECONDS: &str = "taskqueue_batch_wait_seconds";
+pub const BATCH_ROWS_PER_STATEMENT: &str = "taskqueue_batch_rows_per_statement";
+pub const BATCH_REFUSED: &str = "taskqueue_batch_refused_total";
+
 // Task logs and worker events.
 pub const LOG_RECEIVED_BYTES: &str = "taskqueue_log_received_bytes_total";
 pub const LOG_RECEIVED_LINES: &str = "taskqueue_log_received_lines_total";
@@ -40,6 +46,12 @@ pub const LOG_FOLLOW_LAG_SECONDS: &str = "taskqueue_log_follow_lag_seconds";
 pub const WORKER_EVENTS_INSERTED: &str = "taskqueue_worker_events_inserted_total";
 pub const NOTIFY_LISTENING: &str = "taskqueue_notify_listening";
 pub const NOTIFY_RECONNECTS: &str = "taskqueue_notify_reconnects_total";
+// WebSocket /ws (web::ws).
+pub const WS_SOCKETS: &str = "taskqueue_ws_sockets";
+pub const WS_EVENTS: &str = "taskqueue_ws_events_total";
+pub const WS_MESSAGES_SENT: &str = "taskqueue_ws_messages_sent_total";
+pub const WS_CLOSED: &str = "taskqueue_ws_closed_total";
+pub const WS_REFUSED: &str = "taskqueue_ws_refused_total";
 // Fleet: provider jobs, workers, recruiters.
 pub const JOBS_FINISHED: &str = "taskqueue_jobs_total";
 pub const JOB_DURATION_SECONDS: &str = "taskqueue_job_duration_seconds";
@@ -94,6 +106,15 @@ pub const JOB_BUCKETS: &[f64] = &[
 /// Count buckets (tasks per ping).
 pub const COUNT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// Batch size buckets (requests per batch, rows per statement): 1 … 1024 (the cap is 256 by default).
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Batch wait buckets (seconds): 50 µs … 1 s; a request waits at most one batch in flight.
+pub const BATCH_WAIT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Histograms and their buckets; any histogram not listed here gets `LATENCY_BUCKETS`.
 const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (TASK_QUEUE_WAIT_SECONDS, QUEUE_WAIT_BUCKETS),
@@ -101,6 +122,9 @@ const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (LOG_FOLLOW_LAG_SECONDS, LATENCY_BUCKETS),
     (JOB_DURATION_SECONDS, JOB_BUCKETS),
     (TEMPLATE_RUN_SECONDS, JOB_BUCKETS),
+    (BATCH_SIZE, BATCH_BUCKETS),
+    (BATCH_ROWS_PER_STATEMENT, BATCH_BUCKETS),
+    (BATCH_WAIT_SECONDS, BATCH_WAIT_BUCKETS),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -202,6 +226,23 @@ fn describe() {
         "Task status updates applied, by new status"
     );
     describe_counter!(TASKS_SUBMITTED, "Tasks submitted");
+    describe_histogram!(
+        BATCH_SIZE,
+        "Requests served by one batch (group commit), by kind"
+    );
+    describe_histogram!(
+        BATCH_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a request waited in its batch queue before its batch started, by kind"
+    );
+    describe_histogram!(
+        BATCH_ROWS_PER_STATEMENT,
+        "Requests one statement of a batch served, by kind (its count is the statements run)"
+    );
+    describe_counter!(
+        BATCH_REFUSED,
+        "Requests refused UNAVAILABLE because their batch queue stayed full, by kind"
+    );
     describe_counter!(TASK_RETRIES, "Tasks retried, by kind (automatic, manual)");
     describe_counter!(
         LOG_DROPPED_BYTES,
@@ -239,6 +280,23 @@ fn describe() {
     describe_counter!(
         NOTIFY_RECONNECTS,
         "Times the LISTEN session was lost and reconnected"
+    );
+    describe_gauge!(WS_SOCKETS, "WebSocket /ws connections open on this replica");
+    describe_counter!(
+        WS_EVENTS,
+        "WebSocket events read from tq_ws, by how they came (inline, ref, lost, bad)"
+    );
+    describe_counter!(
+        WS_MESSAGES_SENT,
+        "Event messages queued to WebSocket clients of this replica"
+    );
+    describe_counter!(
+        WS_CLOSED,
+        "WebSocket connections closed by the server, by reason (slow, revoked, too_big, idle, draining, error)"
+    );
+    describe_counter!(
+        WS_REFUSED,
+        "WebSocket upgrades refused, by reason (unauthenticated, forbidden, replica_full, user_full)"
     );
     describe_counter!(
         JOBS_FINISHED,

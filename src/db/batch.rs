@@ -1,0 +1,290 @@
+//! Group commit (design.md §3.1): requests of one kind that wait together are served by one
+//! database round trip. A [`Batcher`] owns a bounded queue and a few loops, each on its own
+//! connection taken from the pool once (and taken again after the connection broke). A loop takes
+//! everything waiting, up to `max`, runs ONE [`BatchFn::run`] for all of it and answers every caller.
+//! There is no timer: a lone request goes at once; under load, batches form by themselves while the
+//! previous ones are in flight.
+//!
+//! What it guarantees: each request is answered exactly once, with its own answer or with the
+//! batch's error (a failed batch fails every request in it; a conflict or deadlock runs the whole
+//! batch again first, as `Db::tx` does); a request that finds the queue full waits up to
+//! `queue_wait` for a place, then gets UNAVAILABLE ("… queue full …": the database is behind, the
+//! caller tries again later, as with an exhausted pool); after `shutdown` starts, new requests get
+//! UNAVAILABLE and everything already queued is still run. What it does not do: decide anything
+//! about the requests (that is the `BatchFn`), or cancel a batch whose callers went away (the
+//! batch is shared; their answers are dropped).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use metrics::{counter, histogram};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Client, Db, Op, retry_allowed};
+use crate::error::{Code, Error, Result};
+use crate::telemetry::metrics as m;
+
+/// The work of one kind of batch: answers `reqs` in one database round trip (or a few pipelined
+/// statements), one answer per request, in order. A per-request failure belongs in `Resp` (e.g.
+/// `Result<…>`); an `Err` fails the whole batch. It may be run again on the same requests after a
+/// retryable error, so it must not have committed anything when it returns one.
+#[async_trait::async_trait]
+pub trait BatchFn<Req, Resp>: Send + Sync + 'static {
+    async fn run(&self, client: &mut Client, reqs: &[Req]) -> Result<Vec<Resp>>;
+}
+
+/// How a batcher runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// The `kind` label of the batch metrics (a closed set: one per batcher).
+    pub kind: &'static str,
+    /// The `op` label of the transaction metrics of each batch.
+    pub op: Op,
+    /// Batch loops, each on its own connection (at least 1).
+    pub loops: usize,
+    /// Most requests in one batch (at least 1); the queue holds `loops × max`.
+    pub max: usize,
+    /// How long a request waits for a place in a full queue before UNAVAILABLE.
+    pub queue_wait: Duration,
+}
+
+struct Job<Req, Resp> {
+    req: Req,
+    queued: Instant,
+    reply: oneshot::Sender<Result<Resp>>,
+}
+
+type Queue<Req, Resp> = Arc<tokio::sync::Mutex<mpsc::Receiver<Job<Req, Resp>>>>;
+
+/// A group-commit queue and its loops (see the module doc). Dropping it ends the loops once the
+/// queue is empty; [`Batcher::shutdown`] does the same and waits for them.
+pub struct Batcher<Req, Resp> {
+    tx: mpsc::Sender<Job<Req, Resp>>,
+    closing: CancellationToken,
+    loops: Mutex<Vec<JoinHandle<()>>>,
+    cfg: BatchConfig,
+}
+
+impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts `cfg.loops` loops running `f` on connections of `db` (taken when the first batch
+    /// comes). Must be called inside a tokio runtime.
+    pub fn start(db: Db, cfg: BatchConfig, f: impl BatchFn<Req, Resp>) -> Batcher<Req, Resp> {
+        let cfg = BatchConfig {
+            loops: cfg.loops.max(1),
+            max: cfg.max.max(1),
+            ..cfg
+        };
+        let (tx, rx) = mpsc::channel(cfg.loops.saturating_mul(cfg.max));
+        let queue: Queue<Req, Resp> = Arc::new(tokio::sync::Mutex::new(rx));
+        let f: Arc<dyn BatchFn<Req, Resp>> = Arc::new(f);
+        let closing = CancellationToken::new();
+        let loops = (0..cfg.loops)
+            .map(|_| {
+                tokio::spawn(run_loop(
+                    db.clone(),
+                    cfg,
+                    f.clone(),
+                    queue.clone(),
+                    closing.clone(),
+                ))
+            })
+            .collect();
+        Batcher {
+            tx,
+            closing,
+            loops: Mutex::new(loops),
+            cfg,
+        }
+    }
+
+    /// Queues `req` and waits for its answer.
+    pub async fn submit(&self, req: Req) -> Result<Resp> {
+        if self.closing.is_cancelled() {
+            return Err(self.shutting_down());
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            req,
+            queued: Instant::now(),
+            reply,
+        };
+        match tokio::time::timeout(self.cfg.queue_wait, self.tx.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(self.shutting_down()),
+            Err(_) => {
+                counter!(m::BATCH_REFUSED, "kind" => self.cfg.kind).increment(1);
+                return Err(Error::unavailable(format!(
+                    "{} queue full: the database is behind; try again shortly",
+                    self.cfg.kind
+                )));
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(format!(
+                "the {} batch loop stopped before answering; try again",
+                self.cfg.kind
+            )))
+        })
+    }
+
+    fn shutting_down(&self) -> Error {
+        Error::unavailable(format!(
+            "shutting down: no new {} requests on this replica",
+            self.cfg.kind
+        ))
+    }
+
+    /// Refuses new requests, runs what is queued, and waits for the loops to end (their
+    /// connections go back to the pool).
+    pub async fn shutdown(&self) {
+        self.closing.cancel();
+        let loops = std::mem::take(&mut *self.loops.lock().expect("batcher loops lock"));
+        for l in loops {
+            match l.await {
+                Ok(()) => {}
+                // The runtime is shutting down under us: nothing was lost that it does not lose.
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => tracing::error!(kind = self.cfg.kind, error = %e, "a batch loop failed"),
+            }
+        }
+    }
+}
+
+async fn run_loop<Req: Send + Sync + 'static, Resp: Send + 'static>(
+    db: Db,
+    cfg: BatchConfig,
+    f: Arc<dyn BatchFn<Req, Resp>>,
+    queue: Queue<Req, Resp>,
+    closing: CancellationToken,
+) {
+    let mut client: Option<Client> = None;
+    let mut jobs = Vec::with_capacity(cfg.max);
+    loop {
+        {
+            // One loop waits on the queue at a time; the others run their batches meanwhile.
+            let mut rx = queue.lock().await;
+            let n = tokio::select! {
+                biased;
+                n = rx.recv_many(&mut jobs, cfg.max) => n,
+                () = closing.cancelled() => {
+                    // Refuse new requests, then drain what is queued.
+                    rx.close();
+                    rx.recv_many(&mut jobs, cfg.max).await
+                }
+            };
+            if n == 0 {
+                return; // closed and empty
+            }
+        }
+        run_batch(
+            &db,
+            &cfg,
+            f.as_ref(),
+            &mut client,
+            std::mem::take(&mut jobs),
+        )
+        .await;
+    }
+}
+
+async fn run_batch<Req: Send + Sync + 'static, Resp: Send + 'static>(
+    db: &Db,
+    cfg: &BatchConfig,
+    f: &dyn BatchFn<Req, Resp>,
+    client: &mut Option<Client>,
+    jobs: Vec<Job<Req, Resp>>,
+) {
+    let started = Instant::now();
+    histogram!(m::BATCH_SIZE, "kind" => cfg.kind).record(jobs.len() as f64);
+    let wait = histogram!(m::BATCH_WAIT_SECONDS, "kind" => cfg.kind);
+    let (reqs, replies): (Vec<Req>, Vec<_>) = jobs
+        .into_iter()
+        .map(|j| {
+            wait.record(started.duration_since(j.queued).as_secs_f64());
+            (j.req, j.reply)
+        })
+        .unzip();
+
+    let mut attempt = 0;
+    let result = loop {
+        let result = run_once(db, f, client, &reqs).await;
+        match result {
+            Err(e) if retry_allowed(cfg.op, &mut attempt, &e).await => {}
+            Ok(answers) if answers.len() != reqs.len() => {
+                break Err(Error::internal(format!(
+                    "a {} batch gave {} answers to {} requests",
+                    cfg.kind,
+                    answers.len(),
+                    reqs.len()
+                )));
+            }
+            result => break result,
+        }
+    };
+    histogram!(m::DB_TX_SECONDS, "op" => cfg.op.label()).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A caller that went away does not take its answer: nothing to do.
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            counter!(m::DB_TX_ERRORS, "op" => cfg.op.label()).increment(1);
+            tracing::warn!(kind = cfg.kind, requests = replies.len(), error = %e, "a batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(same_error(&e)));
+            }
+        }
+    }
+}
+
+/// One run of the batch on the loop's connection (taken from the pool when it has none, given up
+/// when it broke or the run panicked).
+async fn run_once<Req: Send + Sync + 'static, Resp: Send + 'static>(
+    db: &Db,
+    f: &dyn BatchFn<Req, Resp>,
+    client: &mut Option<Client>,
+    reqs: &[Req],
+) -> Result<Vec<Resp>> {
+    let c = match client {
+        Some(c) => c,
+        None => client.insert(db.client().await?),
+    };
+    let result = AssertUnwindSafe(f.run(c, reqs)).catch_unwind().await;
+    match result {
+        Ok(result) => {
+            if result.is_err() && c.is_closed() {
+                *client = None;
+            }
+            result
+        }
+        Err(_) => {
+            // The connection may be mid-statement: out of the pool with it.
+            if let Some(c) = client.take() {
+                drop(deadpool_postgres::Client::take(c));
+            }
+            counter!(m::GRPC_PANICS).increment(1);
+            tracing::error!("a batch panicked; its requests were answered INTERNAL");
+            Err(Error::internal("internal error while serving a batch"))
+        }
+    }
+}
+
+/// The error of a failed batch, for each of its callers (the crate error is not `Clone`: its
+/// source is not).
+pub(crate) fn same_error(e: &Error) -> Error {
+    let mut copy = Error::new(e.code, e.message.clone());
+    copy.retryable = e.retryable && e.code == Code::Aborted;
+    copy
+}
+
+/// Records how many requests one statement of a batch served (the `rows_per_statement` metric):
+/// a `BatchFn` calls it for each statement it runs.
+pub fn record_statement(kind: &'static str, rows: usize) {
+    histogram!(m::BATCH_ROWS_PER_STATEMENT, "kind" => kind).record(rows as f64);
+}
