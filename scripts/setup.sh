@@ -4,7 +4,9 @@
 # embedded database of `serve` and of the tests), etcd (leadership tests), protoc and the well-known
 # `.proto` includes (etcd-client's build script needs both: Debian's protobuf-compiler ships no
 # google/protobuf/*.proto, libprotobuf-dev does), Prometheus and haproxy (deploy/monitoring checks
-# and the deploy/local cluster test), busybox (the builtins are tested in busybox sh) and curl.
+# and the deploy/local cluster test), busybox (the builtins are tested in busybox sh), curl, and
+# Chromium with Node.js and npm (tests/browser.rs builds a page with npm and runs it in headless
+# Chromium; npm ships inside some Node.js builds, so it is only installed when missing).
 # Skips anything already present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -23,6 +25,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v busybox >/dev/null 2>&1 || missing+=(busybox)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${TASKQUEUE_SETUP_EXTRA:-}" != "" ]; then
   for pkg in $TASKQUEUE_SETUP_EXTRA; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# setup.sh installed Chromium: the browser test must run, not skip.
+export TASKQUEUE_REQUIRE_BROWSER=1
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
