@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ping_batch",
         sql: include_str!("../../schema/0009_ping_batch.sql"),
     },
+    Migration {
+        version: 10,
+        name: "status_batch",
+        sql: include_str!("../../schema/0010_status_batch.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.
