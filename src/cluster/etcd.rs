@@ -1,4 +1,4 @@
-//! etcd election (design.md §4): campaign on a lease of `--leader-lease-ttl`, kept alive every
+//! etcd election (docs/architecture.md#leadership): campaign on a lease of `--leader-lease-ttl`, kept alive every
 //! TTL/3 by its own task. Two clients, both `with_require_leader` (a partitioned etcd member
 //! answers nothing rather than stale data): one with a request timeout for short calls (grant,
 //! resign, revoke), one without for the campaign — which blocks until this replica is elected —

@@ -1,4 +1,4 @@
-//! Leadership (design.md §4): which replica runs the leader loops. With `--etcd-endpoints`, an
+//! Leadership (docs/architecture.md#leadership): which replica runs the leader loops. With `--etcd-endpoints`, an
 //! etcd election on a lease; without, a Postgres session advisory lock. Either way the replica
 //! acts as leader only while its lease is trusted (see `lease`), records its term's epoch in
 //! `cluster_leader` on taking office (refused if a newer one is recorded), and hands the loops a

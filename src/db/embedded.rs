@@ -1,4 +1,4 @@
-//! A private PostgreSQL run from the local installation (design.md §8): `taskqueue serve` without a
+//! A private PostgreSQL run from the local installation (docs/architecture.md#configuration): `taskqueue serve` without a
 //! database URL, and the test harness. initdb on first start, reused after; the server process is a
 //! child of ours and receives SIGINT (fast shutdown) if we die. When we run as root, PostgreSQL runs
 //! as the `postgres` user (it refuses root), in a folder that user owns and can reach.

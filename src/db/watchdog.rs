@@ -1,4 +1,4 @@
-//! The watchdog's queries (design.md §5, behavior.md §5.5), all decided from timestamps in the
+//! The watchdog's queries (docs/architecture.md#background-loops), all decided from timestamps in the
 //! database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker accepted
 //! or finished), `created_at` and `offline_since` (set here). Run inside the leader's fenced
 //! transactions. Not here: the cadence and the choice of how a worker is deleted (`loops::watchdog`).
@@ -15,7 +15,7 @@ use crate::error::Result;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-/// The watchdog's clocks (behavior.md §5.5 defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
+/// The watchdog's clocks (the original's defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     /// R→O, P→Q, F→L after this long without a ping.

@@ -1,4 +1,4 @@
-//! Pure rules of worker events (behavior.md §4.12): level letters, `details_json` validation, list
+//! Pure rules of worker events (as the original scitq's): level letters, `details_json` validation, list
 //! limits, and which prunes are allowed. No I/O here.
 
 use chrono::{DateTime, Utc};

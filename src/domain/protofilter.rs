@@ -1,4 +1,4 @@
-//! Protofilter (behavior.md §4.8): the flavor-selection language of ListFlavors and recruiters
+//! Protofilter (as the original scitq's): the flavor-selection language of ListFlavors and recruiters
 //! (`cpu>=8:mem>=30:region is default`), parsed into a closed set of fields, comparisons and typed
 //! values. Nothing the user wrote can become SQL text: `db::catalog` maps each [`NumField`],
 //! [`TextField`], [`BoolField`] and [`Cmp`] to a fixed fragment and binds every value as a parameter.
@@ -88,7 +88,7 @@ enum Kind {
     Bool(BoolField),
 }
 
-/// The whitelist of field names (behavior.md §4.8 mapping).
+/// The whitelist of field names (the original's mapping).
 fn field(name: &str) -> Option<Kind> {
     use Kind::*;
     Some(match name {

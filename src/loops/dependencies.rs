@@ -1,4 +1,4 @@
-//! The dependency sweep (design.md §5), every `--dependency-sweep-interval`: waiting tasks whose
+//! The dependency sweep (docs/architecture.md#background-loops), every `--dependency-sweep-interval`: waiting tasks whose
 //! prerequisites all succeeded become pending (the request path also promotes them when a
 //! prerequisite succeeds; the sweep catches everything else), and waiting tasks whose prerequisite
 //! failed for good are failed, cascading down chains. One fenced transaction per round, a bounded

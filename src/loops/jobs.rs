@@ -1,4 +1,4 @@
-//! The job runner (leader only, design.md §5): claims `job` rows — pending and due, or running
+//! The job runner (leader only, docs/architecture.md#background-loops): claims `job` rows — pending and due, or running
 //! with an expired lease (their replica died) — with `FOR UPDATE SKIP LOCKED`, and runs each
 //! provider call in its own task, at most `MAX_RUNNING_JOBS` at once, under `job_timeout`, keeping
 //! its lease alive every third of `job_lease`. A failed attempt goes back to P after a back-off

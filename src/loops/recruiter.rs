@@ -1,4 +1,4 @@
-//! The recruitment loop (leader only, behavior.md §4.7 with its bugs fixed, design.md §5): every
+//! The recruitment loop (leader only, the original's with its bugs fixed; docs/architecture.md#background-loops): every
 //! `recruiter_interval`, one fenced transaction reads the recruiters and their steps, plans with
 //! `domain::recruitment::plan`, and applies the plan — recycling workers (new step, concurrency,
 //! prefetch, task weights rescaled) and deploying new ones (worker rows + create jobs, quota

@@ -1,4 +1,4 @@
-//! The web UI's REST helpers (behavior.md §7, issue 15): `POST /login` (sets the `session_token`
+//! The web UI's REST helpers (docs/architecture.md#web-surface, issue 15): `POST /login` (sets the `session_token`
 //! cookie), `GET /fetchCookie` (hands the UI its token when the cookie holds a live session),
 //! `POST /logout` (ends the session, expires the cookie) and `GET /WorkerToken` (admins only; the
 //! original hands it to any user). Adapters over `api::users` and the authenticator: the same
