@@ -1,6 +1,7 @@
 //! Server configuration: flags and `TASKQUEUE_*` environment variables (clap), then an optional YAML
 //! file whose sections mirror the original's `scitq.yaml` (`scitq:`, `providers:`, `rclone:`), then
-//! the documented defaults below. Names are fixed (docs/architecture.md#configuration). `Config` is the validated result.
+//! the documented defaults below. Names are fixed (docs/architecture.md#configuration). `Config` is
+//! the validated result.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,7 +30,8 @@ pub mod defaults {
     pub const LOST_TIMEOUT: Duration = Duration::from_secs(300);
     /// The original's warm-worker extension of the idle timeout (task_download_timeout).
     pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this (docs/architecture.md#background-loops).
+    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this
+    /// (docs/architecture.md#background-loops).
     pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
     /// Dependency sweep cadence: how soon the dependents of a task that failed for good fail too
     /// (success promotes dependents at once, on the request path; the sweep is the safety net).
@@ -360,8 +362,8 @@ pub struct DockerCredential {
     pub secret: String,
 }
 
-/// Settings common to every provider of the `providers:` section (as in the original's scitq.yaml); the
-/// provider-specific keys stay in `extra` for the provider implementation to read.
+/// Settings common to every provider of the `providers:` section (as in the original's scitq.yaml);
+/// the provider-specific keys stay in `extra` for the provider implementation to read.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ProviderConfig {
     #[serde(default)]
@@ -497,7 +499,8 @@ struct FileConfig {
     rclone: BTreeMap<String, BTreeMap<String, serde_yaml::Value>>,
 }
 
-/// `scitq:` keys: our names (docs/architecture.md#configuration, snake_case) with the original's names as aliases.
+/// `scitq:` keys: our names (docs/architecture.md#configuration, snake_case) with the original's
+/// names as aliases.
 #[derive(Debug, Default, Deserialize)]
 struct ScitqSection {
     listen: Option<SocketAddr>,
@@ -1254,7 +1257,8 @@ impl Config {
         }
     }
 
-    /// How stale `worker.last_ping_at` may get before a ping rewrites it (docs/architecture.md#idle-pings-write-nothing).
+    /// How stale `worker.last_ping_at` may get before a ping rewrites it
+    /// (docs/architecture.md#idle-pings-write-nothing).
     pub fn last_ping_write_interval(&self) -> Duration {
         self.offline_timeout / 3
     }

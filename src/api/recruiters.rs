@@ -1,5 +1,6 @@
-//! Recruiter RPCs (as the original scitq's): ListRecruiters (optionally for one step), CreateRecruiter,
-//! UpdateRecruiter, DeleteRecruiter. Validation is `domain::recruitment::validate_settings`.
+//! Recruiter RPCs (as the original scitq's): ListRecruiters (optionally for one step),
+//! CreateRecruiter, UpdateRecruiter, DeleteRecruiter. Validation is
+//! `domain::recruitment::validate_settings`.
 
 use tonic::Request;
 

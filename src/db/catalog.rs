@@ -519,10 +519,11 @@ pub struct CatalogFlavor {
 /// Flavors a provider stopped listing are deleted after this long unless a worker uses them.
 pub const FLAVOR_RETENTION: Duration = Duration::from_secs(72 * 3600);
 
-/// Applies a provider's catalogue (docs/architecture.md#background-loops): upserts its flavors, updates cost and
-/// eviction per region, marks offers that disappeared unavailable (and available again when they
-/// return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker uses. Offers in
-/// regions the catalog does not know are ignored. Returns the number of flavors listed.
+/// Applies a provider's catalogue (docs/architecture.md#background-loops): upserts its flavors,
+/// updates cost and eviction per region, marks offers that disappeared unavailable (and available
+/// again when they return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker
+/// uses. Offers in regions the catalog does not know are ignored. Returns the number of flavors
+/// listed.
 pub async fn apply_catalog(
     tx: &deadpool_postgres::Transaction<'_>,
     provider: (&str, &str),

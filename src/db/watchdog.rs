@@ -1,7 +1,8 @@
-//! The watchdog's queries (docs/architecture.md#background-loops), all decided from timestamps in the
-//! database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker accepted
-//! or finished), `created_at` and `offline_since` (set here). Run inside the leader's fenced
-//! transactions. Not here: the cadence and the choice of how a worker is deleted (`loops::watchdog`).
+//! The watchdog's queries (docs/architecture.md#background-loops), all decided from timestamps in
+//! the database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker
+//! accepted or finished), `created_at` and `offline_since` (set here). Run inside the leader's
+//! fenced transactions. Not here: the cadence and the choice of how a worker is deleted
+//! (`loops::watchdog`).
 //!
 //! Pings hold `pg_advisory_xact_lock(NS_WORKER, worker_id)` while they write; the offline
 //! transition skips a worker whose ping is in flight (it is alive), and deletion waits for it.

@@ -1,5 +1,6 @@
 //! Workflows and steps (`workflow`, `step`) and step statistics, computed by one SQL aggregate per
-//! request (the original's semantics) — no in-memory counters, so nothing drifts and every replica agrees.
+//! request (the original's semantics) — no in-memory counters, so nothing drifts and every replica
+//! agrees.
 
 use crate::domain::ownership::Owner;
 use scoped_futures::ScopedFutureExt as _;

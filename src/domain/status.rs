@@ -1,5 +1,5 @@
-//! The single-letter status alphabets of tasks, workers and jobs (docs/architecture.md#statuses), parsed once at
-//! the edge so the rest of the code never handles a raw letter.
+//! The single-letter status alphabets of tasks, workers and jobs (docs/architecture.md#statuses),
+//! parsed once at the edge so the rest of the code never handles a raw letter.
 
 use super::{Error, Result};
 
@@ -88,8 +88,8 @@ letter_enum!(
 );
 
 impl TaskStatus {
-    /// Statuses in which a task holds a share of its worker's capacity (docs/architecture.md#capacity): U and V
-    /// do not count, an uploading task has freed its slot.
+    /// Statuses in which a task holds a share of its worker's capacity
+    /// (docs/architecture.md#capacity): U and V do not count, an uploading task has freed its slot.
     pub const HOLDING_CAPACITY: &'static [TaskStatus] = &[
         TaskStatus::Assigned,
         TaskStatus::Accepted,

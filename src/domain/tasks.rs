@@ -1,6 +1,7 @@
-//! Task rules (the original's, with its bugs fixed; docs/architecture.md#updatetaskstatus): what a submission may ask for, the
-//! status a new task starts in, which status changes are accepted and what they record, and the
-//! retry arithmetic. Pure: the database code applies what these functions decide.
+//! Task rules (the original's, with its bugs fixed; docs/architecture.md#updatetaskstatus): what a
+//! submission may ask for, the status a new task starts in, which status changes are accepted and
+//! what they record, and the retry arithmetic. Pure: the database code applies what these functions
+//! decide.
 
 use super::status::TaskStatus;
 use super::{Error, Result};
@@ -90,8 +91,8 @@ impl Submission {
     }
 
     /// The status the task starts in, given the current statuses of its prerequisites: with
-    /// prerequisites, P if all have succeeded already (docs/architecture.md#submittask: depending on a finished task
-    /// works), else W; without, the requested status (W means nothing here → P).
+    /// prerequisites, P if all have succeeded already (docs/architecture.md#submittask: depending
+    /// on a finished task works), else W; without, the requested status (W means nothing here → P).
     pub fn initial_status(&self, prerequisites: &[TaskStatus]) -> TaskStatus {
         if !self.dependencies.is_empty() {
             if prerequisites.iter().all(|s| *s == TaskStatus::Succeeded) {

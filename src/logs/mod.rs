@@ -35,7 +35,8 @@ use crate::telemetry::metrics as m;
 
 pub use ingest::LogLine;
 
-/// A SendTaskLogs stream writes what it received at least this often (docs/architecture.md#task-logs)…
+/// A SendTaskLogs stream writes what it received at least this often
+/// (docs/architecture.md#task-logs)…
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// …or as soon as this many bytes of lines are waiting (docs/architecture.md#task-logs).
 pub const FLUSH_BYTES: usize = 64 << 10;
