@@ -67,7 +67,7 @@ pub async fn submit_task(
         task_name: r.task_name.filter(|s| !s.is_empty()),
         owner,
     };
-    let task_id = tasks::submit(&state.db, state.config.assign_shards, &task).await?;
+    let task_id = state.submissions.submit(task).await?;
     Ok(pb::TaskResponse { task_id })
 }
 

@@ -17,6 +17,7 @@ pub mod ownership;
 pub mod recruiters;
 pub mod secrets;
 pub mod status_batch;
+pub mod submit_batch;
 pub mod tasks;
 pub mod templates;
 pub mod users;
@@ -54,6 +55,7 @@ pub enum Op {
     ClaimTasks,
     PingBatch,
     StatusBatch,
+    SubmitBatch,
     Workers,
     Workflows,
     StepStats,
@@ -89,6 +91,7 @@ impl Op {
             Op::ClaimTasks => "claim_tasks",
             Op::PingBatch => "ping_batch",
             Op::StatusBatch => "status_batch",
+            Op::SubmitBatch => "submit_batch",
             Op::Workers => "workers",
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",

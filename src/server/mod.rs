@@ -270,12 +270,16 @@ async fn serve(
             task.abort();
         }
     }
-    let batches = futures::future::join(state.pings.shutdown(), state.status_updates.shutdown());
+    let batches = futures::future::join3(
+        state.pings.shutdown(),
+        state.status_updates.shutdown(),
+        state.submissions.shutdown(),
+    );
     if tokio::time::timeout_at(deadline.into(), batches)
         .await
         .is_err()
     {
-        tracing::warn!("ping or status batches still running at the drain deadline");
+        tracing::warn!("ping, status or submission batches still running at the drain deadline");
     }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {

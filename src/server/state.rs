@@ -13,6 +13,7 @@ use crate::db::Db;
 use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::db::status_batch::StatusUpdates;
+use crate::db::submit_batch::Submissions;
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub pings: Pings,
     /// UpdateTaskStatus: the status batcher (group commit) or the one-by-one path.
     pub status_updates: StatusUpdates,
+    /// SubmitTask: the submission batcher (group commit) or one transaction each.
+    pub submissions: Submissions,
     /// The WebSocket fan-out of this replica (`/ws`).
     pub ws: WsHub,
 }
@@ -88,6 +91,12 @@ impl AppState {
             config.batch_loops,
             config.batch_max,
         );
+        let submissions = Submissions::start(
+            db.clone(),
+            config.assign_shards,
+            config.batch_loops,
+            config.batch_max,
+        );
         AppState {
             db,
             config,
@@ -103,6 +112,7 @@ impl AppState {
             jwt,
             pings,
             status_updates,
+            submissions,
             ws,
         }
     }
