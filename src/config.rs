@@ -322,11 +322,11 @@ pub struct ServeArgs {
     /// The file served at /scitq-client [default: this taskqueue binary].
     #[arg(long, env = "TASKQUEUE_CLIENT_BINARY")]
     pub client_binary: Option<PathBuf>,
-    /// Ping batch loops (group commit), each holding one pooled connection; 0 = every ping on its
-    /// own [default: 2].
+    /// Batch loops (group commit) of each kind — pings, status updates, submissions — each holding
+    /// one pooled connection; 0 = every request on its own [default: 2].
     #[arg(long, env = "TASKQUEUE_BATCH_LOOPS")]
     pub batch_loops: Option<usize>,
-    /// Most pings served by one batch [default: 256].
+    /// Most requests served by one batch [default: 256].
     #[arg(long, env = "TASKQUEUE_BATCH_MAX")]
     pub batch_max: Option<usize>,
 }
@@ -1131,8 +1131,8 @@ impl Config {
             "--login-concurrency must be at least 1"
         );
         anyhow::ensure!(
-            self.batch_loops < self.db_pool_size,
-            "--batch-loops must be below --db-pool-size: each batch loop holds a pooled connection"
+            3 * self.batch_loops < self.db_pool_size,
+            "--batch-loops must be below a third of --db-pool-size: each batch loop (of pings, status updates and submissions) holds a pooled connection"
         );
         anyhow::ensure!(
             (1..=10_000).contains(&self.batch_max),
