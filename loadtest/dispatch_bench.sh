@@ -73,9 +73,12 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); mkdir -p "$work/pg" && chown postgres "$work/pg"; fi
 pgport=$(free_port)
+# PROFILE=1: pg_stat_statements says which statements PostgreSQL's CPU goes to (idle-ping phase).
+pg_profile=()
+if [ "$PROFILE" = 1 ]; then pg_profile=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all); fi
 "${as_pg[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
 "${as_pg[@]}" "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p "$pgport" -c listen_addresses=127.0.0.1 \
-  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off >"$work/pg.log" 2>&1 &
+  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off "${pg_profile[@]}" >"$work/pg.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do "$pgbin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres taskqueue
@@ -171,6 +174,9 @@ if [ "$PROFILE" = 1 ]; then
      >"$PROFILE_DIR/perf-record.log" 2>&1) &
   perf_job=$!
 fi
+if [ "$PROFILE" = 1 ]; then
+  psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+fi
 cpu_begin "${rpids[@]}"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
 cpu_idle_full=$(cpu_end)
@@ -182,6 +188,15 @@ if [ "$PROFILE" = 1 ]; then
     | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-replica.top.txt" || true
   echo "profile of a replica's idle pings: $PROFILE_DIR/idle-replica.top.txt (perf.data beside it)"
   head -25 "$PROFILE_DIR/idle-replica.top.txt"
+  # Where PostgreSQL's time went in that phase: the statements by total execution time (all
+  # databases, nested statements of plpgsql functions included), with calls and rows.
+  psql_ -F ' | ' -c "SELECT round(total_exec_time)::bigint AS ms, calls, rows,
+                            round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
+                            left(regexp_replace(query, '\s+', ' ', 'g'), 140)
+                       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+    >"$PROFILE_DIR/idle-pg-statements.txt" || true
+  echo "PostgreSQL statements of the idle phase (ms | calls | rows | µs/call | query): $PROFILE_DIR/idle-pg-statements.txt"
+  cat "$PROFILE_DIR/idle-pg-statements.txt"
 fi
 
 echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
