@@ -17,7 +17,7 @@
 #      each running 2 tasks of 5 s at a time through the full status chain (C, R, S) from a standing
 #      queue — a busy fleet (real tasks run for minutes), ~160 tasks/s and ~500 status updates/s on
 #      top of the pings; first pings spread over 200 ms, the first 5 s (registrations, first
-#      claims) left out of the figures.
+#      claims) left out of the figures; then the same load through haproxy (deploy/local's front).
 # Phases 2, 3, 4 and 5 also measure CPU: of the replica processes (or the bare tonic server), of the
 # whole PostgreSQL cluster (the postmaster and all its children: backends, walwriter, …; see
 # loadtest/cpu.py) and of the load tool, per ping / task / RPC. It ends with a table: each measure,
@@ -275,6 +275,28 @@ rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-int
            --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r)
 echo "$rate"
 save rate "$rate"
+
+# The same offered load through a load balancer, as deploy/local runs it: haproxy, h2c in and out,
+# every RPC (HTTP/2 stream) balanced on its own over the replicas.
+echo "== the same, through haproxy (deploy/local's gRPC front) in front of the $REPLICAS replicas"
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+lb_port=$(free_port)
+{
+  printf 'global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n'
+  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n'
+  printf 'frontend grpc\n  bind 127.0.0.1:%s proto h2\n  default_backend replicas\n' "$lb_port"
+  printf 'backend replicas\n  balance roundrobin\n'
+  for i in "${!targets[@]}"; do printf '  server r%s %s proto h2\n' "$i" "${targets[$i]}"; done
+} >"$work/haproxy.cfg"
+"$haproxy_bin" -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$lb_port") 2>/dev/null && break; sleep 0.1; done
+reset_tasks
+rate_lb=$("$BIN/fleet-sim" --targets "127.0.0.1:$lb_port" --token "$TOKEN" --json \
+           --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
+           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix l)
+echo "$rate_lb"
+save rate_lb "$rate_lb"
 
 echo
 echo "== summary (same machine, same PostgreSQL)"
