@@ -1,6 +1,8 @@
 //! Server configuration: flags and `TASKQUEUE_*` environment variables (clap), then an optional YAML
 //! file whose sections mirror the original's `scitq.yaml` (`scitq:`, `providers:`, `rclone:`), then
 //! the documented defaults below. Names are fixed by design.md §9. `Config` is the validated result.
+//! An option is declared once, in `options!` (doc, flag, variable, YAML key); it then takes a
+//! `Config` field, one `layer!` line in `Config::merge` and, when it has one, a `defaults` const.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -188,6 +190,7 @@ options! {
     admin_password_file: PathBuf,
     /// A bcrypt or argon2 hash for the initial admin (the original's key).
     yaml admin_hashed_password: String,
+    /// The initial admin's email (the original's key).
     yaml admin_email: String,
     /// TLS certificate (PEM) of the gRPC port.
     #[arg(long, env = "TASKQUEUE_TLS_CERT", requires = "tls_key")]
@@ -211,7 +214,9 @@ options! {
     /// Accept log streams without a token (legacy workers that send no header on streams).
     #[arg(long, env = "TASKQUEUE_ALLOW_UNAUTHENTICATED_LOG_STREAMS")]
     allow_unauthenticated_log_streams: bool,
-    /// Shards of the pending-task queue; keep it equal on all replicas [default: 16].
+    /// Shards of the pending-task queue, the same on every replica: the cluster's first replica
+    /// stores its value in the database, a replica started with another refuses to start
+    /// [default: 16].
     #[arg(long, env = "TASKQUEUE_ASSIGN_SHARDS")]
     assign_shards: u16,
     /// etcd leader lease TTL [default: 10s].

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{postgres, spawn_replica, test_config};
+use common::{ChildReplica, postgres, spawn_replica, test_config, wait_until};
 use taskqueue::server::{self, Listeners};
 
 /// The stored value of the cluster setting `name`, if any.
@@ -61,4 +61,31 @@ async fn every_replica_must_use_the_assign_shards_of_the_first() {
 
     second.stop().await.unwrap();
     first.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_refuses_a_flag_that_disagrees_and_says_what_to_do() {
+    let url = postgres().await.fresh_db().await;
+    let mut first = ChildReplica::spawn("first", &url, &[]);
+    first.wait_serving().await;
+    let mut second = ChildReplica::spawn("second", &url, &["--assign-shards".into(), "8".into()]);
+    wait_until(
+        Duration::from_secs(60),
+        "the second replica refuses",
+        || {
+            let log = second.log_text();
+            async move { log.contains("disagrees") }
+        },
+    )
+    .await;
+    let log = second.log_text();
+    assert!(
+        log.contains(
+            "taskqueue: --assign-shards 8 disagrees with 16 stored in the database: every replica \
+             must use the same value; start this replica with --assign-shards 16"
+        ),
+        "{log}"
+    );
+    assert_eq!(second.terminate(Duration::from_secs(10)).await, Some(1));
+    assert_eq!(first.terminate(Duration::from_secs(10)).await, Some(0));
 }
