@@ -607,20 +607,10 @@ macro_rules! from_yaml_as_serde {
         }
     )*};
 }
-from_yaml_as_serde!(
-    bool,
-    u16,
-    u32,
-    u64,
-    usize,
-    String,
-    PathBuf,
-    SocketAddr,
-    Vec<String>,
-    Vec<PathBuf>,
-    Vec<DockerCredential>,
-    StringOrList
-);
+from_yaml_as_serde! {
+    bool, u16, u32, u64, usize, String, PathBuf, SocketAddr,
+    Vec<String>, Vec<PathBuf>, Vec<DockerCredential>, StringOrList
+}
 
 /// A duration as the file writes it (named `Raw` in serde's messages, as it always was).
 #[derive(Deserialize)]
