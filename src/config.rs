@@ -1,8 +1,9 @@
 //! Server configuration: flags and `TASKQUEUE_*` environment variables (clap), then an optional YAML
 //! file whose sections mirror the original's `scitq.yaml` (`scitq:`, `providers:`, `rclone:`), then
-//! the documented defaults below. Names are fixed by design.md §9. `Config` is the validated result.
-//! An option is declared once, in `options!` (doc, flag, variable, YAML key); it then takes a
-//! `Config` field, one `layer!` line in `Config::merge` and, when it has one, a `defaults` const.
+//! the documented defaults below. Names are fixed (docs/architecture.md#configuration). `Config` is
+//! the validated result. An option is declared once, in `options!` (doc, flag, variable, YAML
+//! key); it then takes a `Config` field, one `layer!` line in `Config::merge` and, when it has
+//! one, a `defaults` const.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,14 +25,15 @@ pub mod defaults {
     pub const ASSIGN_SHARDS: u16 = 16;
     /// etcd lease TTL: a dead leader is replaced within about this long.
     pub const LEADER_LEASE_TTL: Duration = Duration::from_secs(10);
-    /// The original's watchdog timeouts (behavior.md §5.5).
+    /// The original's watchdog timeouts (docs/architecture.md#background-loops).
     pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const NEW_WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
     pub const LOST_TIMEOUT: Duration = Duration::from_secs(300);
     /// The original's warm-worker extension of the idle timeout (task_download_timeout).
     pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this (design.md §5).
+    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this
+    /// (docs/architecture.md#background-loops).
     pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
     /// Dependency sweep cadence: how soon the dependents of a task that failed for good fail too
     /// (success promotes dependents at once, on the request path; the sweep is the safety net).
@@ -82,7 +84,7 @@ pub mod defaults {
     /// Password hashes waiting for a free hashing slot; more logins at once are refused with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub const LOGIN_QUEUE: usize = 64;
-    /// Ping batch loops per replica (group commit, design.md §3.1), each on its own pooled
+    /// Ping batch loops per replica (docs/architecture.md#group-commit), each on its own pooled
     /// connection: two keep one batch forming while the other is in flight.
     pub const BATCH_LOOPS: usize = 2;
     /// Most pings in one batch: large enough that one statement serves a burst of a big fleet,
@@ -109,7 +111,8 @@ macro_rules! options {
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct ServeArgs { $($flags)* }
 
-        /// `scitq:` keys: our names (design.md §9, snake_case) with the original's names as aliases.
+        /// `scitq:` keys: our names (docs/architecture.md#configuration, snake_case) with the
+        /// original's names as aliases.
         #[derive(Debug, Default, Deserialize)]
         struct ScitqSection { $($keys)* }
     };
@@ -436,8 +439,8 @@ pub struct DockerCredential {
     pub secret: String,
 }
 
-/// Settings common to every provider of the `providers:` section (behavior.md §6.2); the
-/// provider-specific keys stay in `extra` for the provider implementation to read.
+/// Settings common to every provider of the `providers:` section (as in the original's scitq.yaml);
+/// the provider-specific keys stay in `extra` for the provider implementation to read.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ProviderConfig {
     #[serde(default)]
@@ -783,7 +786,7 @@ impl Config {
             s.plaintext,
         )?;
         // The original serves TLS only, with its embedded self-signed certificate when
-        // `certificate_pem`/`certificate_key` are empty (behavior.md §6.1, §7), and its clients
+        // `certificate_pem`/`certificate_key` are empty, and its clients
         // speak TLS only: a file in its format means TLS, with our generated certificate.
         let tls = flag_tls.or(file_tls).unwrap_or(if original_format {
             TlsMode::SelfSigned
@@ -1141,7 +1144,8 @@ impl Config {
         }
     }
 
-    /// How stale `worker.last_ping_at` may get before a ping rewrites it (design.md §2).
+    /// How stale `worker.last_ping_at` may get before a ping rewrites it
+    /// (docs/architecture.md#idle-pings-write-nothing).
     pub fn last_ping_write_interval(&self) -> Duration {
         self.offline_timeout / 3
     }

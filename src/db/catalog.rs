@@ -1,6 +1,6 @@
 //! The catalog (`provider`, `region`, `flavor`, `flavor_region`): synchronisation from the
 //! configuration, flavor listing through a compiled protofilter, CreateFlavor, the provider
-//! catalogue refresh (behavior.md §5.7), and the cache of flavor listings.
+//! catalogue refresh (docs/architecture.md#background-loops), and the cache of flavor listings.
 //!
 //! Protofilter → SQL: [`filter_sql`] emits only fixed fragments chosen by the parsed enums, and
 //! every value as a `$n` parameter; no text of the filter reaches the SQL string.
@@ -519,10 +519,11 @@ pub struct CatalogFlavor {
 /// Flavors a provider stopped listing are deleted after this long unless a worker uses them.
 pub const FLAVOR_RETENTION: Duration = Duration::from_secs(72 * 3600);
 
-/// Applies a provider's catalogue (behavior.md §5.7): upserts its flavors, updates cost and
-/// eviction per region, marks offers that disappeared unavailable (and available again when they
-/// return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker uses. Offers in
-/// regions the catalog does not know are ignored. Returns the number of flavors listed.
+/// Applies a provider's catalogue (docs/architecture.md#background-loops): upserts its flavors,
+/// updates cost and eviction per region, marks offers that disappeared unavailable (and available
+/// again when they return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker
+/// uses. Offers in regions the catalog does not know are ignored. Returns the number of flavors
+/// listed.
 pub async fn apply_catalog(
     tx: &deadpool_postgres::Transaction<'_>,
     provider: (&str, &str),

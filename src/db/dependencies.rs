@@ -1,4 +1,4 @@
-//! The dependency sweep's queries (design.md §5, behavior.md §9 item 1): waiting tasks (W) whose
+//! The dependency sweep's queries (docs/architecture.md#background-loops): waiting tasks (W) whose
 //! prerequisites all succeeded become pending; waiting tasks with a prerequisite failed for good
 //! are failed with a log line naming it. Edges live in `task_dependencies`; a retry re-points them
 //! to its clone, so a hidden prerequisite never decides anything.

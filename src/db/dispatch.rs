@@ -1,11 +1,11 @@
-//! PingAndTakeNewTasks (design.md §3): liveness, stats and the claim of pending tasks, on every
+//! PingAndTakeNewTasks (docs/architecture.md#pingandtakenewtasks): liveness, stats and the claim of pending tasks, on every
 //! replica: one round trip of two reads for an idle ping (it writes nothing and takes no lock), two
 //! round trips for a ping that writes or claims. A ping that has something to write (a claim, an offline worker coming back, a stale
 //! `last_ping_at`, stats due) does it under the worker's advisory lock — two pings of one worker
 //! never race — and claims through `tq_claim` (schema/0002_dispatch.sql); the decision and the
 //! writes are `tq_ping` (schema/0004_ping.sql).
 //!
-//! With group commit on (`--batch-loops` ≥ 1, the default; design.md §3.1) pings go through a
+//! With group commit on (`--batch-loops` ≥ 1, the default; docs/architecture.md#group-commit) pings go through a
 //! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with two pipelined reads (the
 //! snapshots and held tasks of all its workers) and, for those that write or claim, one call of
 //! `tq_ping_batch` (schema/0009_ping_batch.sql) pipelined with a read of their held tasks.

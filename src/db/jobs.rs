@@ -78,7 +78,7 @@ pub fn configured_quota(
         .map(Quota::from_config)
 }
 
-/// What the workers of a region use (design.md §2: computed from worker rows, never a counter).
+/// What the workers of a region use (computed from worker rows, never a counter).
 pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
     let row = tx
         .query_one(
@@ -261,7 +261,7 @@ pub enum Deletion {
     Deleted,
 }
 
-/// Deletes a worker the way DeleteWorker does (behavior.md §4.4), inside `tx` — also what the
+/// Deletes a worker the way DeleteWorker does, inside `tx` — also what the
 /// watchdog calls for idle or lost workers:
 /// - non-permanent: a delete job (D) is created (unless one is already open), open create/restart
 ///   jobs of the worker are canceled (X), the worker becomes D; the job runner deletes the machine

@@ -1,7 +1,7 @@
-//! The leadership record (`cluster_leader`) and fencing (design.md §4): a leader writes its epoch
-//! on taking office; every leader-only mutation checks, in its own transaction, that the epoch is
-//! still its own, holding a share lock on the record so a new leader's takeover waits for it.
-//! Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
+//! The leadership record (`cluster_leader`) and fencing (docs/architecture.md#leadership): a leader
+//! writes its epoch on taking office; every leader-only mutation checks, in its own transaction,
+//! that the epoch is still its own, holding a share lock on the record so a new leader's takeover
+//! waits for it. Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
 
 use std::time::Duration;
 

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../schema/0009_ping_batch.sql"),
     },
     Migration {
+        version: 10,
+        name: "status_batch",
+        sql: include_str!("../../schema/0010_status_batch.sql"),
+    },
+    Migration {
         version: 11,
         name: "cluster_settings",
         sql: include_str!("../../schema/0011_cluster_settings.sql"),

@@ -17,6 +17,7 @@ pub mod notify;
 pub mod ownership;
 pub mod recruiters;
 pub mod secrets;
+pub mod status_batch;
 pub mod tasks;
 pub mod templates;
 pub mod users;
@@ -53,6 +54,7 @@ pub enum Op {
     Ping,
     ClaimTasks,
     PingBatch,
+    StatusBatch,
     Workers,
     Workflows,
     StepStats,
@@ -87,6 +89,7 @@ impl Op {
             Op::Ping => "ping",
             Op::ClaimTasks => "claim_tasks",
             Op::PingBatch => "ping_batch",
+            Op::StatusBatch => "status_batch",
             Op::Workers => "workers",
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",

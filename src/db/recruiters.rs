@@ -98,7 +98,7 @@ impl Recruiter {
         }
     }
 
-    /// behavior.md §4.7 validation (see `domain::recruitment::validate_settings`).
+    /// The original's validation (see `domain::recruitment::validate_settings`).
     pub fn validate(&self) -> crate::domain::Result<()> {
         validate_settings(
             &self.protofilter,
@@ -433,8 +433,8 @@ pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
     Ok(true)
 }
 
-/// Timers (design.md §2): `active` recruiters start their clock if it is not running, the others
-/// stop it; `attempted` ones restart their deployment clock.
+/// Timers (docs/architecture.md#state-lives-in-postgresql): `active` recruiters start their clock
+/// if it is not running, the others stop it; `attempted` ones restart their deployment clock.
 pub async fn set_timers(
     tx: &Tx<'_>,
     active: &[(i32, i32)],

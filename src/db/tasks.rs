@@ -303,6 +303,13 @@ pub async fn update_status(
     Ok(applied)
 }
 
+/// The refusal of a status update of a hidden task.
+pub fn hidden_task(task_id: i32) -> Error {
+    Error::failed_precondition(format!(
+        "task {task_id} is hidden and read-only: it was retried, update its retry instead"
+    ))
+}
+
 /// Sets a task's status inside `tx` with every side effect: durations, `run_started_at`, the
 /// worker's activity clock, promotion of dependents on S, automatic retry on F.
 pub async fn apply_status(
@@ -322,9 +329,7 @@ pub async fn apply_status(
         .ok_or_else(|| Error::not_found(format!("task {task_id} not found")))?;
     let current = parse_status(row.get("status"))?;
     if row.get::<_, bool>("hidden") {
-        return Err(Error::failed_precondition(format!(
-            "task {task_id} is hidden and read-only: it was retried, update its retry instead"
-        )));
+        return Err(hidden_task(task_id));
     }
     if current == new {
         return Ok(Applied::Unchanged);

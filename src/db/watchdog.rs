@@ -1,7 +1,8 @@
-//! The watchdog's queries (design.md §5, behavior.md §5.5), all decided from timestamps in the
-//! database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker accepted
-//! or finished), `created_at` and `offline_since` (set here). Run inside the leader's fenced
-//! transactions. Not here: the cadence and the choice of how a worker is deleted (`loops::watchdog`).
+//! The watchdog's queries (docs/architecture.md#background-loops), all decided from timestamps in
+//! the database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker
+//! accepted or finished), `created_at` and `offline_since` (set here). Run inside the leader's
+//! fenced transactions. Not here: the cadence and the choice of how a worker is deleted
+//! (`loops::watchdog`).
 //!
 //! Pings hold `pg_advisory_xact_lock(NS_WORKER, worker_id)` while they write; the offline
 //! transition skips a worker whose ping is in flight (it is alive), and deletion waits for it.
@@ -15,7 +16,7 @@ use crate::error::Result;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-/// The watchdog's clocks (behavior.md §5.5 defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
+/// The watchdog's clocks (the original's defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     /// R→O, P→Q, F→L after this long without a ping.

@@ -122,7 +122,7 @@ async fn local_provider(tx: &Tx<'_>) -> Result<(i32, i32)> {
     Ok((provider, region))
 }
 
-/// RegisterSpecifications (behavior.md §4.1): a worker without flavor gets a flavor of the local
+/// RegisterSpecifications (as the original): a worker without flavor gets a flavor of the local
 /// provider named after it, in region `local` (and recyclable scope G if it had no region); a local
 /// flavor is kept in line with what the worker reports; a cloud flavor is left alone.
 pub async fn register_specifications(

@@ -1,5 +1,6 @@
 //! Workflows and steps (`workflow`, `step`) and step statistics, computed by one SQL aggregate per
-//! request (behavior.md §4.9) — no in-memory counters, so nothing drifts and every replica agrees.
+//! request (the original's semantics) — no in-memory counters, so nothing drifts and every replica
+//! agrees.
 
 use crate::domain::ownership::Owner;
 use scoped_futures::ScopedFutureExt as _;
@@ -221,7 +222,7 @@ pub async fn delete_step(db: &Db, step_id: i32) -> Result<()> {
     .await
 }
 
-/// One aggregate over the tasks of the selected steps (behavior.md §4.9 semantics):
+/// One aggregate over the tasks of the selected steps (the original's semantics):
 /// buckets count non-hidden tasks; `failed` counts retried (hidden) failures and `really_failed`
 /// final ones; accumulators are count/sum/min/max in seconds (0 for an empty set).
 const STEP_STATS: &str = "

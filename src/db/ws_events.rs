@@ -1,5 +1,5 @@
-//! WebSocket events through PostgreSQL (behavior.md Appendix A; schema/0008_ws.sql): what is
-//! published, how a replica reads it back. Table changes publish themselves (triggers on task,
+//! WebSocket events through PostgreSQL (docs/architecture.md#web-surface; schema/0008_ws.sql): what
+//! is published, how a replica reads it back. Table changes publish themselves (triggers on task,
 //! worker, workflow, step and session rows, in the changing transaction); `publish` is for events
 //! without a row of their own, written with the same SQL function so the size rule is one: a body
 //! over `INLINE_LIMIT` bytes is stored in `ws_event` and notified by reference.

@@ -271,11 +271,12 @@ async fn serve(
             task.abort();
         }
     }
-    if tokio::time::timeout_at(deadline.into(), state.pings.shutdown())
+    let batches = futures::future::join(state.pings.shutdown(), state.status_updates.shutdown());
+    if tokio::time::timeout_at(deadline.into(), batches)
         .await
         .is_err()
     {
-        tracing::warn!("ping batches still running at the drain deadline");
+        tracing::warn!("ping or status batches still running at the drain deadline");
     }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {

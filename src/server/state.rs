@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::{DispatchConfig, Pings};
+use crate::db::status_batch::StatusUpdates;
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub jwt: JwtKey,
     /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
     pub pings: Pings,
+    /// UpdateTaskStatus: the status batcher (group commit) or the one-by-one path.
+    pub status_updates: StatusUpdates,
     /// The WebSocket fan-out of this replica (`/ws`).
     pub ws: WsHub,
 }
@@ -79,6 +82,12 @@ impl AppState {
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
         let pings = Pings::start(db.clone(), dispatch, config.batch_loops, config.batch_max);
+        let status_updates = StatusUpdates::start(
+            db.clone(),
+            config.assign_shards,
+            config.batch_loops,
+            config.batch_max,
+        );
         AppState {
             db,
             config,
@@ -93,6 +102,7 @@ impl AppState {
             login_gate,
             jwt,
             pings,
+            status_updates,
             ws,
         }
     }
