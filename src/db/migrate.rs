@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "status_batch",
         sql: include_str!("../../schema/0010_status_batch.sql"),
     },
+    Migration {
+        version: 11,
+        name: "cluster_settings",
+        sql: include_str!("../../schema/0011_cluster_settings.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

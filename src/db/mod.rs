@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod cluster_settings;
 pub mod dependencies;
 pub mod dispatch;
 pub mod embedded;
