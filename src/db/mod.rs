@@ -195,7 +195,7 @@ impl Db {
 
     /// A pooled connection.
     pub async fn client(&self) -> Result<Client> {
-        self.pool.get().await.map_err(pool_error)
+        Ok(self.pool.get().await?)
     }
 
     /// Waits until the database answers a query, for at most `timeout`.
@@ -237,13 +237,9 @@ impl Db {
         loop {
             let mut checkout = Checkout::new(self.client().await?);
             let result: Result<T> = async {
-                let tx = checkout
-                    .client_mut()
-                    .transaction()
-                    .await
-                    .map_err(pg_error)?;
+                let tx = checkout.client_mut().transaction().await?;
                 let value = f(&tx).await?;
-                tx.commit().await.map_err(pg_error)?;
+                tx.commit().await?;
                 Ok(value)
             }
             .await;
@@ -429,6 +425,23 @@ fn pg_error_unbounded(e: &tokio_postgres::Error) -> Error {
     }
 }
 
+/// `?` on a Postgres error maps it with [`pg_error`]; the impl lives here because only `db` may know
+/// tokio-postgres.
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        pg_error(e)
+    }
+}
+
+/// `?` on a pool checkout error maps it with [`pool_error`].
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Self {
+        pool_error(e)
+    }
+}
+
+/// Maps a failed pool checkout: a backend error goes through [`pg_error`], a timeout or a closed
+/// pool is `Unavailable`.
 fn pool_error(e: PoolError) -> Error {
     match e {
         PoolError::Backend(e) => pg_error(e),

@@ -17,7 +17,7 @@ use metrics::counter;
 
 use super::batch::{BatchConfig, BatchFn, Batcher, record_statement};
 use super::tasks::{self, Applied};
-use super::{Client, Db, Op, pg_error};
+use super::{Client, Db, Op};
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::{self as rules, DurationColumn, StatusChange};
 use crate::error::{Error, Result};
@@ -217,7 +217,7 @@ async fn call(
     let pending = flag(|c| c.becomes_pending);
     let activity = flag(|c| c.worker_activity);
     let promote = flag(|c| c.new == TaskStatus::Succeeded);
-    let stmt = c.prepare_cached(STATUS_BATCH).await.map_err(pg_error)?;
+    let stmt = c.prepare_cached(STATUS_BATCH).await?;
     let row = c
         .query_one(
             &stmt,
@@ -226,8 +226,7 @@ async fn call(
                 &activity, &promote,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let outcomes: Vec<Option<String>> = row.get("outcomes");
     if outcomes.len() != batched.len() {
         return Err(Error::internal(format!(

@@ -12,7 +12,7 @@ use metrics::counter;
 
 use super::batch::{BatchConfig, BatchFn, Batcher, record_statement};
 use super::tasks::{self, NewTask};
-use super::{Client, Db, Op, pg_error};
+use super::{Client, Db, Op};
 use crate::error::{Error, Result};
 use crate::telemetry::metrics as m;
 
@@ -225,7 +225,7 @@ async fn store_many(
     let owners: Vec<Option<i32>> = pick.iter().map(|t| t.owner.user_id).collect();
     let tokens: Vec<bool> = pick.iter().map(|t| t.owner.worker_token).collect();
     let shards = i32::from(shards);
-    let stmt = c.prepare_cached(SUBMIT_MANY).await.map_err(pg_error)?;
+    let stmt = c.prepare_cached(SUBMIT_MANY).await?;
     let rows = c
         .query(
             &stmt,
@@ -251,8 +251,7 @@ async fn store_many(
                 &tokens,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut ids = vec![None; many.len()];
     for row in rows {
         let n: i32 = row.get("n");

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use super::locks::NS_WORKER;
-use super::pg_error;
 use crate::config::Config;
 use crate::error::Result;
 
@@ -81,7 +80,7 @@ const MARK_OFFLINE: &str = "
 
 /// Moves up to `limit` workers that stopped pinging to O/Q/L and stamps `offline_since`.
 pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<WentOffline>> {
-    let stmt = tx.prepare_cached(MARK_OFFLINE).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(MARK_OFFLINE).await?;
     let rows = tx
         .query(
             &stmt,
@@ -92,8 +91,7 @@ pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<W
                 &NS_WORKER,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| WentOffline {
@@ -171,10 +169,7 @@ pub async fn due_for_deletion(
     only: Option<i32>,
     limit: i64,
 ) -> Result<Vec<Due>> {
-    let stmt = tx
-        .prepare_cached(DUE_FOR_DELETION)
-        .await
-        .map_err(pg_error)?;
+    let stmt = tx.prepare_cached(DUE_FOR_DELETION).await?;
     let rows = tx
         .query(
             &stmt,
@@ -187,8 +182,7 @@ pub async fn due_for_deletion(
                 &only,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| Due {
@@ -210,8 +204,7 @@ pub async fn lock_worker(tx: &Tx<'_>, worker_id: i32) -> Result<()> {
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&NS_WORKER, &worker_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }
 
@@ -223,16 +216,14 @@ pub async fn held_tasks(tx: &Tx<'_>, worker_id: i32) -> Result<Vec<i32>> {
                 AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Deletes the worker row, leaving a worker event that says why (the event outlives the row).
 pub async fn delete_row(tx: &Tx<'_>, due: &Due, message: &str) -> Result<()> {
     tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&due.worker_id])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let level = match due.reason {
         DueReason::Idle => "I",
         DueReason::Lost => "W",
@@ -242,7 +233,6 @@ pub async fn delete_row(tx: &Tx<'_>, due: &Due, message: &str) -> Result<()> {
          VALUES (NULL, $1, $2, 'watchdog', $3, jsonb_build_object('worker_id', $4::integer, 'reason', $5::text))",
         &[&due.worker_name, &level, &message, &due.worker_id, &due.reason.label()],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }

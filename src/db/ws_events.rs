@@ -55,8 +55,7 @@ pub async fn publish<C: GenericClient + Sync>(client: &C, event: &Event) -> Resu
                 &payload,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(())
 }
 
@@ -69,8 +68,7 @@ pub async fn fetch(db: &Db, event_id: i64) -> Result<Option<String>> {
                     "SELECT body FROM ws_event WHERE event_id = $1",
                     &[&event_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.map(|r| r.get(0)))
         }
         .scope_boxed()
