@@ -7,6 +7,7 @@
 //! process' RSS grows by less than 100 MiB, which the other areas' replicas running beside it in
 //! one process would make meaningless.
 
+#[allow(dead_code, unused_imports)] // the harness serves every binary; this one uses a part of it
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // guard helpers not every module uses
 
+#[allow(unused_imports)] // the harness serves every binary; this one uses a part of it
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../fleet_support/mod.rs"]

@@ -43,21 +43,9 @@ fn script(name: &str) -> PathBuf {
 
 /// A base port whose offsets used by up.sh are all free right now.
 fn free_base() -> u16 {
-    let offsets = [
+    common::free_port_base(&[
         50, 51, 52, 53, 60, 61, 62, 63, 90, 91, 92, 93, 379, 380, 404, 432,
-    ];
-    let seed = std::process::id() as u16;
-    for i in 0..200u16 {
-        // Below the kernel's ephemeral range (32768+), so no outgoing connection takes our ports.
-        let base = 10_000 + (seed.wrapping_mul(7).wrapping_add(i * 500)) % 22_000;
-        if offsets
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free port range");
+    ])
 }
 
 struct Cluster {
