@@ -1,4 +1,4 @@
-//! Short forms of the RPCs most tests make: a task request, a workflow with a step, a
+//! Short forms of the RPCs most tests make: a task request, submit, a workflow with a step, a
 //! registered worker, a ping, a status update, a task's status.
 
 use taskqueue::client::Client;
@@ -11,6 +11,16 @@ pub fn task(command: &str) -> pb::TaskRequest {
         container: "alpine".into(),
         ..Default::default()
     }
+}
+
+/// Submits `request`, panicking on error; returns the new task's id.
+pub async fn submit(client: &mut Client, request: pb::TaskRequest) -> i32 {
+    client
+        .submit_task(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id
 }
 
 /// Creates a workflow and one step in it; returns (workflow_id, step_id).

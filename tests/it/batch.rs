@@ -264,7 +264,7 @@ fn metric(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn measure_idle_pings() {
-    use common::{register_worker, spawn_replica, test_config};
+    use common::{ping, register_worker, spawn_replica, test_config};
     use taskqueue::proto as pb;
     let pg = postgres().await;
     for loops in [0usize, 2] {
@@ -281,12 +281,7 @@ async fn measure_idle_pings() {
             let mut c = clients[i % 8].clone();
             let id = register_worker(&mut c, &format!("idle-{i}"), 1, 0, None).await;
             // The first ping writes last_ping_at; the next ones (for 10 s) are idle.
-            c.ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
-                worker_id: id,
-                stats: None,
-            })
-            .await
-            .unwrap();
+            ping(&mut c, id).await;
             ids.push(id);
         }
         let xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
@@ -304,12 +299,7 @@ async fn measure_idle_pings() {
                 let pings = pings.clone();
                 tokio::spawn(async move {
                     while Instant::now() < until {
-                        c.ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
-                            worker_id,
-                            stats: None,
-                        })
-                        .await
-                        .unwrap();
+                        ping(&mut c, worker_id).await;
                         pings.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -367,14 +357,7 @@ async fn measure_idle_pings() {
                 let done = done.clone();
                 tokio::spawn(async move {
                     while Instant::now() < until {
-                        let answer = c
-                            .ping_and_take_new_tasks(pb::PingAndGetNewTasksRequest {
-                                worker_id,
-                                stats: None,
-                            })
-                            .await
-                            .unwrap()
-                            .into_inner();
+                        let answer = ping(&mut c, worker_id).await;
                         for t in answer.tasks {
                             c.update_task_status(pb::TaskStatusUpdate {
                                 task_id: t.task_id,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     ADMIN_PASSWORD, ADMIN_USER, ChildReplica, free_port, postgres, register_worker, set_status,
-    task, workflow_with_step,
+    submit, task, workflow_with_step,
 };
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -476,13 +476,7 @@ async fn the_test_page_works_through_haproxy_in_front_of_two_replicas() {
     for n in 0..TASKS {
         let mut request = task(&format!("echo browser {n}"));
         request.step_id = Some(step);
-        task_ids.push(
-            user.submit_task(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .task_id,
-        );
+        task_ids.push(submit(&mut user, request).await);
     }
     let mut worker = replicas[0].worker();
     let worker_id =

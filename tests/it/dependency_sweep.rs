@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::leader::{fixture, original_clocks};
-use common::{postgres, spawn_replica, wait_until};
+use common::{postgres, spawn_replica, submit, wait_until};
 use taskqueue::loops::dependencies;
 
 #[tokio::test]
@@ -193,7 +193,7 @@ async fn the_leader_sweep_resolves_dependencies_end_to_end() {
             let mut t = common::task("true");
             t.dependency = deps;
             t.retry = retry;
-            c.submit_task(t).await.unwrap().into_inner().task_id
+            submit(&mut c, t).await
         }
     };
     // A chain below a task that fails for good: all of it fails, each with its reason.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{postgres, spawn_replica, task, test_config};
+use common::{postgres, spawn_replica, submit, task, test_config};
 use futures::StreamExt as _;
 use rand::Rng as _;
 use taskqueue::client::Client;
@@ -264,7 +264,7 @@ async fn three_replicas_two_hundred_workers_never_double_assign_or_overfill() {
                 let mut c = pick(&clients);
                 async move {
                     let kind = req.command.clone();
-                    (c.submit_task(req).await.unwrap().into_inner().task_id, kind)
+                    (submit(&mut c, req).await, kind)
                 }
             })
             .buffer_unordered(16)

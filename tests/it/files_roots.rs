@@ -8,7 +8,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{WORKER_TOKEN, postgres, spawn_replica, test_config, wait_until};
+use common::{WORKER_TOKEN, postgres, spawn_replica, submit, test_config, wait_until};
 use taskqueue::proto as pb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
@@ -255,7 +255,7 @@ async fn a_task_sees_no_token_of_its_worker() {
     let out = common::tempdir().join("env-out");
     let mut req = common::task("env > $TASKQUEUE_OUTPUT/env.txt");
     req.output = Some(format!("file://{}/", out.display()));
-    let id = c.submit_task(req).await.unwrap().into_inner().task_id;
+    let id = submit(&mut c, req).await;
 
     let dir = common::tempdir();
     let log = std::fs::File::create(dir.join("worker.log")).unwrap();
@@ -310,21 +310,16 @@ async fn a_worker_stages_only_below_its_local_roots() {
     let mut ok = common::task("cat $TASKQUEUE_INPUT/in.txt > $TASKQUEUE_OUTPUT/copy");
     ok.input = vec![format!("file://{}/in.txt", allowed.display())];
     ok.output = Some(format!("file://{}/", out.display()));
-    let ok = c.submit_task(ok).await.unwrap().into_inner().task_id;
+    let ok = submit(&mut c, ok).await;
     let mut etc = common::task("cat $TASKQUEUE_INPUT/passwd");
     etc.input = vec!["/etc/passwd".into()];
-    let etc = c.submit_task(etc).await.unwrap().into_inner().task_id;
+    let etc = submit(&mut c, etc).await;
     let mut into_etc = common::task("echo x > $TASKQUEUE_OUTPUT/cron");
     into_etc.output = Some("file:///etc/cron.d/".into());
-    let into_etc = c.submit_task(into_etc).await.unwrap().into_inner().task_id;
+    let into_etc = submit(&mut c, into_etc).await;
     let mut from_store = common::task("true");
     from_store.input = vec![format!("{}/", store.display())];
-    let from_store = c
-        .submit_task(from_store)
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let from_store = submit(&mut c, from_store).await;
 
     let mut args = taskqueue::worker::WorkerArgs::new(&r.url(), WORKER_TOKEN, "rooted", store);
     args.ping_interval = Duration::from_millis(200);

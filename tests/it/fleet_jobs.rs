@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{register_worker, task, wait_until, workflow_with_step};
+use common::{register_worker, submit, task, wait_until, workflow_with_step};
 use fleet_support::{count, fleet_replica_with, leader, providers_of, sql, unique_cloud};
 use taskqueue::client::Client;
 use taskqueue::loops::LeaderContext;
@@ -566,15 +566,14 @@ async fn delete_worker_deletes_the_machine_then_the_row_and_retries_its_tasks() 
     })
     .await
     .unwrap();
-    let task_id = c
-        .submit_task(pb::TaskRequest {
+    let task_id = submit(
+        &mut c,
+        pb::TaskRequest {
             step_id: Some(step),
             ..task("true")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     let pinged = common::ping(&mut c, worker_id).await;
     assert_eq!(pinged.tasks.len(), 1);
 

@@ -8,8 +8,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    postgres, register_worker, replica, set_status, spawn_replica, task, test_config, wait_until,
-    workflow_with_step,
+    postgres, register_worker, replica, set_status, spawn_replica, submit, task, test_config,
+    wait_until, workflow_with_step,
 };
 use taskqueue::domain::limits;
 use taskqueue::domain::logs::TRUNCATION_LINE;
@@ -24,15 +24,14 @@ async fn two_30_mb_tasks_reach_their_worker_one_ping_each() {
     let (_, step) = workflow_with_step(&mut admin, "big", "big").await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let t = admin
-            .submit_task(pb::TaskRequest {
+        let t = submit(
+            &mut admin,
+            pb::TaskRequest {
                 step_id: Some(step),
                 ..task("true")
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
+            },
+        )
+        .await;
         ids.push(t);
     }
     // Tasks this large cannot be submitted any more; a database from before the limit may hold them.
@@ -87,12 +86,7 @@ async fn a_tasks_log_stops_at_its_byte_bound_with_one_truncation_line() {
     config.max_log_bytes_per_task = 10_000;
     let r = spawn_replica(config).await;
     let mut worker = r.worker();
-    let t = worker
-        .submit_task(task("yes"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let t = submit(&mut worker, task("yes")).await;
     let line = "y".repeat(99); // 100 bytes stored with its newline
     let sender = worker.clone();
     let send = |n: usize| {
@@ -151,12 +145,7 @@ async fn one_user_follows_a_bounded_number_of_logs() {
     config.max_log_followers_per_user = 3;
     let r = spawn_replica(config).await;
     let mut admin = r.admin().await;
-    let t = admin
-        .submit_task(task("sleep 1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let t = submit(&mut admin, task("sleep 1")).await;
     let follow = |mut c: taskqueue::client::Client| async move {
         c.stream_task_logs_output(pb::TaskId { task_id: t })
             .await
@@ -212,12 +201,7 @@ async fn page_sizes_are_clamped_and_negative_ones_refused() {
         .events;
     assert_eq!(events.len() as i64, limits::LIST_WORKER_EVENTS.max);
 
-    let t = worker
-        .submit_task(task("true"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let t = submit(&mut worker, task("true")).await;
     let tasks = admin
         .list_tasks(pb::ListTasksRequest {
             limit: Some(i32::MAX),
@@ -421,13 +405,7 @@ async fn one_connection_opens_a_bounded_number_of_streams() {
     let r = spawn_replica(config).await;
     // One client, one HTTP/2 connection: its streams share the bound.
     let worker = r.worker();
-    let t = worker
-        .clone()
-        .submit_task(task("sleep 1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let t = submit(&mut worker.clone(), task("sleep 1")).await;
     let follow = |mut c: taskqueue::client::Client| async move {
         c.stream_task_logs_output(pb::TaskId { task_id: t })
             .await

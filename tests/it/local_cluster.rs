@@ -5,6 +5,7 @@
 //! and no task is lost. `down.sh --purge` stops everything (also when the test fails).
 
 use crate::common;
+use common::submit;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -349,7 +350,7 @@ async fn a_local_cluster_spreads_pings_elects_one_leader_and_survives_losing_it(
             container: "none".into(),
             ..Default::default()
         };
-        ids.push(c.submit_task(t).await.unwrap().into_inner().task_id);
+        ids.push(submit(&mut c, t).await);
     }
     let sim = cluster.fleet_sim(&[
         "--workers",

@@ -24,12 +24,7 @@ fn log(task_id: i32, log_type: &str, text: &str) -> pb::TaskLog {
 }
 
 async fn submit(client: &mut Client) -> i32 {
-    client
-        .submit_task(task("echo hello"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id
+    common::submit(client, task("echo hello")).await
 }
 
 /// One SendTaskLogs stream carrying `messages`.

@@ -29,11 +29,7 @@ fn tokenless(r: &Replica) -> Client {
 }
 
 async fn submit(c: &mut Client) -> i32 {
-    c.submit_task(task("echo hello"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id
+    common::submit(c, task("echo hello")).await
 }
 
 /// Submits `n` tasks and has a new worker take them in one ping: they are A, on that worker.

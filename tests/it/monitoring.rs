@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ping, set_status, task, wait_until};
+use common::{ping, set_status, submit, task, wait_until};
 use taskqueue::proto as pb;
 use tonic::Code;
 
@@ -289,7 +289,7 @@ async fn a_replica_exports_every_metric_the_dashboard_and_alerts_use() {
     for (i, retry) in [(0, None), (1, Some(1)), (2, None)] {
         let mut t = task(&format!("echo {i}"));
         t.retry = retry;
-        ids.push(c.submit_task(t).await.unwrap().into_inner().task_id);
+        ids.push(submit(&mut c, t).await);
     }
     let worker = common::register_worker(&mut c, "monitored", 3, 0, None).await;
     assert_eq!(ping(&mut c, worker).await.tasks.len(), 3);

@@ -51,14 +51,11 @@ fn recruiter_update(step_id: i32, rank: i32) -> pb::RecruiterUpdate {
 }
 
 async fn submit(c: &mut Client, step: i32) -> i32 {
-    c.submit_task(pb::TaskRequest {
+    let request = pb::TaskRequest {
         step_id: Some(step),
         ..task("true")
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .task_id
+    };
+    common::submit(c, request).await
 }
 
 #[tokio::test]

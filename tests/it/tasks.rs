@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{postgres, replica, set_status, status_of, task, workflow_with_step};
+use common::{postgres, replica, set_status, status_of, submit, task, workflow_with_step};
 use taskqueue::proto as pb;
 use tonic::Code;
 
@@ -112,7 +112,7 @@ async fn submission_is_validated_and_all_or_nothing() {
         assert_eq!(err.code(), code, "{what}: {}", err.message());
     }
     // One known and one unknown prerequisite: nothing is created, not even the task.
-    let a = c.submit_task(task("a")).await.unwrap().into_inner().task_id;
+    let a = submit(&mut c, task("a")).await;
     let err = c
         .submit_task(pb::TaskRequest {
             dependency: vec![a, 888_888],
@@ -129,46 +129,42 @@ async fn submission_is_validated_and_all_or_nothing() {
 async fn initial_status_and_dependencies() {
     let r = replica().await;
     let mut c = r.admin().await;
-    let a = c.submit_task(task("a")).await.unwrap().into_inner().task_id;
+    let a = submit(&mut c, task("a")).await;
     assert_eq!(status_of(&mut c, a).await, "P");
-    let i = c
-        .submit_task(pb::TaskRequest {
+    let i = submit(
+        &mut c,
+        pb::TaskRequest {
             status: "I".into(),
             ..task("i")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     assert_eq!(status_of(&mut c, i).await, "I");
-    let w = c
-        .submit_task(pb::TaskRequest {
+    let w = submit(
+        &mut c,
+        pb::TaskRequest {
             status: "W".into(),
             ..task("w")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     assert_eq!(status_of(&mut c, w).await, "P", "nothing to wait for");
-    let b = c
-        .submit_task(pb::TaskRequest {
+    let b = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![a],
             ..task("b")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let d = c
-        .submit_task(pb::TaskRequest {
+        },
+    )
+    .await;
+    let d = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![a, b],
             ..task("d")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     assert_eq!(status_of(&mut c, b).await, "W");
     set_status(&mut c, a, "S").await;
     assert_eq!(
@@ -180,15 +176,14 @@ async fn initial_status_and_dependencies() {
     set_status(&mut c, b, "S").await;
     assert_eq!(status_of(&mut c, d).await, "P");
     // Depending on an already-succeeded task starts pending (the original left it in W forever).
-    let e = c
-        .submit_task(pb::TaskRequest {
+    let e = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![a],
             ..task("e")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     assert_eq!(status_of(&mut c, e).await, "P");
 }
 
@@ -197,27 +192,16 @@ async fn concurrent_prerequisite_successes_promote_once() {
     let r = replica().await;
     let mut c = r.admin().await;
     for round in 0..15 {
-        let p1 = c
-            .submit_task(task("p1"))
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
-        let p2 = c
-            .submit_task(task("p2"))
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
-        let d = c
-            .submit_task(pb::TaskRequest {
+        let p1 = submit(&mut c, task("p1")).await;
+        let p2 = submit(&mut c, task("p2")).await;
+        let d = submit(
+            &mut c,
+            pb::TaskRequest {
                 dependency: vec![p1, p2],
                 ..task("d")
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
+            },
+        )
+        .await;
         let (mut c1, mut c2) = (c.clone(), c.clone());
         tokio::join!(set_status(&mut c1, p1, "S"), set_status(&mut c2, p2, "S"));
         assert_eq!(status_of(&mut c, d).await, "P", "round {round}");
@@ -228,7 +212,7 @@ async fn concurrent_prerequisite_successes_promote_once() {
 async fn status_updates_validate_and_are_idempotent() {
     let r = replica().await;
     let mut c = r.admin().await;
-    let t = c.submit_task(task("t")).await.unwrap().into_inner().task_id;
+    let t = submit(&mut c, task("t")).await;
     let update = |status: &str, duration: Option<i32>| pb::TaskStatusUpdate {
         task_id: t,
         new_status: status.into(),
@@ -309,24 +293,22 @@ async fn status_updates_validate_and_are_idempotent() {
 async fn automatic_retry_clones_hides_and_rewires() {
     let r = replica().await;
     let mut c = r.admin().await;
-    let a = c
-        .submit_task(pb::TaskRequest {
+    let a = submit(
+        &mut c,
+        pb::TaskRequest {
             retry: Some(2),
             ..task("flaky")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let b = c
-        .submit_task(pb::TaskRequest {
+        },
+    )
+    .await;
+    let b = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![a],
             ..task("after")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     set_status(&mut c, a, "F").await;
     let all = c
         .list_tasks(pb::ListTasksRequest {
@@ -383,15 +365,14 @@ async fn automatic_retry_clones_hides_and_rewires() {
     assert_eq!(status_of(&mut c, b).await, "P");
 
     // Out of retries: the failure is final.
-    let last = c
-        .submit_task(pb::TaskRequest {
+    let last = submit(
+        &mut c,
+        pb::TaskRequest {
             retry: Some(0),
             ..task("fatal")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     set_status(&mut c, last, "F").await;
     let all = c
         .list_tasks(pb::ListTasksRequest {
@@ -410,15 +391,14 @@ async fn automatic_retry_clones_hides_and_rewires() {
 async fn free_retry_keeps_the_budget() {
     let r = replica().await;
     let mut c = r.admin().await;
-    let t = c
-        .submit_task(pb::TaskRequest {
+    let t = submit(
+        &mut c,
+        pb::TaskRequest {
             retry: Some(0),
             ..task("x")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     c.update_task_status(pb::TaskStatusUpdate {
         task_id: t,
         new_status: "F".into(),
@@ -452,15 +432,14 @@ async fn manual_retry() {
         .code(),
         Code::NotFound
     );
-    let t = c
-        .submit_task(pb::TaskRequest {
+    let t = submit(
+        &mut c,
+        pb::TaskRequest {
             retry: Some(3),
             ..task("x")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     set_status(&mut c, t, "S").await;
     // A succeeded task can be re-run on request (a task that wrongly reported success).
     let clone = c
@@ -528,16 +507,15 @@ async fn manual_retry() {
     );
 
     // Retrying a waiting task keeps it waiting for its prerequisites.
-    let p = c.submit_task(task("p")).await.unwrap().into_inner().task_id;
-    let w = c
-        .submit_task(pb::TaskRequest {
+    let p = submit(&mut c, task("p")).await;
+    let w = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![p],
             ..task("w")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     let w2 = c
         .retry_task(pb::RetryTaskRequest {
             task_id: w,
@@ -565,7 +543,7 @@ async fn list_tasks_filters_and_pages() {
             task_name: Some(format!("n{i}")),
             ..task(&format!("bwa MEM sample_{i}%"))
         };
-        ids.push(c.submit_task(req).await.unwrap().into_inner().task_id);
+        ids.push(submit(&mut c, req).await);
     }
     c.submit_task(pb::TaskRequest {
         step_id: Some(other),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::web::{self, Mode, Web};
 use common::{
-    ADMIN_PASSWORD, ADMIN_USER, WORKER_TOKEN, postgres, set_status, spawn_replica, task,
+    ADMIN_PASSWORD, ADMIN_USER, WORKER_TOKEN, postgres, set_status, spawn_replica, submit, task,
     test_config,
 };
 use http::{Request, Version};
@@ -145,12 +145,7 @@ async fn grpc_web_server_stream_follows_a_growing_log() {
     let token = replica.login(ADMIN_USER, ADMIN_PASSWORD).await;
     let mut worker = replica.worker();
     for version in [Version::HTTP_2, Version::HTTP_11] {
-        let t = worker
-            .submit_task(task("echo"))
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
+        let t = submit(&mut worker, task("echo")).await;
         let request = web::grpc_web_request(
             Mode::Text,
             "StreamTaskLogsOutput",

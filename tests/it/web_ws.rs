@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::*;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use taskqueue::client::Client;
 use taskqueue::proto as pb;
 use taskqueue::server::state::AppState;
 use tokio::net::TcpStream;
@@ -167,10 +166,6 @@ async fn user_token(a: &Replica, name: &str) -> String {
 
 async fn admin_token(a: &Replica) -> String {
     a.login(ADMIN_USER, ADMIN_PASSWORD).await
-}
-
-async fn submit(client: &mut Client, req: pb::TaskRequest) -> i32 {
-    client.submit_task(req).await.unwrap().into_inner().task_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

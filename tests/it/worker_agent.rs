@@ -7,7 +7,7 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{WORKER_TOKEN, postgres, replica, status_of, task, wait_until};
+use common::{WORKER_TOKEN, postgres, replica, status_of, submit, task, wait_until};
 use taskqueue::proto as pb;
 use taskqueue::worker::WorkerArgs;
 use tokio::sync::oneshot;
@@ -56,10 +56,6 @@ fn args(r: &common::Replica, name: &str, concurrency: u32) -> WorkerArgs {
     a.concurrency = concurrency;
     a.ping_interval = Duration::from_millis(200);
     a
-}
-
-async fn submit(c: &mut taskqueue::client::Client, req: pb::TaskRequest) -> i32 {
-    c.submit_task(req).await.unwrap().into_inner().task_id
 }
 
 async fn all_tasks(c: &mut taskqueue::client::Client) -> Vec<pb::Task> {

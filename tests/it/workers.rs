@@ -7,7 +7,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    ping, postgres, register_worker, replica, set_status, status_of, task, workflow_with_step,
+    ping, postgres, register_worker, replica, set_status, status_of, submit, task,
+    workflow_with_step,
 };
 use taskqueue::proto as pb;
 use tonic::Code;
@@ -43,24 +44,9 @@ async fn registration_and_reregistration() {
         .worker_id;
 
     // It takes two tasks; it accepts one and starts the other.
-    let t1 = c
-        .submit_task(task("one"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let t2 = c
-        .submit_task(task("two"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let t3 = c
-        .submit_task(task("three"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let t1 = submit(&mut c, task("one")).await;
+    let t2 = submit(&mut c, task("two")).await;
+    let t3 = submit(&mut c, task("three")).await;
     let answer = ping(&mut c, id).await;
     assert_eq!(answer.tasks.len(), 2);
     set_status(&mut c, t1, "C").await;
@@ -206,7 +192,7 @@ async fn ping_assigns_up_to_capacity_and_reports_held_tasks() {
             shell: Some("bash".into()),
             ..task(&format!("echo {i}"))
         };
-        ids.push(c.submit_task(req).await.unwrap().into_inner().task_id);
+        ids.push(submit(&mut c, req).await);
     }
     let a = ping(&mut c, id).await;
     assert_eq!(a.concurrency, 2);
@@ -296,25 +282,23 @@ async fn strict_step_affinity() {
     let (_, s2) = workflow_with_step(&mut c, "wf2", "b").await;
     let on_s1 = register_worker(&mut c, "on-s1", 10, 0, Some(s1)).await;
     let stepless = register_worker(&mut c, "free", 10, 0, None).await;
-    let t1 = c
-        .submit_task(pb::TaskRequest {
+    let t1 = submit(
+        &mut c,
+        pb::TaskRequest {
             step_id: Some(s1),
             ..task("1")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let t2 = c
-        .submit_task(pb::TaskRequest {
+        },
+    )
+    .await;
+    let t2 = submit(
+        &mut c,
+        pb::TaskRequest {
             step_id: Some(s2),
             ..task("2")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let t0 = c.submit_task(task("0")).await.unwrap().into_inner().task_id;
+        },
+    )
+    .await;
+    let t0 = submit(&mut c, task("0")).await;
     let a = ping(&mut c, on_s1).await;
     assert_eq!(
         a.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
@@ -334,7 +318,7 @@ async fn only_ready_workers_get_new_tasks_and_pings_bring_them_back() {
     let r = replica().await;
     let mut c = r.worker();
     let id = register_worker(&mut c, "w", 2, 0, None).await;
-    let t = c.submit_task(task("x")).await.unwrap().into_inner().task_id;
+    let t = submit(&mut c, task("x")).await;
     let set = |status: &str| pb::WorkerStatus {
         worker_id: id,
         status: status.into(),
@@ -665,31 +649,20 @@ async fn tasks_below_the_claim_cursor_are_not_lost() {
     assert!(ping(&mut c, id).await.tasks.is_empty());
     // A waiting task with a low id; its prerequisite keeps one slot busy while later tasks are
     // claimed through the other, moving the claim cursors past the waiting task's id.
-    let p = c
-        .submit_task(task("prerequisite"))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
-    let waiting = c
-        .submit_task(pb::TaskRequest {
+    let p = submit(&mut c, task("prerequisite")).await;
+    let waiting = submit(
+        &mut c,
+        pb::TaskRequest {
             dependency: vec![p],
             ..task("waiting")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     assert_eq!(ping(&mut c, id).await.tasks[0].task_id, p);
     set_status(&mut c, p, "C").await;
     set_status(&mut c, p, "R").await;
     for i in 0..5 {
-        let t = c
-            .submit_task(task(&format!("filler {i}")))
-            .await
-            .unwrap()
-            .into_inner()
-            .task_id;
+        let t = submit(&mut c, task(&format!("filler {i}"))).await;
         let got = ping(&mut c, id).await;
         assert_eq!(
             got.tasks.iter().map(|x| x.task_id).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{postgres, register_worker, replica, set_status, task, workflow_with_step};
+use common::{postgres, register_worker, replica, set_status, submit, task, workflow_with_step};
 use taskqueue::proto as pb;
 use tonic::Code;
 
@@ -298,25 +298,25 @@ async fn step_stats_count_what_the_tasks_say() {
     let mut c = r.admin().await;
     let (wf, step) = workflow_with_step(&mut c, "wf", "s").await;
     let (_, empty) = workflow_with_step(&mut c, "wf-empty", "nothing").await;
-    let submit = |retry: i32| pb::TaskRequest {
+    let request = |retry: i32| pb::TaskRequest {
         step_id: Some(step),
         retry: Some(retry),
         ..task("t")
     };
     let mut ids = Vec::new();
     for _ in 0..6 {
-        ids.push(c.submit_task(submit(0)).await.unwrap().into_inner().task_id);
+        ids.push(submit(&mut c, request(0)).await);
     }
-    let flaky = c.submit_task(submit(1)).await.unwrap().into_inner().task_id;
+    let flaky = submit(&mut c, request(1)).await;
     c.submit_task(pb::TaskRequest {
         dependency: vec![ids[2]],
-        ..submit(0)
+        ..request(0)
     })
     .await
     .unwrap(); // W
     c.submit_task(pb::TaskRequest {
         status: "I".into(),
-        ..submit(0)
+        ..request(0)
     })
     .await
     .unwrap(); // I counts as pending
