@@ -256,9 +256,10 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Rough figures, not a timed test (`cargo test --test batch -- --ignored --nocapture`): 200
-/// workers pinging idle in a closed loop on 8 connections for a few seconds against one replica,
-/// with batching off (`--batch-loops 0`) and on; prints pings/s, database transactions per ping
+/// Rough figures, not a timed test
+/// (`cargo test --test it batch::measure_idle_pings -- --ignored --nocapture`): 200 workers
+/// pinging idle in a closed loop on 8 connections for a few seconds against one replica, with
+/// batching off (`--batch-loops 0`) and on; prints pings/s, database transactions per ping
 /// (every statement of a ping runs in autocommit, so `xact_commit` counts statements) and the
 /// batch sizes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -533,7 +533,7 @@ async fn user_events_reach_admins_only_and_job_events_everyone() {
 
 /// Measurement, not a check: what the event triggers cost a status change, per row, in one
 /// statement over many rows (a batch of claims) and in one statement per row (status updates).
-/// `cargo test --test web_ws trigger_cost -- --ignored --nocapture`
+/// `cargo test --test it web_ws::trigger_cost -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn trigger_cost() {
