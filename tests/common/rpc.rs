@@ -1,5 +1,5 @@
 //! Short forms of the RPCs most tests make: a task request, submit, a workflow with a step, a
-//! registered worker, a ping, a status update, a task's status.
+//! registered worker, a ping, a status update, the task list, a task's status.
 
 use taskqueue::client::Client;
 use taskqueue::proto as pb;
@@ -104,9 +104,9 @@ pub async fn set_status(client: &mut Client, task_id: i32, status: &str) {
         .unwrap();
 }
 
-/// The status of a task as ListTasks shows it (hidden tasks included).
-pub async fn status_of(client: &mut Client, task_id: i32) -> String {
-    let tasks = client
+/// Every task, hidden ones (retried, superseded) included, as ListTasks shows them.
+pub async fn all_tasks(client: &mut Client) -> Vec<pb::Task> {
+    client
         .list_tasks(pb::ListTasksRequest {
             show_hidden: Some(true),
             ..Default::default()
@@ -114,8 +114,13 @@ pub async fn status_of(client: &mut Client, task_id: i32) -> String {
         .await
         .unwrap()
         .into_inner()
-        .tasks;
-    tasks
+        .tasks
+}
+
+/// The status of a task as ListTasks shows it (hidden tasks included).
+pub async fn status_of(client: &mut Client, task_id: i32) -> String {
+    all_tasks(client)
+        .await
         .into_iter()
         .find(|t| t.task_id == task_id)
         .map(|t| t.status)

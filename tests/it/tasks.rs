@@ -3,7 +3,9 @@
 
 use crate::common;
 
-use common::{postgres, replica, set_status, status_of, submit, task, workflow_with_step};
+use common::{
+    all_tasks, postgres, replica, set_status, status_of, submit, task, workflow_with_step,
+};
 use taskqueue::proto as pb;
 use tonic::Code;
 
@@ -310,15 +312,7 @@ async fn automatic_retry_clones_hides_and_rewires() {
     )
     .await;
     set_status(&mut c, a, "F").await;
-    let all = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
+    let all = all_tasks(&mut c).await;
     let original = all.iter().find(|t| t.task_id == a).unwrap();
     assert!(original.hidden);
     assert_eq!(original.status, "F");
@@ -374,15 +368,7 @@ async fn automatic_retry_clones_hides_and_rewires() {
     )
     .await;
     set_status(&mut c, last, "F").await;
-    let all = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
+    let all = all_tasks(&mut c).await;
     assert!(all.iter().all(|t| t.previous_task_id != Some(last)));
     assert!(!all.iter().find(|t| t.task_id == last).unwrap().hidden);
 }
@@ -452,15 +438,7 @@ async fn manual_retry() {
         .into_inner()
         .task_id;
     assert_ne!(clone, t);
-    let all = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
+    let all = all_tasks(&mut c).await;
     let cl = all.iter().find(|x| x.task_id == clone).unwrap();
     assert_eq!(
         (cl.status.as_str(), cl.retry, cl.previous_task_id),

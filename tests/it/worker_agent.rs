@@ -7,7 +7,7 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{WORKER_TOKEN, postgres, replica, status_of, submit, task, wait_until};
+use common::{WORKER_TOKEN, all_tasks, postgres, replica, status_of, submit, task, wait_until};
 use taskqueue::proto as pb;
 use taskqueue::worker::WorkerArgs;
 use tokio::sync::oneshot;
@@ -56,17 +56,6 @@ fn args(r: &common::Replica, name: &str, concurrency: u32) -> WorkerArgs {
     a.concurrency = concurrency;
     a.ping_interval = Duration::from_millis(200);
     a
-}
-
-async fn all_tasks(c: &mut taskqueue::client::Client) -> Vec<pb::Task> {
-    c.list_tasks(pb::ListTasksRequest {
-        show_hidden: Some(true),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .tasks
 }
 
 async fn wait_status(c: &taskqueue::client::Client, id: i32, want: &str, within: Duration) {

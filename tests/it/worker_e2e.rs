@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_until};
+use common::{all_tasks, free_port, wait_until};
 use taskqueue::proto as pb;
 use tokio::process::{Child, Command};
 
@@ -259,15 +259,8 @@ async fn two_workers_two_hundred_tasks_and_a_killed_worker() {
 
     // Every task ended as expected (following retries).
     let mut c = world.client();
-    let tasks: BTreeMap<i32, pb::Task> = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
+    let tasks: BTreeMap<i32, pb::Task> = all_tasks(&mut c)
         .await
-        .unwrap()
-        .into_inner()
-        .tasks
         .into_iter()
         .map(|t| (t.task_id, t))
         .collect();
@@ -450,15 +443,7 @@ async fn two_workers_two_hundred_tasks_and_a_killed_worker() {
         || {
             let mut c = c.clone();
             async move {
-                let tasks = c
-                    .list_tasks(pb::ListTasksRequest {
-                        show_hidden: Some(true),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .tasks;
+                let tasks = all_tasks(&mut c).await;
                 tasks
                     .iter()
                     .any(|t| t.previous_task_id == Some(sleeper) && t.status == "S")
@@ -470,15 +455,8 @@ async fn two_workers_two_hundred_tasks_and_a_killed_worker() {
         "killed worker's task retried and done after {:?}",
         killed_at.elapsed()
     );
-    let retried = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
+    let retried = all_tasks(&mut c)
         .await
-        .unwrap()
-        .into_inner()
-        .tasks
         .into_iter()
         .find(|t| t.previous_task_id == Some(sleeper))
         .unwrap();

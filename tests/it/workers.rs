@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    ping, postgres, register_worker, replica, set_status, status_of, submit, task,
+    all_tasks, ping, postgres, register_worker, replica, set_status, status_of, submit, task,
     workflow_with_step,
 };
 use taskqueue::proto as pb;
@@ -65,15 +65,7 @@ async fn registration_and_reregistration() {
     for t in [t1, t2] {
         assert_eq!(status_of(&mut c, t).await, "F");
     }
-    let all = c
-        .list_tasks(pb::ListTasksRequest {
-            show_hidden: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tasks;
+    let all = all_tasks(&mut c).await;
     for t in [t1, t2] {
         let clone = all
             .iter()
