@@ -195,6 +195,36 @@ impl Drop for ChildReplica {
     }
 }
 
+/// Starts `taskqueue serve` as `names` on one database (see [`ChildReplica::spawn`]) and waits
+/// until each serves.
+pub async fn start_replicas(url: &str, names: &[&str], extra: &[String]) -> Vec<ChildReplica> {
+    let mut replicas: Vec<ChildReplica> = names
+        .iter()
+        .map(|n| ChildReplica::spawn(n, url, extra))
+        .collect();
+    for r in &mut replicas {
+        r.wait_serving().await;
+    }
+    replicas
+}
+
+/// Waits until the database records a term newer than `epoch`; returns it.
+pub async fn wait_new_term(url: &str, epoch: i64, timeout: Duration) -> (i64, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((e, holder)) = office(url).await
+            && e > epoch
+        {
+            return (e, holder);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new term after {timeout:?} (still {epoch})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The recorded leadership term of a database: (epoch, holder), if any leader took office.
 pub async fn office(database_url: &str) -> Option<(i64, String)> {
     let client = postgres().await.connect(database_url).await;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildReplica, Etcd, leaders, metric_value, office, postgres, test_config, wait_one_leader,
-    wait_until,
+    Etcd, leaders, metric_value, office, postgres, start_replicas, test_config, wait_new_term,
+    wait_one_leader, wait_until,
 };
 use scoped_futures::ScopedFutureExt as _;
 use taskqueue::cluster::{self, Membership};
@@ -34,34 +34,6 @@ async fn start_etcd() -> Etcd {
     let etcd = Etcd::start();
     etcd.wait_ready().await;
     etcd
-}
-
-async fn start_replicas(url: &str, names: &[&str], extra: &[String]) -> Vec<ChildReplica> {
-    let mut replicas: Vec<ChildReplica> = names
-        .iter()
-        .map(|n| ChildReplica::spawn(n, url, extra))
-        .collect();
-    for r in &mut replicas {
-        r.wait_serving().await;
-    }
-    replicas
-}
-
-/// Waits until the database records a term newer than `epoch`; returns it.
-async fn wait_new_term(url: &str, epoch: i64, timeout: Duration) -> (i64, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((e, holder)) = office(url).await
-            && e > epoch
-        {
-            return (e, holder);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new term after {timeout:?} (still {epoch})"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

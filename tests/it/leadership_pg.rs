@@ -8,33 +8,9 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildReplica, leaders, office, postgres, spawn_replica, test_config, wait_one_leader,
-    wait_until,
+    leaders, office, postgres, spawn_replica, start_replicas, test_config, wait_new_term,
+    wait_one_leader, wait_until,
 };
-
-async fn start_replicas(url: &str, names: &[&str], extra: &[String]) -> Vec<ChildReplica> {
-    let mut replicas: Vec<ChildReplica> = names
-        .iter()
-        .map(|n| ChildReplica::spawn(n, url, extra))
-        .collect();
-    for r in &mut replicas {
-        r.wait_serving().await;
-    }
-    replicas
-}
-
-async fn wait_new_term(url: &str, epoch: i64, timeout: Duration) -> (i64, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((e, holder)) = office(url).await
-            && e > epoch
-        {
-            return (e, holder);
-        }
-        assert!(Instant::now() < deadline, "no new term after {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_elect_one_leader_and_the_other_takes_over_after_sigkill() {
