@@ -117,6 +117,10 @@ def main(d):
     if rate:
         row(f"ping p99 at {rate['pings_per_s']:.0f} pings/s offered ~2,000, through the replicas",
             rate["ping_ms"]["p99"], "ms", "target", 10.0, "< 10 ms", ("<=", 10.0))
+    rate_lb = r.get("rate_lb")
+    if rate_lb:
+        row(f"ping p99 at {rate_lb['pings_per_s']:.0f} pings/s offered ~2,000, through haproxy",
+            rate_lb["ping_ms"]["p99"], "ms", "target", 10.0, "< 10 ms", ("<=", 10.0))
 
     def num(v, unit=""):
         if v is None:

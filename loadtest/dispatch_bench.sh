@@ -17,7 +17,7 @@
 #      each running 2 tasks of 5 s at a time through the full status chain (C, R, S) from a standing
 #      queue — a busy fleet (real tasks run for minutes), ~160 tasks/s and ~500 status updates/s on
 #      top of the pings; first pings spread over 200 ms, the first 5 s (registrations, first
-#      claims) left out of the figures.
+#      claims) left out of the figures; then the same load through haproxy (deploy/local's front).
 # Phases 2, 3, 4 and 5 also measure CPU: of the replica processes (or the bare tonic server), of the
 # whole PostgreSQL cluster (the postmaster and all its children: backends, walwriter, …; see
 # loadtest/cpu.py) and of the load tool, per ping / task / RPC. It ends with a table: each measure,
@@ -73,9 +73,12 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); mkdir -p "$work/pg" && chown postgres "$work/pg"; fi
 pgport=$(free_port)
+# PROFILE=1: pg_stat_statements says which statements PostgreSQL's CPU goes to (idle-ping phase).
+pg_profile=()
+if [ "$PROFILE" = 1 ]; then pg_profile=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all); fi
 "${as_pg[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
 "${as_pg[@]}" "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p "$pgport" -c listen_addresses=127.0.0.1 \
-  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off >"$work/pg.log" 2>&1 &
+  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off "${pg_profile[@]}" >"$work/pg.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do "$pgbin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres taskqueue
@@ -171,6 +174,9 @@ if [ "$PROFILE" = 1 ]; then
      >"$PROFILE_DIR/perf-record.log" 2>&1) &
   perf_job=$!
 fi
+if [ "$PROFILE" = 1 ]; then
+  psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+fi
 cpu_begin "${rpids[@]}"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
 cpu_idle_full=$(cpu_end)
@@ -182,6 +188,15 @@ if [ "$PROFILE" = 1 ]; then
     | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-replica.top.txt" || true
   echo "profile of a replica's idle pings: $PROFILE_DIR/idle-replica.top.txt (perf.data beside it)"
   head -25 "$PROFILE_DIR/idle-replica.top.txt"
+  # Where PostgreSQL's time went in that phase: the statements by total execution time (all
+  # databases, nested statements of plpgsql functions included), with calls and rows.
+  psql_ -F ' | ' -c "SELECT round(total_exec_time)::bigint AS ms, calls, rows,
+                            round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
+                            left(regexp_replace(query, '\s+', ' ', 'g'), 140)
+                       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+    >"$PROFILE_DIR/idle-pg-statements.txt" || true
+  echo "PostgreSQL statements of the idle phase (ms | calls | rows | µs/call | query): $PROFILE_DIR/idle-pg-statements.txt"
+  cat "$PROFILE_DIR/idle-pg-statements.txt"
 fi
 
 echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
@@ -260,6 +275,28 @@ rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-int
            --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r)
 echo "$rate"
 save rate "$rate"
+
+# The same offered load through a load balancer, as deploy/local runs it: haproxy, h2c in and out,
+# every RPC (HTTP/2 stream) balanced on its own over the replicas.
+echo "== the same, through haproxy (deploy/local's gRPC front) in front of the $REPLICAS replicas"
+haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+lb_port=$(free_port)
+{
+  printf 'global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n'
+  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n'
+  printf 'frontend grpc\n  bind 127.0.0.1:%s proto h2\n  default_backend replicas\n' "$lb_port"
+  printf 'backend replicas\n  balance roundrobin\n'
+  for i in "${!targets[@]}"; do printf '  server r%s %s proto h2\n' "$i" "${targets[$i]}"; done
+} >"$work/haproxy.cfg"
+"$haproxy_bin" -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$lb_port") 2>/dev/null && break; sleep 0.1; done
+reset_tasks
+rate_lb=$("$BIN/fleet-sim" --targets "127.0.0.1:$lb_port" --token "$TOKEN" --json \
+           --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
+           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix l)
+echo "$rate_lb"
+save rate_lb "$rate_lb"
 
 echo
 echo "== summary (same machine, same PostgreSQL)"

@@ -52,7 +52,7 @@ struct Args {
     #[arg(long)]
     preload: bool,
     /// Status updates per task: `full` (C, R, S — as real workers), `nominal` (C, O, R, U, S — the
-    /// whole chain of behavior.md), `minimal` (S only), `none`.
+    /// whole chain of the original worker), `minimal` (S only), `none`.
     #[arg(long, default_value = "full")]
     lifecycle: String,
     /// Stop after this long (or when every submitted task finished).

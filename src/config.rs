@@ -1,6 +1,9 @@
 //! Server configuration: flags and `TASKQUEUE_*` environment variables (clap), then an optional YAML
 //! file whose sections mirror the original's `scitq.yaml` (`scitq:`, `providers:`, `rclone:`), then
-//! the documented defaults below. Names are fixed by design.md §9. `Config` is the validated result.
+//! the documented defaults below. Names are fixed (docs/architecture.md#configuration). `Config` is
+//! the validated result. An option is declared once, in `options!` (doc, flag, variable, YAML
+//! key); it then takes a `Config` field, one `layer!` line in `Config::merge` and, when it has
+//! one, a `defaults` const.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,14 +25,15 @@ pub mod defaults {
     pub const ASSIGN_SHARDS: u16 = 16;
     /// etcd lease TTL: a dead leader is replaced within about this long.
     pub const LEADER_LEASE_TTL: Duration = Duration::from_secs(10);
-    /// The original's watchdog timeouts (behavior.md §5.5).
+    /// The original's watchdog timeouts (docs/architecture.md#background-loops).
     pub const OFFLINE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const NEW_WORKER_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
     pub const LOST_TIMEOUT: Duration = Duration::from_secs(300);
     /// The original's warm-worker extension of the idle timeout (task_download_timeout).
     pub const TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this (design.md §5).
+    /// Watchdog cadence: an offline worker is noticed within offline_timeout + this
+    /// (docs/architecture.md#background-loops).
     pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(5);
     /// Dependency sweep cadence: how soon the dependents of a task that failed for good fail too
     /// (success promotes dependents at once, on the request path; the sweep is the safety net).
@@ -80,7 +84,7 @@ pub mod defaults {
     /// Password hashes waiting for a free hashing slot; more logins at once are refused with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub const LOGIN_QUEUE: usize = 64;
-    /// Ping batch loops per replica (group commit, design.md §3.1), each on its own pooled
+    /// Ping batch loops per replica (docs/architecture.md#group-commit), each on its own pooled
     /// connection: two keep one batch forming while the other is in flight.
     pub const BATCH_LOOPS: usize = 2;
     /// Most pings in one batch: large enough that one statement serves a burst of a big fleet,
@@ -93,182 +97,254 @@ pub mod defaults {
     }
 }
 
-/// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
-/// YAML file can fill what flags and environment leave unset; defaults are applied afterwards.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
+/// Declares every option of `taskqueue serve` once, in `--help` order: its `///` doc (the help
+/// text), its flag and `TASKQUEUE_*` variable (`#[arg]`), and its key in the YAML file's `scitq:`
+/// section, which is the field's name (`#[serde(alias)]` adds the original's names;
+/// `#[yaml_as(T)]` reads the key as `T`, converted with `Into`). `flag name: T` is a flag only,
+/// `yaml name: T` a key only. Out of the list come `ServeArgs` (clap) and `ScitqSection` (serde),
+/// every value optional in both so that `Config::merge` can take the flag's, else the file's,
+/// else the default (`layer!`).
+macro_rules! options {
+    (@munch [$($flags:tt)*] [$($keys:tt)*]) => {
+        /// Flags of `taskqueue serve` (and `taskqueue migrate`). Every value is optional here so that the
+        /// YAML file can fill what flags and environment leave unset; defaults are applied afterwards.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct ServeArgs { $($flags)* }
+
+        /// `scitq:` keys: our names (docs/architecture.md#configuration, snake_case) with the
+        /// original's names as aliases.
+        #[derive(Debug, Default, Deserialize)]
+        struct ScitqSection { $($keys)* }
+    };
+    (@munch [$($flags:tt)*] [$($keys:tt)*]
+        $(#[doc = $doc:literal])* #[arg($($arg:tt)*)] flag $field:ident: $ty:ty, $($rest:tt)*) => {
+        options!(@munch [$($flags)* $(#[doc = $doc])* #[arg($($arg)*)] pub $field: $ty,]
+            [$($keys)*] $($rest)*);
+    };
+    (@munch [$($flags:tt)*] [$($keys:tt)*]
+        $(#[doc = $doc:literal])* $(#[serde($($serde:tt)*)])* yaml $field:ident: $ty:ty,
+        $($rest:tt)*) => {
+        options!(@munch [$($flags)*]
+            [$($keys)* $(#[doc = $doc])* #[serde(default, deserialize_with = "yaml_value")]
+             $(#[serde($($serde)*)])* $field: Option<$ty>,]
+            $($rest)*);
+    };
+    (@munch [$($flags:tt)*] [$($keys:tt)*]
+        $(#[doc = $doc:literal])* #[arg($($arg:tt)*)] $(#[serde($($serde:tt)*)])*
+        $(#[yaml_as($as:ty)])? $field:ident: $ty:ty, $($rest:tt)*) => {
+        options!(@munch [$($flags)* $(#[doc = $doc])* #[arg($($arg)*)] pub $field: Option<$ty>,]
+            [$($keys)* #[serde(default, deserialize_with = "yaml_value")]
+             $(#[serde($($serde)*)])* $field: Option<yaml_type!($ty $(, $as)?)>,]
+            $($rest)*);
+    };
+    ($($options:tt)*) => { options!(@munch [] [] $($options)*); };
+}
+
+/// The type a YAML key is read as: the option's, or the one its `#[yaml_as]` names.
+macro_rules! yaml_type {
+    ($ty:ty) => {
+        $ty
+    };
+    ($ty:ty, $as:ty) => {
+        $as
+    };
+}
+
+options! {
     /// YAML configuration file (sections `scitq:`, `providers:`, `rclone:` as in scitq.yaml).
     #[arg(long, env = "TASKQUEUE_CONFIG")]
-    pub config: Option<PathBuf>,
+    flag config: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, env = "TASKQUEUE_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr,
+    /// The original's gRPC port: listen on all interfaces at this port.
+    yaml port: u16,
     /// Prometheus /metrics listen address, or "off" [default: 127.0.0.1:9090].
     #[arg(long, env = "TASKQUEUE_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
+    metrics_listen: String,
     /// Postgres URL or key=value string; none → a private PostgreSQL under the data dir.
     #[arg(long, env = "TASKQUEUE_DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[serde(alias = "db_url")]
+    database_url: String,
     /// Data folder: private PostgreSQL, generated worker token, self-signed certificate
     /// [default: ./taskqueue-data].
     #[arg(long, env = "TASKQUEUE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf,
     /// etcd endpoints, comma-separated; none → leadership by a Postgres advisory lock.
     #[arg(long, env = "TASKQUEUE_ETCD_ENDPOINTS", value_delimiter = ',')]
-    pub etcd_endpoints: Option<Vec<String>>,
+    #[yaml_as(StringOrList)]
+    etcd_endpoints: Vec<String>,
     /// Token of workers; none → random, stored in the data dir and printed at first start.
     #[arg(long, env = "TASKQUEUE_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: Option<String>,
+    worker_token: String,
     /// File holding the worker token (read at start, trailing newline removed), so that the secret
     /// stays off command lines; not together with --worker-token.
     #[arg(long, env = "TASKQUEUE_WORKER_TOKEN_FILE")]
-    pub worker_token_file: Option<PathBuf>,
+    worker_token_file: PathBuf,
     /// Name of the admin created when the user table is empty [default: admin].
     #[arg(long, env = "TASKQUEUE_ADMIN_USER")]
-    pub admin_user: Option<String>,
+    admin_user: String,
     /// Password of that admin; none → random, printed once.
     #[arg(long, env = "TASKQUEUE_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
+    admin_password: String,
     /// File holding that password (read at start, trailing newline removed); not together with
     /// --admin-password.
     #[arg(long, env = "TASKQUEUE_ADMIN_PASSWORD_FILE")]
-    pub admin_password_file: Option<PathBuf>,
+    admin_password_file: PathBuf,
+    /// A bcrypt or argon2 hash for the initial admin (the original's key).
+    yaml admin_hashed_password: String,
+    /// The initial admin's email (the original's key).
+    yaml admin_email: String,
     /// TLS certificate (PEM) of the gRPC port.
     #[arg(long, env = "TASKQUEUE_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
+    #[serde(alias = "certificate_pem")]
+    tls_cert: PathBuf,
     /// TLS private key (PEM) of the gRPC port.
     #[arg(long, env = "TASKQUEUE_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[serde(alias = "certificate_key")]
+    tls_key: PathBuf,
     /// Serve TLS with a certificate generated at first start (data dir tls/cert.pem, tls/key.pem).
     /// The default when the YAML file is in the original's format (a `scitq:` section) and names
     /// no certificate.
     #[arg(long, env = "TASKQUEUE_TLS_SELF_SIGNED", conflicts_with = "tls_cert",
           num_args = 0..=1, default_missing_value = "true")]
-    pub tls_self_signed: Option<bool>,
+    tls_self_signed: bool,
     /// Serve plaintext even though the YAML file is in the original's format (a `scitq:` section),
     /// which otherwise means TLS (TLS terminated by a load balancer, local use).
     #[arg(long, env = "TASKQUEUE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_self_signed"],
           num_args = 0..=1, default_missing_value = "true")]
-    pub plaintext: Option<bool>,
+    plaintext: bool,
     /// Accept log streams without a token (legacy workers that send no header on streams).
     #[arg(long, env = "TASKQUEUE_ALLOW_UNAUTHENTICATED_LOG_STREAMS")]
-    pub allow_unauthenticated_log_streams: Option<bool>,
-    /// Shards of the pending-task queue; keep it equal on all replicas [default: 16].
+    allow_unauthenticated_log_streams: bool,
+    /// Shards of the pending-task queue, the same on every replica: the cluster's first replica
+    /// stores its value in the database, a replica started with another refuses to start
+    /// [default: 16].
     #[arg(long, env = "TASKQUEUE_ASSIGN_SHARDS")]
-    pub assign_shards: Option<u16>,
+    assign_shards: u16,
     /// etcd leader lease TTL [default: 10s].
     #[arg(long, env = "TASKQUEUE_LEADER_LEASE_TTL", value_parser = humantime::parse_duration)]
-    pub leader_lease_ttl: Option<Duration>,
+    leader_lease_ttl: Duration,
     /// A worker without ping for this long goes offline [default: 30s].
     #[arg(long, env = "TASKQUEUE_OFFLINE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub offline_timeout: Option<Duration>,
+    offline_timeout: Duration,
     /// An idle non-permanent worker is deleted after this long [default: 300s].
     #[arg(long, env = "TASKQUEUE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub idle_timeout: Option<Duration>,
+    idle_timeout: Duration,
     /// A new worker that never ran a task is deleted after this long [default: 900s].
     #[arg(long, env = "TASKQUEUE_NEW_WORKER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub new_worker_idle_timeout: Option<Duration>,
+    new_worker_idle_timeout: Duration,
     /// An offline non-permanent worker is deleted after this long [default: 300s].
     #[arg(long, env = "TASKQUEUE_LOST_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub lost_timeout: Option<Duration>,
+    #[serde(alias = "considered_lost_timeout")]
+    lost_timeout: Duration,
     /// Extra idle time granted to a worker still holding assigned or downloading tasks
     /// (at least this, or the longest download_timeout of those tasks) [default: 600s].
     #[arg(long, env = "TASKQUEUE_TASK_DOWNLOAD_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub task_download_timeout: Option<Duration>,
+    task_download_timeout: Duration,
     /// How often the leader's watchdog checks worker liveness and idleness [default: 5s].
     #[arg(long, env = "TASKQUEUE_WATCHDOG_INTERVAL", value_parser = humantime::parse_duration)]
-    pub watchdog_interval: Option<Duration>,
+    watchdog_interval: Duration,
     /// How often the leader promotes or fails tasks waiting on prerequisites [default: 2s].
     #[arg(long, env = "TASKQUEUE_DEPENDENCY_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
-    pub dependency_sweep_interval: Option<Duration>,
+    dependency_sweep_interval: Duration,
     /// Lifetime of session tokens issued by Login [default: 365 days].
     #[arg(long, env = "TASKQUEUE_SESSION_TTL", value_parser = humantime::parse_duration)]
-    pub session_ttl: Option<Duration>,
+    session_ttl: Duration,
     /// Postgres connections per replica [default: 30].
     #[arg(long, env = "TASKQUEUE_DB_POOL_SIZE")]
-    pub db_pool_size: Option<usize>,
+    #[serde(alias = "max_db_concurrency")]
+    db_pool_size: usize,
     /// Deadline of a graceful shutdown [default: 15s].
     #[arg(long, env = "TASKQUEUE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Option<Duration>,
+    shutdown_grace: Duration,
     /// Log follow streams (StreamTaskLogsOutput/Err) one replica serves at once; more are refused
     /// with RESOURCE_EXHAUSTED [default: 20000].
     #[arg(long, env = "TASKQUEUE_MAX_LOG_FOLLOWERS")]
-    pub max_log_followers: Option<usize>,
+    max_log_followers: usize,
     /// Prefix of server-created worker names [default: taskqueue].
     #[arg(long, env = "TASKQUEUE_SERVER_NAME")]
-    pub server_name: Option<String>,
+    server_name: String,
     /// Lease of a running provider job; a job whose replica died is taken over after it [default: 60s].
     #[arg(long, env = "TASKQUEUE_JOB_LEASE", value_parser = humantime::parse_duration)]
-    pub job_lease: Option<Duration>,
+    job_lease: Duration,
     /// Limit on one provider call (create, delete, restart a machine) [default: 600s].
     #[arg(long, env = "TASKQUEUE_JOB_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub job_timeout: Option<Duration>,
+    job_timeout: Duration,
+    /// The leader's recruiter cadence [default: 5s].
+    yaml recruiter_interval: Duration,
     /// Name this replica gives itself in leadership records and logs [default: host:pid].
     #[arg(long, env = "TASKQUEUE_REPLICA_NAME")]
-    pub replica_name: Option<String>,
+    replica_name: String,
     /// Never campaign for leadership: this replica serves RPCs only and never runs the leader loops
     /// (watchdog, sweeps, provider jobs, recruiters) — e.g. replicas in a region far from the database.
     #[arg(long, env = "TASKQUEUE_NO_LEADER")]
-    pub no_leader: bool,
+    flag no_leader: bool,
     /// Limit on one template script run (RunTemplate blocks this long at most) [default: 1800s].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub template_timeout: Option<Duration>,
+    #[serde(alias = "grpc_dsl_timeout")]
+    template_timeout: Duration,
     /// Program that runs template scripts (`<interpreter> <script> --metadata|--params|--values`);
     /// words after the first are passed before the script [default: python3, or the python of
     /// `scitq.script_venv`].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_INTERPRETER")]
-    pub template_interpreter: Option<String>,
+    template_interpreter: String,
     /// Python virtual environment of template scripts (the original's `script_venv`): its
     /// `bin/python` runs them; created at start with `python3 -m venv` when missing.
     #[arg(long, env = "TASKQUEUE_SCRIPT_VENV")]
-    pub script_venv: Option<PathBuf>,
+    script_venv: PathBuf,
     /// What `pip install` puts into --script-venv at start (paths, wheels or package names,
     /// comma-separated), e.g. the operator's copy of the `scitq2` package.
     #[arg(long, env = "TASKQUEUE_SCRIPT_PACKAGES", value_delimiter = ',')]
-    pub script_packages: Option<Vec<String>>,
+    script_packages: Vec<String>,
     /// Unprivileged user that template scripts run as (the server must run as root for this)
     /// [default: the server's own user].
     #[arg(long, env = "TASKQUEUE_TEMPLATE_RUN_AS")]
-    pub template_run_as: Option<String>,
+    #[serde(alias = "script_runner_user")]
+    template_run_as: String,
+    /// Registry credentials (GetDockerCredentials); the original's single-registry keys too.
+    yaml docker_credentials: Vec<DockerCredential>,
+    yaml docker_registry: String,
+    yaml docker_authentication: String,
     /// Log bytes stored per task; past it one "truncated" line is stored and further lines are
     /// dropped [default: 1073741824].
     #[arg(long, env = "TASKQUEUE_MAX_LOG_BYTES_PER_TASK")]
-    pub max_log_bytes_per_task: Option<u64>,
+    max_log_bytes_per_task: u64,
     /// Log follow streams (StreamTaskLogsOutput/Err) one user holds at once on a replica; more
     /// are refused with RESOURCE_EXHAUSTED [default: 100].
     #[arg(long, env = "TASKQUEUE_MAX_LOG_FOLLOWERS_PER_USER")]
-    pub max_log_followers_per_user: Option<usize>,
+    max_log_followers_per_user: usize,
     /// HTTP/2 streams one client connection may have open at once [default: 10240].
     #[arg(long, env = "TASKQUEUE_MAX_CONCURRENT_STREAMS")]
-    pub max_concurrent_streams: Option<u32>,
+    max_concurrent_streams: u32,
     /// Offer the `local` provider: CreateWorker on it starts worker processes on the leader's
     /// host, so it is off unless asked for [default: false, true when the file configures
     /// `providers.local`].
     #[arg(long, env = "TASKQUEUE_LOCAL_PROVIDER", num_args = 0..=1, default_missing_value = "true")]
-    pub local_provider: Option<bool>,
+    local_provider: bool,
     /// Unprivileged user that template scripts run as when the server runs as root (created with
     /// `useradd --system` when missing; a script never runs as root). A server not running as
     /// root runs scripts as its own user [default: taskqueue-script, or --template-run-as].
     #[arg(long, env = "TASKQUEUE_SCRIPT_USER")]
-    pub script_user: Option<String>,
+    script_user: String,
     /// Local folders FetchList/FetchInfo may reach (comma-separated), besides the providers'
     /// `local_workspaces`; links are resolved first, the data dir is never reachable
     /// [default: none].
     #[arg(long, env = "TASKQUEUE_FETCH_ROOTS", value_delimiter = ',')]
-    pub fetch_roots: Option<Vec<PathBuf>>,
+    fetch_roots: Vec<PathBuf>,
     /// Web hosts FetchList/FetchInfo may reach (comma-separated names or IP literals, `*.domain`
     /// for the names below a domain) [default: none].
     #[arg(long, env = "TASKQUEUE_FETCH_HTTP_HOSTS", value_delimiter = ',')]
-    pub fetch_http_hosts: Option<Vec<String>>,
+    fetch_http_hosts: Vec<String>,
     /// Let those hosts be internal addresses (loopback, private, link-local such as
     /// 169.254.169.254) [default: false].
     #[arg(long, env = "TASKQUEUE_FETCH_ALLOW_PRIVATE", num_args = 0..=1,
           default_missing_value = "true")]
-    pub fetch_allow_private: Option<bool>,
+    fetch_allow_private: bool,
     /// Host folders below which a non-admin task's `-v`/`--mount` bind sources may be
     /// (comma-separated) [default: none].
     #[arg(long, env = "TASKQUEUE_DOCKER_VOLUME_ROOTS", value_delimiter = ',')]
-    pub docker_volume_roots: Option<Vec<PathBuf>>,
+    docker_volume_roots: Vec<PathBuf>,
     /// Container options a non-admin task may use besides the built-in allow-list
     /// (comma-separated, e.g. `--docker-allowed-options=--device,--runtime`) [default: none].
     #[arg(
@@ -277,56 +353,59 @@ pub struct ServeArgs {
         value_delimiter = ',',
         allow_hyphen_values = true
     )]
-    pub docker_allowed_options: Option<Vec<String>>,
+    docker_allowed_options: Vec<String>,
     /// Longest a database statement of a request may run before Postgres stops it; 0 = no limit.
     /// The leader's sweeps have their own (5 min) [default: 30s].
     #[arg(long, env = "TASKQUEUE_STATEMENT_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub statement_timeout: Option<Duration>,
+    statement_timeout: Duration,
     /// Password hashes (Login, ChangePassword) computed at once [default: the core count].
     #[arg(long, env = "TASKQUEUE_LOGIN_CONCURRENCY")]
-    pub login_concurrency: Option<usize>,
+    login_concurrency: usize,
     /// Logins waiting for a hashing slot; beyond, RESOURCE_EXHAUSTED [default: 64].
     #[arg(long, env = "TASKQUEUE_LOGIN_QUEUE")]
-    pub login_queue: Option<usize>,
+    login_queue: usize,
     /// Port of the web listener (gRPC-Web, REST helpers, /ws, the UI's files), on the --listen
     /// host and with its TLS; off when unset.
     #[arg(long, env = "TASKQUEUE_HTTPS_PORT")]
-    pub https_port: Option<u16>,
+    https_port: u16,
+    /// The original's switch of the web port: true turns a configured `https_port` off.
+    yaml disable_https: bool,
     /// Folder of the built web UI, served at the web listener's root [default: none].
     #[arg(long, env = "TASKQUEUE_UI_DIR")]
-    pub ui_dir: Option<PathBuf>,
+    ui_dir: PathBuf,
     /// Do not serve gRPC-Web on the web listener.
     #[arg(long, env = "TASKQUEUE_DISABLE_GRPCWEB", num_args = 0..=1,
           default_missing_value = "true")]
-    pub disable_grpcweb: Option<bool>,
+    disable_grpcweb: bool,
     /// The server's public name: URLs given to workers, the TLS certificate, the UI origin.
     #[arg(long, env = "TASKQUEUE_SERVER_FQDN")]
-    pub server_fqdn: Option<String>,
+    server_fqdn: String,
     /// Key signing session tokens (HS256); none → generated once and kept in the database.
     #[arg(long, env = "TASKQUEUE_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    jwt_secret: String,
     /// File holding that key; not together with --jwt-secret.
     #[arg(long, env = "TASKQUEUE_JWT_SECRET_FILE")]
-    pub jwt_secret_file: Option<PathBuf>,
+    jwt_secret_file: PathBuf,
     /// Origin allowed by CORS on the web listener [default: https://<server fqdn>:5173].
     #[arg(long, env = "TASKQUEUE_UI_ORIGIN")]
-    pub ui_origin: Option<String>,
+    ui_origin: String,
     /// Token of `GET /scitq-client?token=…` (the worker binary for cloud-init); none → not served.
     #[arg(long, env = "TASKQUEUE_CLIENT_DOWNLOAD_TOKEN", hide_env_values = true)]
-    pub client_download_token: Option<String>,
+    client_download_token: String,
     /// File holding that token; not together with --client-download-token.
     #[arg(long, env = "TASKQUEUE_CLIENT_DOWNLOAD_TOKEN_FILE")]
-    pub client_download_token_file: Option<PathBuf>,
+    client_download_token_file: PathBuf,
     /// The file served at /scitq-client [default: this taskqueue binary].
     #[arg(long, env = "TASKQUEUE_CLIENT_BINARY")]
-    pub client_binary: Option<PathBuf>,
-    /// Ping batch loops (group commit), each holding one pooled connection; 0 = every ping on its
-    /// own [default: 2].
+    #[serde(alias = "client_binary_path")]
+    client_binary: PathBuf,
+    /// Batch loops (group commit) of each kind — pings, status updates, submissions — each holding
+    /// one pooled connection; 0 = every request on its own [default: 2].
     #[arg(long, env = "TASKQUEUE_BATCH_LOOPS")]
-    pub batch_loops: Option<usize>,
-    /// Most pings served by one batch [default: 256].
+    batch_loops: usize,
+    /// Most requests served by one batch [default: 256].
     #[arg(long, env = "TASKQUEUE_BATCH_MAX")]
-    pub batch_max: Option<usize>,
+    batch_max: usize,
 }
 
 /// How the gRPC port is secured.
@@ -360,8 +439,8 @@ pub struct DockerCredential {
     pub secret: String,
 }
 
-/// Settings common to every provider of the `providers:` section (behavior.md §6.2); the
-/// provider-specific keys stay in `extra` for the provider implementation to read.
+/// Settings common to every provider of the `providers:` section (as in the original's scitq.yaml);
+/// the provider-specific keys stay in `extra` for the provider implementation to read.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ProviderConfig {
     #[serde(default)]
@@ -497,115 +576,73 @@ struct FileConfig {
     rclone: BTreeMap<String, BTreeMap<String, serde_yaml::Value>>,
 }
 
-/// `scitq:` keys: our names (design.md §9, snake_case) with the original's names as aliases.
-#[derive(Debug, Default, Deserialize)]
-struct ScitqSection {
-    listen: Option<SocketAddr>,
-    /// The original's gRPC port: listen on all interfaces at this port.
-    port: Option<u16>,
-    metrics_listen: Option<String>,
-    #[serde(alias = "db_url")]
-    database_url: Option<String>,
-    data_dir: Option<PathBuf>,
-    etcd_endpoints: Option<StringOrList>,
-    worker_token: Option<String>,
-    worker_token_file: Option<PathBuf>,
-    admin_user: Option<String>,
-    admin_password: Option<String>,
-    admin_password_file: Option<PathBuf>,
-    admin_hashed_password: Option<String>,
-    admin_email: Option<String>,
-    #[serde(alias = "certificate_pem")]
-    tls_cert: Option<PathBuf>,
-    #[serde(alias = "certificate_key")]
-    tls_key: Option<PathBuf>,
-    tls_self_signed: Option<bool>,
-    plaintext: Option<bool>,
-    allow_unauthenticated_log_streams: Option<bool>,
-    assign_shards: Option<u16>,
-    #[serde(default, deserialize_with = "de_duration")]
-    leader_lease_ttl: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    offline_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    new_worker_idle_timeout: Option<Duration>,
-    #[serde(
-        default,
-        deserialize_with = "de_duration",
-        alias = "considered_lost_timeout"
-    )]
-    lost_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    task_download_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    watchdog_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    dependency_sweep_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    session_ttl: Option<Duration>,
-    #[serde(alias = "max_db_concurrency")]
-    db_pool_size: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    shutdown_grace: Option<Duration>,
-    max_log_followers: Option<usize>,
-    server_name: Option<String>,
-    server_fqdn: Option<String>,
-    replica_name: Option<String>,
-    #[serde(default, deserialize_with = "de_duration")]
-    recruiter_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    job_lease: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    job_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration", alias = "grpc_dsl_timeout")]
-    template_timeout: Option<Duration>,
-    template_interpreter: Option<String>,
-    /// The original's virtualenv of the DSL: its `bin/python` becomes the interpreter.
-    script_venv: Option<PathBuf>,
-    /// What `pip install` puts into a venv it creates (ours; the original installed its DSL).
-    script_packages: Option<Vec<String>>,
-    #[serde(alias = "script_runner_user")]
-    template_run_as: Option<String>,
-    #[serde(default)]
-    docker_credentials: Vec<DockerCredential>,
-    docker_registry: Option<String>,
-    docker_authentication: Option<String>,
-    max_log_bytes_per_task: Option<u64>,
-    max_log_followers_per_user: Option<usize>,
-    max_concurrent_streams: Option<u32>,
-    local_provider: Option<bool>,
-    script_user: Option<String>,
-    fetch_roots: Option<Vec<PathBuf>>,
-    fetch_http_hosts: Option<Vec<String>>,
-    fetch_allow_private: Option<bool>,
-    docker_volume_roots: Option<Vec<PathBuf>>,
-    docker_allowed_options: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_duration")]
-    statement_timeout: Option<Duration>,
-    login_concurrency: Option<usize>,
-    login_queue: Option<usize>,
-    https_port: Option<u16>,
-    disable_https: Option<bool>,
-    ui_dir: Option<PathBuf>,
-    disable_grpcweb: Option<bool>,
-    jwt_secret: Option<String>,
-    jwt_secret_file: Option<PathBuf>,
-    ui_origin: Option<String>,
-    client_download_token: Option<String>,
-    client_download_token_file: Option<PathBuf>,
-    #[serde(alias = "client_binary_path")]
-    client_binary: Option<PathBuf>,
-    batch_loops: Option<usize>,
-    batch_max: Option<usize>,
-}
-
+/// `etcd_endpoints` in YAML: a list, or one comma-separated string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum StringOrList {
     One(String),
     Many(Vec<String>),
+}
+
+impl From<StringOrList> for Vec<String> {
+    fn from(value: StringOrList) -> Vec<String> {
+        match value {
+            StringOrList::One(one) => one.split(',').map(str::to_string).collect(),
+            StringOrList::Many(many) => many,
+        }
+    }
+}
+
+/// How a YAML value becomes an option's value: as serde reads the type (`Raw = Self`), except
+/// durations, which are a number of seconds (the original's form) or a humantime string ("30s").
+trait FromYaml: Sized {
+    type Raw: serde::de::DeserializeOwned;
+    fn from_raw(raw: Self::Raw) -> Result<Self, String>;
+}
+
+macro_rules! from_yaml_as_serde {
+    ($($ty:ty),*) => {$(
+        impl FromYaml for $ty {
+            type Raw = $ty;
+            fn from_raw(raw: $ty) -> Result<$ty, String> {
+                Ok(raw)
+            }
+        }
+    )*};
+}
+from_yaml_as_serde! {
+    bool, u16, u32, u64, usize, String, PathBuf, SocketAddr,
+    Vec<String>, Vec<PathBuf>, Vec<DockerCredential>, StringOrList
+}
+
+/// A duration as the file writes it (named `Raw` in serde's messages, as it always was).
+#[derive(Deserialize)]
+#[serde(untagged, rename = "Raw")]
+enum RawDuration {
+    Secs(f64),
+    Text(String),
+}
+
+impl FromYaml for Duration {
+    type Raw = RawDuration;
+    fn from_raw(raw: RawDuration) -> Result<Duration, String> {
+        match raw {
+            RawDuration::Secs(s) => {
+                Duration::try_from_secs_f64(s).map_err(|_| format!("invalid duration {s}"))
+            }
+            RawDuration::Text(t) => {
+                humantime::parse_duration(&t).map_err(|e| format!("invalid duration {t:?}: {e}"))
+            }
+        }
+    }
+}
+
+/// Reads every `scitq:` key (`deserialize_with`): absent or null is `None`.
+fn yaml_value<'de, D: serde::Deserializer<'de>, T: FromYaml>(d: D) -> Result<Option<T>, D::Error> {
+    Option::<T::Raw>::deserialize(d)?
+        .map(T::from_raw)
+        .transpose()
+        .map_err(serde::de::Error::custom)
 }
 
 /// The TLS mode one level of configuration (flags and environment, or the YAML file) asks for, if
@@ -678,25 +715,6 @@ fn secret(
     level(file, key_name.clone(), format!("{key_name}_file"))
 }
 
-/// Durations in YAML: a number of seconds (the original's form) or a humantime string ("30s").
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(f64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Secs(s)) => Duration::try_from_secs_f64(s)
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("invalid duration {s}"))),
-        Some(Raw::Text(t)) => humantime::parse_duration(&t)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
-    }
-}
-
 /// Turns a YAML scalar into the string rclone expects (`true`, `42`, text).
 fn yaml_scalar_to_string(v: &serde_yaml::Value) -> Option<String> {
     match v {
@@ -729,20 +747,30 @@ fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
         .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
 }
 
+/// The value of one level of configuration (flags and environment) when it has one, else the
+/// next level's (the YAML file's).
+fn layered<T, Y: Into<T>>(flag: Option<T>, yaml: Option<Y>) -> Option<T> {
+    flag.or_else(|| yaml.map(Into::into))
+}
+
 impl Config {
     fn merge(args: &ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
         let original_format = file.scitq.is_some();
+        let a = args.clone();
         let s = file.scitq.unwrap_or_default();
-        let listen = match (args.listen, s.listen, s.port) {
-            (Some(a), _, _) | (None, Some(a), _) => a,
+        // An option's value from flags and environment, else from the YAML file.
+        macro_rules! layer {
+            ($field:ident) => {
+                layered(a.$field, s.$field)
+            };
+        }
+        let listen = match (a.listen, s.listen, s.port) {
+            (Some(addr), _, _) | (None, Some(addr), _) => addr,
             (None, None, Some(port)) => SocketAddr::from(([0, 0, 0, 0], port)),
             (None, None, None) => defaults::LISTEN.parse()?,
         };
-        let metrics_raw = args
-            .metrics_listen
-            .clone()
-            .or(s.metrics_listen)
-            .unwrap_or_else(|| defaults::METRICS_LISTEN.to_string());
+        let metrics_raw =
+            layer!(metrics_listen).unwrap_or_else(|| defaults::METRICS_LISTEN.to_string());
         let metrics_listen = match metrics_raw.trim() {
             "off" | "none" | "" => None,
             addr => Some(
@@ -750,46 +778,32 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("invalid --metrics-listen {addr:?}: {e}"))?,
             ),
         };
-        let flag_tls = tls_choice(
-            args.tls_cert.clone(),
-            args.tls_key.clone(),
-            args.tls_self_signed,
-            args.plaintext,
-        )?;
+        let flag_tls = tls_choice(a.tls_cert, a.tls_key, a.tls_self_signed, a.plaintext)?;
         let file_tls = tls_choice(
-            s.tls_cert.clone().filter(|p| !p.as_os_str().is_empty()),
-            s.tls_key.clone().filter(|p| !p.as_os_str().is_empty()),
+            s.tls_cert.filter(|p| !p.as_os_str().is_empty()),
+            s.tls_key.filter(|p| !p.as_os_str().is_empty()),
             s.tls_self_signed,
             s.plaintext,
         )?;
         // The original serves TLS only, with its embedded self-signed certificate when
-        // `certificate_pem`/`certificate_key` are empty (behavior.md §6.1, §7), and its clients
+        // `certificate_pem`/`certificate_key` are empty, and its clients
         // speak TLS only: a file in its format means TLS, with our generated certificate.
         let tls = flag_tls.or(file_tls).unwrap_or(if original_format {
             TlsMode::SelfSigned
         } else {
             TlsMode::Plain
         });
-        let server_fqdn = args
-            .server_fqdn
-            .clone()
-            .or(s.server_fqdn.clone())
-            .filter(|f| !f.trim().is_empty());
+        let server_fqdn = layer!(server_fqdn).filter(|f| !f.trim().is_empty());
         // The original's `https_port` defaults to 443; ours is off unless a port is given, and
         // `disable_https` turns a configured one off.
-        let web_port = match args.https_port {
+        let web_port = match a.https_port {
             Some(port) => Some(port),
             None if s.disable_https == Some(true) => None,
             None => s.https_port,
         };
         let web_listen = web_port.map(|port| SocketAddr::new(listen.ip(), port));
-        let etcd_endpoints = match (&args.etcd_endpoints, s.etcd_endpoints) {
-            (Some(list), _) => list.clone(),
-            (None, Some(StringOrList::One(one))) => one.split(',').map(str::to_string).collect(),
-            (None, Some(StringOrList::Many(many))) => many,
-            (None, None) => Vec::new(),
-        };
-        let etcd_endpoints: Vec<String> = etcd_endpoints
+        let etcd_endpoints: Vec<String> = layer!(etcd_endpoints)
+            .unwrap_or_default()
             .into_iter()
             .map(|e| e.trim().to_string())
             .filter(|e| !e.is_empty())
@@ -797,6 +811,7 @@ impl Config {
 
         let mut docker_credentials: Vec<DockerCredential> = s
             .docker_credentials
+            .unwrap_or_default()
             .into_iter()
             .filter(|c| !c.registry.is_empty() && !c.secret.is_empty())
             .collect();
@@ -820,26 +835,19 @@ impl Config {
             rclone.insert(remote, out);
         }
 
-        let script_packages = args
-            .script_packages
-            .clone()
-            .or(s.script_packages)
-            .unwrap_or_default();
-        let venv_dir = args.script_venv.clone().or(s.script_venv);
-        let (template_interpreter, script_venv) = match (
-            args.template_interpreter.clone().or(s.template_interpreter),
-            venv_dir,
-        ) {
-            (Some(interpreter), _) => (interpreter, None),
-            (None, Some(dir)) => (
-                dir.join("bin/python").to_string_lossy().into_owned(),
-                Some(ScriptVenv {
-                    dir,
-                    packages: script_packages.clone(),
-                }),
-            ),
-            (None, None) => (defaults::TEMPLATE_INTERPRETER.into(), None),
-        };
+        let script_packages = layer!(script_packages).unwrap_or_default();
+        let (template_interpreter, script_venv) =
+            match (layer!(template_interpreter), layer!(script_venv)) {
+                (Some(interpreter), _) => (interpreter, None),
+                (None, Some(dir)) => (
+                    dir.join("bin/python").to_string_lossy().into_owned(),
+                    Some(ScriptVenv {
+                        dir,
+                        packages: script_packages.clone(),
+                    }),
+                ),
+                (None, None) => (defaults::TEMPLATE_INTERPRETER.into(), None),
+            };
         anyhow::ensure!(
             script_packages.is_empty() || script_venv.is_some(),
             "script_packages are installed into script_venv: give --script-venv \
@@ -848,218 +856,106 @@ impl Config {
 
         let secret_files: Vec<PathBuf> = [
             // The YAML file may hold the secrets inline (the original's scitq.yaml does).
-            args.config.clone(),
-            args.worker_token_file.clone(),
+            a.config.clone(),
+            a.worker_token_file.clone(),
             s.worker_token_file.clone(),
-            args.admin_password_file.clone(),
+            a.admin_password_file.clone(),
             s.admin_password_file.clone(),
         ]
         .into_iter()
         .flatten()
         .collect();
-        let replica_name = args
-            .replica_name
-            .clone()
-            .or(s.replica_name)
-            .unwrap_or_else(default_replica_name);
         let local_configured = file.providers.contains_key("local");
         let config = Config {
             listen,
             metrics_listen,
-            database_url: args
-                .database_url
-                .clone()
-                .or(s.database_url)
-                .filter(|u| !u.trim().is_empty()),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(s.data_dir)
-                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            database_url: layer!(database_url).filter(|u| !u.trim().is_empty()),
+            data_dir: layer!(data_dir).unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
             etcd_endpoints,
             worker_token: secret(
                 "worker token",
-                (args.worker_token.clone(), args.worker_token_file.as_deref()),
+                (a.worker_token, a.worker_token_file.as_deref()),
                 (s.worker_token, s.worker_token_file.as_deref()),
             )?,
-            admin_user: args
-                .admin_user
-                .clone()
-                .or(s.admin_user)
-                .unwrap_or_else(|| defaults::ADMIN_USER.into()),
+            admin_user: layer!(admin_user).unwrap_or_else(|| defaults::ADMIN_USER.into()),
             admin_password: secret(
                 "admin password",
-                (
-                    args.admin_password.clone(),
-                    args.admin_password_file.as_deref(),
-                ),
+                (a.admin_password, a.admin_password_file.as_deref()),
                 (s.admin_password, s.admin_password_file.as_deref()),
             )?,
             admin_hashed_password: s.admin_hashed_password.filter(|p| !p.is_empty()),
             admin_email: s.admin_email,
             tls,
-            allow_unauthenticated_log_streams: args
-                .allow_unauthenticated_log_streams
-                .or(s.allow_unauthenticated_log_streams)
+            allow_unauthenticated_log_streams: layer!(allow_unauthenticated_log_streams)
                 .unwrap_or(false),
-            assign_shards: args
-                .assign_shards
-                .or(s.assign_shards)
-                .unwrap_or(defaults::ASSIGN_SHARDS),
-            leader_lease_ttl: args
-                .leader_lease_ttl
-                .or(s.leader_lease_ttl)
-                .unwrap_or(defaults::LEADER_LEASE_TTL),
-            offline_timeout: args
-                .offline_timeout
-                .or(s.offline_timeout)
-                .unwrap_or(defaults::OFFLINE_TIMEOUT),
-            idle_timeout: args
-                .idle_timeout
-                .or(s.idle_timeout)
-                .unwrap_or(defaults::IDLE_TIMEOUT),
-            new_worker_idle_timeout: args
-                .new_worker_idle_timeout
-                .or(s.new_worker_idle_timeout)
+            assign_shards: layer!(assign_shards).unwrap_or(defaults::ASSIGN_SHARDS),
+            leader_lease_ttl: layer!(leader_lease_ttl).unwrap_or(defaults::LEADER_LEASE_TTL),
+            offline_timeout: layer!(offline_timeout).unwrap_or(defaults::OFFLINE_TIMEOUT),
+            idle_timeout: layer!(idle_timeout).unwrap_or(defaults::IDLE_TIMEOUT),
+            new_worker_idle_timeout: layer!(new_worker_idle_timeout)
                 .unwrap_or(defaults::NEW_WORKER_IDLE_TIMEOUT),
-            lost_timeout: args
-                .lost_timeout
-                .or(s.lost_timeout)
-                .unwrap_or(defaults::LOST_TIMEOUT),
-            task_download_timeout: args
-                .task_download_timeout
-                .or(s.task_download_timeout)
+            lost_timeout: layer!(lost_timeout).unwrap_or(defaults::LOST_TIMEOUT),
+            task_download_timeout: layer!(task_download_timeout)
                 .unwrap_or(defaults::TASK_DOWNLOAD_TIMEOUT),
-            watchdog_interval: args
-                .watchdog_interval
-                .or(s.watchdog_interval)
-                .unwrap_or(defaults::WATCHDOG_INTERVAL),
-            dependency_sweep_interval: args
-                .dependency_sweep_interval
-                .or(s.dependency_sweep_interval)
+            watchdog_interval: layer!(watchdog_interval).unwrap_or(defaults::WATCHDOG_INTERVAL),
+            dependency_sweep_interval: layer!(dependency_sweep_interval)
                 .unwrap_or(defaults::DEPENDENCY_SWEEP_INTERVAL),
-            session_ttl: args
-                .session_ttl
-                .or(s.session_ttl)
-                .unwrap_or(defaults::SESSION_TTL),
-            db_pool_size: args
-                .db_pool_size
-                .or(s.db_pool_size)
-                .unwrap_or(defaults::DB_POOL_SIZE),
-            max_log_followers: args
-                .max_log_followers
-                .or(s.max_log_followers)
-                .unwrap_or(defaults::MAX_LOG_FOLLOWERS),
-            shutdown_grace: args
-                .shutdown_grace
-                .or(s.shutdown_grace)
-                .unwrap_or(defaults::SHUTDOWN_GRACE),
-            server_name: args
-                .server_name
-                .clone()
-                .or(s.server_name)
-                .unwrap_or_else(|| defaults::SERVER_NAME.into()),
+            session_ttl: layer!(session_ttl).unwrap_or(defaults::SESSION_TTL),
+            db_pool_size: layer!(db_pool_size).unwrap_or(defaults::DB_POOL_SIZE),
+            max_log_followers: layer!(max_log_followers).unwrap_or(defaults::MAX_LOG_FOLLOWERS),
+            shutdown_grace: layer!(shutdown_grace).unwrap_or(defaults::SHUTDOWN_GRACE),
+            server_name: layer!(server_name).unwrap_or_else(|| defaults::SERVER_NAME.into()),
             server_fqdn: server_fqdn.clone(),
-            replica_name,
-            leader_eligible: !args.no_leader,
+            replica_name: layer!(replica_name).unwrap_or_else(default_replica_name),
+            leader_eligible: !a.no_leader,
             recruiter_interval: s.recruiter_interval.unwrap_or(defaults::RECRUITER_INTERVAL),
-            job_lease: args
-                .job_lease
-                .or(s.job_lease)
-                .unwrap_or(defaults::JOB_LEASE),
-            job_timeout: args
-                .job_timeout
-                .or(s.job_timeout)
-                .unwrap_or(defaults::JOB_TIMEOUT),
-            template_timeout: args
-                .template_timeout
-                .or(s.template_timeout)
-                .unwrap_or(defaults::TEMPLATE_TIMEOUT),
+            job_lease: layer!(job_lease).unwrap_or(defaults::JOB_LEASE),
+            job_timeout: layer!(job_timeout).unwrap_or(defaults::JOB_TIMEOUT),
+            template_timeout: layer!(template_timeout).unwrap_or(defaults::TEMPLATE_TIMEOUT),
             template_interpreter,
-            template_run_as: args
-                .template_run_as
-                .clone()
-                .or(s.template_run_as)
-                .filter(|u| !u.trim().is_empty()),
+            template_run_as: layer!(template_run_as).filter(|u| !u.trim().is_empty()),
             script_venv,
             docker_credentials,
             providers: file.providers,
             rclone,
-            max_log_bytes_per_task: args
-                .max_log_bytes_per_task
-                .or(s.max_log_bytes_per_task)
+            max_log_bytes_per_task: layer!(max_log_bytes_per_task)
                 .unwrap_or(defaults::MAX_LOG_BYTES_PER_TASK),
-            max_log_followers_per_user: args
-                .max_log_followers_per_user
-                .or(s.max_log_followers_per_user)
+            max_log_followers_per_user: layer!(max_log_followers_per_user)
                 .unwrap_or(defaults::MAX_LOG_FOLLOWERS_PER_USER),
-            max_concurrent_streams: args
-                .max_concurrent_streams
-                .or(s.max_concurrent_streams)
+            max_concurrent_streams: layer!(max_concurrent_streams)
                 .unwrap_or(defaults::MAX_CONCURRENT_STREAMS),
             // A `providers.local` section in the file is an explicit choice too.
-            local_provider: args
-                .local_provider
-                .or(s.local_provider)
+            local_provider: layer!(local_provider)
                 .unwrap_or(defaults::LOCAL_PROVIDER || local_configured),
-            script_user: args
-                .script_user
-                .clone()
-                .or(s.script_user)
-                .filter(|u| !u.trim().is_empty()),
+            script_user: layer!(script_user).filter(|u| !u.trim().is_empty()),
             secret_files,
-            fetch_roots: args
-                .fetch_roots
-                .clone()
-                .or(s.fetch_roots)
-                .unwrap_or_default(),
-            fetch_http_hosts: args
-                .fetch_http_hosts
-                .clone()
-                .or(s.fetch_http_hosts)
+            fetch_roots: layer!(fetch_roots).unwrap_or_default(),
+            fetch_http_hosts: layer!(fetch_http_hosts)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|h| h.trim().to_string())
                 .filter(|h| !h.is_empty())
                 .collect(),
-            fetch_allow_private: args
-                .fetch_allow_private
-                .or(s.fetch_allow_private)
-                .unwrap_or(false),
-            docker_volume_roots: args
-                .docker_volume_roots
-                .clone()
-                .or(s.docker_volume_roots)
-                .unwrap_or_default(),
-            docker_allowed_options: args
-                .docker_allowed_options
-                .clone()
-                .or(s.docker_allowed_options)
+            fetch_allow_private: layer!(fetch_allow_private).unwrap_or(false),
+            docker_volume_roots: layer!(docker_volume_roots).unwrap_or_default(),
+            docker_allowed_options: layer!(docker_allowed_options)
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|o| crate::domain::docker_options::option_name(o))
                 .collect(),
-            statement_timeout: args
-                .statement_timeout
-                .or(s.statement_timeout)
-                .unwrap_or(defaults::STATEMENT_TIMEOUT),
-            login_concurrency: args
-                .login_concurrency
-                .or(s.login_concurrency)
+            statement_timeout: layer!(statement_timeout).unwrap_or(defaults::STATEMENT_TIMEOUT),
+            login_concurrency: layer!(login_concurrency)
                 .unwrap_or_else(defaults::login_concurrency),
-            login_queue: args
-                .login_queue
-                .or(s.login_queue)
-                .unwrap_or(defaults::LOGIN_QUEUE),
+            login_queue: layer!(login_queue).unwrap_or(defaults::LOGIN_QUEUE),
             web_listen,
-            ui_dir: args.ui_dir.clone().or(s.ui_dir),
-            disable_grpcweb: args.disable_grpcweb.or(s.disable_grpcweb).unwrap_or(false),
+            ui_dir: layer!(ui_dir),
+            disable_grpcweb: layer!(disable_grpcweb).unwrap_or(false),
             jwt_secret: secret(
                 "jwt secret",
-                (args.jwt_secret.clone(), args.jwt_secret_file.as_deref()),
+                (a.jwt_secret, a.jwt_secret_file.as_deref()),
                 (s.jwt_secret, s.jwt_secret_file.as_deref()),
             )?,
-            ui_origin: args.ui_origin.clone().or(s.ui_origin).unwrap_or_else(|| {
+            ui_origin: layer!(ui_origin).unwrap_or_else(|| {
                 format!(
                     "https://{}:5173",
                     server_fqdn.as_deref().unwrap_or("localhost")
@@ -1068,23 +964,17 @@ impl Config {
             client_download_token: secret(
                 "client download token",
                 (
-                    args.client_download_token.clone(),
-                    args.client_download_token_file.as_deref(),
+                    a.client_download_token,
+                    a.client_download_token_file.as_deref(),
                 ),
                 (
                     s.client_download_token,
                     s.client_download_token_file.as_deref(),
                 ),
             )?,
-            client_binary: args.client_binary.clone().or(s.client_binary),
-            batch_loops: args
-                .batch_loops
-                .or(s.batch_loops)
-                .unwrap_or(defaults::BATCH_LOOPS),
-            batch_max: args
-                .batch_max
-                .or(s.batch_max)
-                .unwrap_or(defaults::BATCH_MAX),
+            client_binary: layer!(client_binary),
+            batch_loops: layer!(batch_loops).unwrap_or(defaults::BATCH_LOOPS),
+            batch_max: layer!(batch_max).unwrap_or(defaults::BATCH_MAX),
         };
         config.validate()?;
         Ok(config)
@@ -1128,8 +1018,8 @@ impl Config {
             "--login-concurrency must be at least 1"
         );
         anyhow::ensure!(
-            self.batch_loops < self.db_pool_size,
-            "--batch-loops must be below --db-pool-size: each batch loop holds a pooled connection"
+            3 * self.batch_loops < self.db_pool_size,
+            "--batch-loops must be below a third of --db-pool-size: each batch loop (of pings, status updates and submissions) holds a pooled connection"
         );
         anyhow::ensure!(
             (1..=10_000).contains(&self.batch_max),
@@ -1254,7 +1144,8 @@ impl Config {
         }
     }
 
-    /// How stale `worker.last_ping_at` may get before a ping rewrites it (design.md §2).
+    /// How stale `worker.last_ping_at` may get before a ping rewrites it
+    /// (docs/architecture.md#idle-pings-write-nothing).
     pub fn last_ping_write_interval(&self) -> Duration {
         self.offline_timeout / 3
     }

@@ -1,4 +1,4 @@
-//! Catalog and credential RPCs (behavior.md §4.5, §4.1, §4.10): ListFlavors, ListProviders,
+//! Catalog and credential RPCs (as the original scitq's): ListFlavors, ListProviders,
 //! ListRegions, CreateFlavor (admin — the auth layer checks), GetRcloneConfig and
 //! GetDockerCredentials (worker token or admin), GetWorkspaceRoot.
 

@@ -1,4 +1,4 @@
-//! Worker event RPCs (behavior.md §4.1 ReportWorkerEvent, §4.12): report, list, delete, prune.
+//! Worker event RPCs (as the original scitq's): report, list, delete, prune.
 //! Rules in `domain::events`, queries in `db::events`.
 //!
 //! Choices: an event whose `worker_id` names no worker is refused (`NotFound`); `worker_id` 0 or

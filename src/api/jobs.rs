@@ -1,4 +1,4 @@
-//! Provider job RPCs (behavior.md §4.4, §4.1): ListJobs, GetJobStatuses, DeleteJob, UpdateJob, and
+//! Provider job RPCs (as the original scitq's): ListJobs, GetJobStatuses, DeleteJob, UpdateJob, and
 //! CreateWorker / DeleteWorker, which go through jobs.
 
 use std::collections::HashMap;

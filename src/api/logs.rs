@@ -1,4 +1,4 @@
-//! Task log RPCs (behavior.md §4.1–4.2, design.md §6): the worker's log stream (SendTaskLogs), live
+//! Task log RPCs (docs/architecture.md#task-logs): the worker's log stream (SendTaskLogs), live
 //! follow streams (StreamTaskLogsOutput/Err) and paged chunks (GetLogsChunk). The streaming work
 //! is in `crate::logs`, queries in `db::logs`, rules in `domain::logs`.
 

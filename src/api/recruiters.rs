@@ -1,5 +1,6 @@
-//! Recruiter RPCs (behavior.md §4.7): ListRecruiters (optionally for one step), CreateRecruiter,
-//! UpdateRecruiter, DeleteRecruiter. Validation is `domain::recruitment::validate_settings`.
+//! Recruiter RPCs (as the original scitq's): ListRecruiters (optionally for one step),
+//! CreateRecruiter, UpdateRecruiter, DeleteRecruiter. Validation is
+//! `domain::recruitment::validate_settings`.
 
 use tonic::Request;
 
@@ -133,7 +134,7 @@ pub async fn delete_recruiter(
     let id = request.into_inner();
     check_step(id.step_id)?;
     recruiter_access(state, actor, id.step_id, id.rank).await?;
-    // No error when absent (behavior.md §4.7): deleting is idempotent.
+    // No error when absent (as in the original): deleting is idempotent.
     recruiters::delete(&state.db, id.step_id, id.rank).await?;
     Ok(ACK)
 }

@@ -19,7 +19,7 @@ impl Kind {
     }
 }
 
-/// Who may call an RPC (design.md §7).
+/// Who may call an RPC (docs/architecture.md#roles-and-ownership).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// No token needed: Login, ChangePassword.

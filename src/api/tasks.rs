@@ -4,6 +4,7 @@ use tonic::Request;
 
 use super::access;
 use crate::db::ownership::Object;
+use crate::db::status_batch::StatusRequest;
 use crate::db::tasks::{self, NewTask, TaskFilter};
 use crate::domain::docker_options::{self, Refusal};
 use crate::domain::filters;
@@ -66,7 +67,7 @@ pub async fn submit_task(
         task_name: r.task_name.filter(|s| !s.is_empty()),
         owner,
     };
-    let task_id = tasks::submit(&state.db, state.config.assign_shards, &task).await?;
+    let task_id = state.submissions.submit(task).await?;
     Ok(pb::TaskResponse { task_id })
 }
 
@@ -112,15 +113,8 @@ pub async fn update_task_status(
     let r = request.into_inner();
     let status = TaskStatus::parse(&r.new_status)?;
     let free_retry = r.free_retry.unwrap_or(false);
-    tasks::update_status(
-        &state.db,
-        state.config.assign_shards,
-        r.task_id,
-        status,
-        r.duration,
-        free_retry,
-    )
-    .await?;
+    let update = StatusRequest::new(r.task_id, status, r.duration, free_retry)?;
+    state.status_updates.update(update).await?;
     Ok(pb::Ack { success: true })
 }
 

@@ -1,6 +1,7 @@
-//! User and session RPCs (behavior.md §4.6): Login, Logout, CreateUser, ListUsers, DeleteUser,
-//! UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`; Login and
-//! ChangePassword pass the login gate (`server::login_gate`) before any password is hashed.
+//! User and session RPCs (as the original scitq's): Login, Logout, CreateUser, ListUsers,
+//! DeleteUser, UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`;
+//! Login and ChangePassword pass the login gate (`server::login_gate`) before any password is
+//! hashed.
 
 use std::net::IpAddr;
 

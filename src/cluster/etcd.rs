@@ -1,10 +1,10 @@
-//! etcd election (design.md §4): campaign on a lease of `--leader-lease-ttl`, kept alive every
-//! TTL/3 by its own task. Two clients, both `with_require_leader` (a partitioned etcd member
-//! answers nothing rather than stale data): one with a request timeout for short calls (grant,
-//! resign, revoke), one without for the campaign — which blocks until this replica is elected —
-//! and the keep-alive stream. The term's epoch is the revision of the leader key, which grows with
-//! every election. The replica counts itself leader only after a keep-alive sent after the
-//! campaign returned, and stops when the local lease deadline passes (see `lease`).
+//! etcd election (docs/architecture.md#leadership): campaign on a lease of `--leader-lease-ttl`,
+//! kept alive every TTL/3 by its own task. Two clients, both `with_require_leader` (a partitioned
+//! etcd member answers nothing rather than stale data): one with a request timeout for short calls
+//! (grant, resign, revoke), one without for the campaign — which blocks until this replica is
+//! elected — and the keep-alive stream. The term's epoch is the revision of the leader key, which
+//! grows with every election. The replica counts itself leader only after a keep-alive sent after
+//! the campaign returned, and stops when the local lease deadline passes (see `lease`).
 
 use std::time::Duration;
 

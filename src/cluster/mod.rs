@@ -1,9 +1,10 @@
-//! Leadership (design.md §4): which replica runs the leader loops. With `--etcd-endpoints`, an
-//! etcd election on a lease; without, a Postgres session advisory lock. Either way the replica
-//! acts as leader only while its lease is trusted (see `lease`), records its term's epoch in
-//! `cluster_leader` on taking office (refused if a newer one is recorded), and hands the loops a
-//! `LeaderContext` whose writes are fenced by that epoch. Losing the lease, a fencing refusal or a
-//! failing loop ends the term: the loops are cancelled at once and awaited within a bound.
+//! Leadership (docs/architecture.md#leadership): which replica runs the leader loops. With
+//! `--etcd-endpoints`, an etcd election on a lease; without, a Postgres session advisory lock.
+//! Either way the replica acts as leader only while its lease is trusted (see `lease`), records its
+//! term's epoch in `cluster_leader` on taking office (refused if a newer one is recorded), and
+//! hands the loops a `LeaderContext` whose writes are fenced by that epoch. Losing the lease, a
+//! fencing refusal or a failing loop ends the term: the loops are cancelled at once and awaited
+//! within a bound.
 //!
 //! Leadership never blocks the request path: RPCs are served whatever the role, and a replica
 //! starts and serves while etcd is unreachable. Not here: the loops themselves (`loops`).

@@ -1,4 +1,4 @@
-//! Group commit (design.md §3.1): requests of one kind that wait together are served by one
+//! Group commit (docs/architecture.md#group-commit): requests of one kind that wait together are served by one
 //! database round trip. A [`Batcher`] owns a bounded queue and a few loops, each on its own
 //! connection taken from the pool once (and taken again after the connection broke). A loop takes
 //! everything waiting, up to `max`, runs ONE [`BatchFn::run`] for all of it and answers every caller.

@@ -1,6 +1,6 @@
 //! The catalog (`provider`, `region`, `flavor`, `flavor_region`): synchronisation from the
 //! configuration, flavor listing through a compiled protofilter, CreateFlavor, the provider
-//! catalogue refresh (behavior.md §5.7), and the cache of flavor listings.
+//! catalogue refresh (docs/architecture.md#background-loops), and the cache of flavor listings.
 //!
 //! Protofilter → SQL: [`filter_sql`] emits only fixed fragments chosen by the parsed enums, and
 //! every value as a `$n` parameter; no text of the filter reaches the SQL string.
@@ -123,7 +123,7 @@ pub async fn list_flavors(db: &Db, filter: &Filter, limit: i64) -> Result<Vec<Fl
         async move {
             let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
             values.extend(params.iter().map(Param::as_sql));
-            let rows = c.query(sql.as_str(), &values).await.map_err(pg_error)?;
+            let rows = c.query(sql.as_str(), &values).await?;
             Ok(rows.iter().map(flavor_from_row).collect())
         }
         .scope_boxed()
@@ -140,7 +140,7 @@ pub async fn matching_flavors(
     let (sql, params) = flavor_query(filter);
     let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
     values.extend(params.iter().map(Param::as_sql));
-    let rows = tx.query(sql.as_str(), &values).await.map_err(pg_error)?;
+    let rows = tx.query(sql.as_str(), &values).await?;
     Ok(rows.iter().map(flavor_from_row).collect())
 }
 
@@ -204,8 +204,7 @@ pub async fn list_providers(db: &Db) -> Result<Vec<Provider>> {
                       ORDER BY provider_id LIMIT $1",
                     &[&limits::LIST_PROVIDERS.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| Provider {
@@ -229,8 +228,7 @@ pub async fn list_regions(db: &Db) -> Result<Vec<Region>> {
                       ORDER BY region_id LIMIT $1",
                     &[&limits::LIST_REGIONS.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| Region {
@@ -273,8 +271,7 @@ pub async fn create_flavor(db: &Db, f: &NewFlavor) -> Result<i32> {
                     "SELECT provider_id FROM provider WHERE provider_name = $1 AND config_name = $2",
                     &[&f.provider_name, &f.config_name],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .map(|r| r.get(0))
                 .ok_or_else(|| {
                     Error::not_found(format!(
@@ -320,8 +317,7 @@ pub async fn create_flavor(db: &Db, f: &NewFlavor) -> Result<i32> {
                         "SELECT region_id FROM region WHERE provider_id = $1 AND region_name = $2",
                         &[&provider_id, region],
                     )
-                    .await
-                    .map_err(pg_error)?
+                    .await?
                     .map(|r| r.get(0))
                     .ok_or_else(|| {
                         Error::not_found(format!(
@@ -336,8 +332,7 @@ pub async fn create_flavor(db: &Db, f: &NewFlavor) -> Result<i32> {
                      DO UPDATE SET cost = EXCLUDED.cost, eviction = EXCLUDED.eviction",
                     &[&flavor_id, &region_id, cost, eviction],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             }
             Ok(flavor_id)
         }
@@ -409,8 +404,7 @@ pub async fn sync_from_config(
     offer_local: bool,
 ) -> Result<SyncReport> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_CATALOG])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut report = SyncReport::default();
     let mut configured: HashMap<i32, Vec<String>> = HashMap::new();
     for (class, name, regions, default) in declared(config, offer_local) {
@@ -427,8 +421,7 @@ pub async fn sync_from_config(
                  LIMIT 1",
                 &[&class, &name],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         let provider_id: i32 = row.get(0);
         if row.get::<_, bool>(1) {
             report.providers_added.push(full.clone());
@@ -441,8 +434,7 @@ pub async fn sync_from_config(
                  RETURNING region_name",
                 &[&provider_id, &regions, &default.clone().unwrap_or_default()],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         report.regions_added.extend(
             added
                 .iter()
@@ -453,8 +445,7 @@ pub async fn sync_from_config(
               WHERE provider_id = $1 AND is_default <> (region_name = $2)",
             &[&provider_id, &default.unwrap_or_default()],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
         configured.insert(provider_id, regions);
     }
     // Regions of every provider, configured or not, that the configuration no longer lists.
@@ -463,8 +454,7 @@ pub async fn sync_from_config(
             "SELECT provider_id, provider_name || '.' || config_name FROM provider",
             &[],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     for p in providers {
         let provider_id: i32 = p.get(0);
         let full: String = p.get(1);
@@ -477,8 +467,7 @@ pub async fn sync_from_config(
                  RETURNING region_name",
                 &[&provider_id, &keep],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         report.regions_removed.extend(
             removed
                 .iter()
@@ -490,8 +479,7 @@ pub async fn sync_from_config(
                   WHERE provider_id = $1 AND NOT (region_name = ANY($2::text[]))",
                 &[&provider_id, &keep],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         report.regions_kept.extend(
             kept.iter()
                 .map(|r| format!("{full}:{}", r.get::<_, String>(0))),
@@ -519,25 +507,24 @@ pub struct CatalogFlavor {
 /// Flavors a provider stopped listing are deleted after this long unless a worker uses them.
 pub const FLAVOR_RETENTION: Duration = Duration::from_secs(72 * 3600);
 
-/// Applies a provider's catalogue (behavior.md §5.7): upserts its flavors, updates cost and
-/// eviction per region, marks offers that disappeared unavailable (and available again when they
-/// return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker uses. Offers in
-/// regions the catalog does not know are ignored. Returns the number of flavors listed.
+/// Applies a provider's catalogue (docs/architecture.md#background-loops): upserts its flavors,
+/// updates cost and eviction per region, marks offers that disappeared unavailable (and available
+/// again when they return), and deletes flavors unlisted for `FLAVOR_RETENTION` that no worker
+/// uses. Offers in regions the catalog does not know are ignored. Returns the number of flavors
+/// listed.
 pub async fn apply_catalog(
     tx: &deadpool_postgres::Transaction<'_>,
     provider: (&str, &str),
     flavors: &[CatalogFlavor],
 ) -> Result<usize> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_CATALOG])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let Some(provider_id) = tx
         .query_opt(
             "SELECT provider_id FROM provider WHERE provider_name = $1 AND config_name = $2",
             &[&provider.0, &provider.1],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .map(|r| r.get::<_, i32>(0))
     else {
         return Err(Error::not_found(format!(
@@ -557,8 +544,7 @@ pub async fn apply_catalog(
                  seen_at = now()
              RETURNING flavor_id",
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut listed: Vec<i32> = Vec::with_capacity(flavors.len());
     for f in flavors {
         let flavor_id: i32 = tx
@@ -577,8 +563,7 @@ pub async fn apply_catalog(
                     &f.has_quick_disks,
                 ],
             )
-            .await
-            .map_err(pg_error)?
+            .await?
             .get(0);
         listed.push(flavor_id);
         let names: Vec<&str> = f.offers.iter().map(|o| o.0.as_str()).collect();
@@ -593,8 +578,7 @@ pub async fn apply_catalog(
                  cost = EXCLUDED.cost, eviction = EXCLUDED.eviction, available = true",
             &[&flavor_id, &provider_id, &names, &costs, &evictions],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
         tx.execute(
             "UPDATE flavor_region fr SET available = false
                FROM region r
@@ -602,8 +586,7 @@ pub async fn apply_catalog(
                 AND NOT (r.region_name = ANY($2::text[]))",
             &[&flavor_id, &names],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     }
     // Flavors the provider no longer lists: unavailable everywhere, deleted after the retention.
     tx.execute(
@@ -613,8 +596,7 @@ pub async fn apply_catalog(
             AND f.seen_at IS NOT NULL AND NOT (f.flavor_id = ANY($2::int4[]))",
         &[&provider_id, &listed],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let retention = FLAVOR_RETENTION.as_secs_f64();
     tx.execute(
         "DELETE FROM flavor f
@@ -623,7 +605,6 @@ pub async fn apply_catalog(
             AND NOT EXISTS (SELECT 1 FROM worker w WHERE w.flavor_id = f.flavor_id)",
         &[&provider_id, &listed, &retention],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(listed.len())
 }

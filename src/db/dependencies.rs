@@ -1,4 +1,4 @@
-//! The dependency sweep's queries (design.md §5, behavior.md §9 item 1): waiting tasks (W) whose
+//! The dependency sweep's queries (docs/architecture.md#background-loops): waiting tasks (W) whose
 //! prerequisites all succeeded become pending; waiting tasks with a prerequisite failed for good
 //! are failed with a log line naming it. Edges live in `task_dependencies`; a retry re-points them
 //! to its clone, so a hidden prerequisite never decides anything.
@@ -15,7 +15,6 @@
 use chrono::{DateTime, Utc};
 
 use super::logs::{LogStream, append_system_line};
-use super::pg_error;
 use super::tasks::rewind_cursors;
 use crate::error::Result;
 
@@ -71,7 +70,7 @@ pub enum Scope {
 
 /// The database's clock (start of the current transaction): the watermark of the next pass.
 pub async fn now(tx: &Tx<'_>) -> Result<DateTime<Utc>> {
-    let row = tx.query_one("SELECT now()", &[]).await.map_err(pg_error)?;
+    let row = tx.query_one("SELECT now()", &[]).await?;
     Ok(row.get(0))
 }
 
@@ -129,15 +128,14 @@ pub struct Round {
 pub async fn sweep_round(tx: &Tx<'_>, scope: Scope, limit: i64) -> Result<Round> {
     let rows = match scope {
         Scope::All => {
-            let stmt = tx.prepare_cached(CLASSIFY_ALL).await.map_err(pg_error)?;
+            let stmt = tx.prepare_cached(CLASSIFY_ALL).await?;
             tx.query(&stmt, &[&limit]).await
         }
         Scope::SettledSince(since) => {
-            let stmt = tx.prepare_cached(CLASSIFY_SINCE).await.map_err(pg_error)?;
+            let stmt = tx.prepare_cached(CLASSIFY_SINCE).await?;
             tx.query(&stmt, &[&limit, &since]).await
         }
-    }
-    .map_err(pg_error)?;
+    }?;
     let (mut ready, mut doomed, mut causes) = (Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         match r.get::<_, Option<i32>>(1) {
@@ -150,8 +148,8 @@ pub async fn sweep_round(tx: &Tx<'_>, scope: Scope, limit: i64) -> Result<Round>
     }
     let mut round = Round::default();
     if !ready.is_empty() {
-        let stmt = tx.prepare_cached(PROMOTE).await.map_err(pg_error)?;
-        let rows = tx.query(&stmt, &[&ready]).await.map_err(pg_error)?;
+        let stmt = tx.prepare_cached(PROMOTE).await?;
+        let rows = tx.query(&stmt, &[&ready]).await?;
         let promoted: Vec<(Option<i32>, i16, i32)> = rows
             .iter()
             .map(|r| (r.get(1), r.get(2), r.get(0)))
@@ -161,11 +159,8 @@ pub async fn sweep_round(tx: &Tx<'_>, scope: Scope, limit: i64) -> Result<Round>
         round.promoted.sort_unstable();
     }
     if !doomed.is_empty() {
-        let stmt = tx.prepare_cached(FAIL).await.map_err(pg_error)?;
-        let rows = tx
-            .query(&stmt, &[&doomed, &causes])
-            .await
-            .map_err(pg_error)?;
+        let stmt = tx.prepare_cached(FAIL).await?;
+        let rows = tx.query(&stmt, &[&doomed, &causes]).await?;
         round.failed = rows
             .iter()
             .map(|r| FailedDependent {

@@ -1,11 +1,11 @@
-//! PingAndTakeNewTasks (design.md §3): liveness, stats and the claim of pending tasks, on every
+//! PingAndTakeNewTasks (docs/architecture.md#pingandtakenewtasks): liveness, stats and the claim of pending tasks, on every
 //! replica: one round trip of two reads for an idle ping (it writes nothing and takes no lock), two
 //! round trips for a ping that writes or claims. A ping that has something to write (a claim, an offline worker coming back, a stale
 //! `last_ping_at`, stats due) does it under the worker's advisory lock — two pings of one worker
 //! never race — and claims through `tq_claim` (schema/0002_dispatch.sql); the decision and the
 //! writes are `tq_ping` (schema/0004_ping.sql).
 //!
-//! With group commit on (`--batch-loops` ≥ 1, the default; design.md §3.1) pings go through a
+//! With group commit on (`--batch-loops` ≥ 1, the default; docs/architecture.md#group-commit) pings go through a
 //! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with two pipelined reads (the
 //! snapshots and held tasks of all its workers) and, for those that write or claim, one call of
 //! `tq_ping_batch` (schema/0009_ping_batch.sql) pipelined with a read of their held tasks.
@@ -22,7 +22,7 @@ use tokio_postgres::Row;
 use super::batch::{BatchConfig, BatchFn, Batcher, record_statement, same_error};
 use super::locks::{NS_SHARD, NS_WORKER};
 use super::tasks::{TASK_COLUMNS, task_from_row};
-use super::{Client, Db, Op, pg_error, retry_allowed};
+use super::{Client, Db, Op, retry_allowed};
 use crate::domain::dispatch::{self, HeldTask, WorkerSnapshot};
 use crate::domain::status::{TaskStatus, WorkerStatus};
 use crate::error::{Error, Result};
@@ -183,15 +183,12 @@ pub async fn ping(
         .run(Op::Ping, |c| {
             async move {
                 let (snap_stmt, held_stmt) =
-                    try_join(c.prepare_cached(SNAPSHOT), c.prepare_cached(&HELD))
-                        .await
-                        .map_err(pg_error)?;
+                    try_join(c.prepare_cached(SNAPSHOT), c.prepare_cached(&HELD)).await?;
                 let (snap, held) = try_join(
                     c.query_opt(&snap_stmt, &[&worker_id]),
                     c.query(&held_stmt, &[&worker_id]),
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
                 let (snapshot, maybe_pending) = snapshot_from(snap, worker_id)?;
                 let plan = dispatch::plan_ping(&snapshot, has_stats, cfg.last_ping_write_interval);
                 let idle = plan.back_online.is_none()
@@ -219,8 +216,7 @@ pub async fn ping(
                 async move {
                     let (ping_stmt, held_stmt) =
                         try_join(c.prepare_cached(PING), c.prepare_cached(&HELD))
-                            .await
-                            .map_err(pg_error)?;
+                            .await?;
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
                         &worker_id,
                         stats_bytes,
@@ -235,8 +231,7 @@ pub async fn ping(
                         c.query_one(&ping_stmt, &params),
                         c.query(&held_stmt, &[&worker_id]),
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                     let Some(status) = ping.get::<_, Option<String>>("status") else {
                         return Err(not_registered(worker_id));
                     };
@@ -366,12 +361,9 @@ pub async fn ping_batch(
     ids.sort_unstable();
     ids.dedup();
     let (snap_stmt, held_stmt) =
-        try_join(c.prepare_cached(&SNAPSHOTS), c.prepare_cached(&HELD_MANY))
-            .await
-            .map_err(pg_error)?;
-    let (snaps, held) = try_join(c.query(&snap_stmt, &[&ids]), c.query(&held_stmt, &[&ids]))
-        .await
-        .map_err(pg_error)?;
+        try_join(c.prepare_cached(&SNAPSHOTS), c.prepare_cached(&HELD_MANY)).await?;
+    let (snaps, held) =
+        try_join(c.query(&snap_stmt, &[&ids]), c.query(&held_stmt, &[&ids])).await?;
     record_statement(PING_BATCH_KIND, ids.len());
     record_statement(PING_BATCH_KIND, ids.len());
     let mut snapshots = HashMap::with_capacity(snaps.len());
@@ -444,9 +436,7 @@ async fn write_batch(
     let touch_after = PgInterval(cfg.last_ping_write_interval);
     let rescan = PgInterval(RESCAN_INTERVAL);
     let (ping_stmt, held_stmt) =
-        try_join(c.prepare_cached(PING_BATCH), c.prepare_cached(&HELD_MANY))
-            .await
-            .map_err(pg_error)?;
+        try_join(c.prepare_cached(PING_BATCH), c.prepare_cached(&HELD_MANY)).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &workers,
         &stats,
@@ -461,8 +451,7 @@ async fn write_batch(
         c.query_one(&ping_stmt, &params),
         c.query(&held_stmt, &[&ids]),
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     record_statement(PING_BATCH_KIND, workers.len());
     record_statement(PING_BATCH_KIND, ids.len());
     let held = by_worker(&held);

@@ -1,7 +1,8 @@
-//! A private PostgreSQL run from the local installation (design.md §8): `taskqueue serve` without a
-//! database URL, and the test harness. initdb on first start, reused after; the server process is a
-//! child of ours and receives SIGINT (fast shutdown) if we die. When we run as root, PostgreSQL runs
-//! as the `postgres` user (it refuses root), in a folder that user owns and can reach.
+//! A private PostgreSQL run from the local installation (docs/architecture.md#configuration):
+//! `taskqueue serve` without a database URL, and the test harness. initdb on first start, reused
+//! after; the server process is a child of ours and receives SIGINT (fast shutdown) if we die. When
+//! we run as root, PostgreSQL runs as the `postgres` user (it refuses root), in a folder that user
+//! owns and can reach.
 //!
 //! Connections go through a Unix socket in the cluster folder (mode 0700), so no other local user can
 //! connect; TCP on loopback is opt-in (`tcp_port`) for tools such as pgbench on another machine user.

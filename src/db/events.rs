@@ -44,7 +44,7 @@ const INSERT: &str = "
 pub async fn insert(db: &Db, event: &NewEvent<'_>) -> Result<i64> {
     db.run(Op::Events, |c| {
         async move {
-            let stmt = c.prepare_cached(INSERT).await.map_err(pg_error)?;
+            let stmt = c.prepare_cached(INSERT).await?;
             let row = c
                 .query_one(
                     &stmt,
@@ -97,7 +97,7 @@ const LIST: &str = "
 pub async fn list(db: &Db, filter: &ListFilter) -> Result<Vec<EventRecord>> {
     db.run(Op::Events, |c| {
         async move {
-            let stmt = c.prepare_cached(LIST).await.map_err(pg_error)?;
+            let stmt = c.prepare_cached(LIST).await?;
             let level = filter.level.map(EventLevel::letter);
             let rows = c
                 .query(
@@ -109,8 +109,7 @@ pub async fn list(db: &Db, filter: &ListFilter) -> Result<Vec<EventRecord>> {
                         &filter.limit,
                     ],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .into_iter()
                 .map(|r| EventRecord {
@@ -136,8 +135,7 @@ pub async fn delete(db: &Db, event_id: i64) -> Result<bool> {
         async move {
             let n = c
                 .execute("DELETE FROM worker_event WHERE event_id = $1", &[&event_id])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(n > 0)
         }
         .scope_boxed()
@@ -167,14 +165,14 @@ pub async fn prune(db: &Db, filter: &PruneFilter) -> Result<Pruned> {
                 [&filter.before, &level, &filter.class, &filter.worker_id];
             if filter.dry_run {
                 let sql = format!("SELECT count(*) FROM worker_event {PRUNE_WHERE}");
-                let n: i64 = c.query_one(&sql, &params).await.map_err(pg_error)?.get(0);
+                let n: i64 = c.query_one(&sql, &params).await?.get(0);
                 return Ok(Pruned {
                     matched: n as u64,
                     deleted: 0,
                 });
             }
             let sql = format!("DELETE FROM worker_event {PRUNE_WHERE}");
-            let n = c.execute(&sql, &params).await.map_err(pg_error)?;
+            let n = c.execute(&sql, &params).await?;
             Ok(Pruned {
                 matched: n,
                 deleted: n,

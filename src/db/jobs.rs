@@ -15,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_QUOTA;
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::config::Providers as ProvidersConfig;
 use crate::domain::quota::{self, Quota, Usage};
 use crate::domain::status::{JobAction, JobStatus, WorkerStatus};
@@ -78,7 +78,7 @@ pub fn configured_quota(
         .map(Quota::from_config)
 }
 
-/// What the workers of a region use (design.md §2: computed from worker rows, never a counter).
+/// What the workers of a region use (computed from worker rows, never a counter).
 pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
     let row = tx
         .query_one(
@@ -87,8 +87,7 @@ pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
               WHERE w.region_id = $1",
             &[&region_id],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(Usage {
         cpu: row.get(0),
         mem: row.get(1),
@@ -112,8 +111,7 @@ pub async fn insert_workers(
               WHERE r.region_id = $1",
             &[&w.region_id],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .ok_or_else(|| Error::not_found(format!("region {} not found", w.region_id)))?;
     let (region_name, provider_id, class, config): (String, i32, String, String) =
         (region.get(0), region.get(1), region.get(2), region.get(3));
@@ -122,8 +120,7 @@ pub async fn insert_workers(
             "SELECT provider_id, cpu, mem, flavor_name FROM flavor WHERE flavor_id = $1",
             &[&w.flavor_id],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .ok_or_else(|| Error::not_found(format!("flavor {} not found", w.flavor_id)))?;
     let (flavor_provider, cpu, mem, flavor_name): (i32, i32, f64, String) =
         (flavor.get(0), flavor.get(1), flavor.get(2), flavor.get(3));
@@ -141,8 +138,7 @@ pub async fn insert_workers(
     if let Some(step) = w.step_id {
         let exists = tx
             .query_opt("SELECT 1 FROM step WHERE step_id = $1", &[&step])
-            .await
-            .map_err(pg_error)?;
+            .await?;
         if exists.is_none() {
             return Err(Error::not_found(format!("step {step} not found")));
         }
@@ -151,8 +147,7 @@ pub async fn insert_workers(
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&NS_QUOTA, &w.region_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let usage = region_usage(tx, w.region_id).await?;
     let quota = configured_quota(providers, (&class, &config), &region_name);
     let count = i64::from(w.number);
@@ -190,8 +185,7 @@ pub async fn insert_workers(
                 &w.number,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let ids: Vec<i32> = workers.iter().map(|r| r.get(0)).collect();
     let names: Vec<String> = workers.iter().map(|r| r.get(1)).collect();
     let jobs = tx
@@ -201,8 +195,7 @@ pub async fn insert_workers(
              RETURNING job_id, worker_id",
             &[&ids, &names, &w.flavor_id, &w.region_id, &JOB_RETRIES],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut created: Vec<CreatedWorker> = jobs
         .iter()
         .map(|j| {
@@ -241,8 +234,7 @@ async fn release_tasks(tx: &Tx<'_>, shards: u16, worker_id: i32, reason: &str) -
                 AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -261,7 +253,7 @@ pub enum Deletion {
     Deleted,
 }
 
-/// Deletes a worker the way DeleteWorker does (behavior.md §4.4), inside `tx` — also what the
+/// Deletes a worker the way DeleteWorker does, inside `tx` — also what the
 /// watchdog calls for idle or lost workers:
 /// - non-permanent: a delete job (D) is created (unless one is already open), open create/restart
 ///   jobs of the worker are canceled (X), the worker becomes D; the job runner deletes the machine
@@ -283,8 +275,7 @@ pub async fn schedule_worker_deletion(
                FROM worker WHERE worker_id = $1 FOR UPDATE",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .ok_or_else(|| Error::not_found(format!("worker {worker_id} not found")))?;
     let status = WorkerStatus::parse(row.get::<_, &str>(0))?;
     let (permanent, name): (bool, String) = (row.get(1), row.get(2));
@@ -298,8 +289,7 @@ pub async fn schedule_worker_deletion(
         }
         release_tasks(tx, shards, worker_id, reason).await?;
         tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&worker_id])
-            .await
-            .map_err(pg_error)?;
+            .await?;
         return Ok(Deletion::Deleted);
     }
     if let Some(open) = tx
@@ -308,8 +298,7 @@ pub async fn schedule_worker_deletion(
               ORDER BY job_id LIMIT 1",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
     {
         return Ok(Deletion::AlreadyScheduled {
             job_id: open.get(0),
@@ -323,23 +312,20 @@ pub async fn schedule_worker_deletion(
         ),
         &[&worker_id, &"canceled: the worker is being deleted"],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let job_id: i32 = tx
         .query_one(
             "INSERT INTO job (worker_id, worker_name, action, flavor_id, region_id, retry)
              VALUES ($1, $2, 'D', $3, $4, $5) RETURNING job_id",
             &[&worker_id, &name, &flavor_id, &region_id, &JOB_RETRIES],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .get(0);
     tx.execute(
         "UPDATE worker SET status = 'D' WHERE worker_id = $1",
         &[&worker_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     release_tasks(tx, shards, worker_id, reason).await?;
     Ok(Deletion::Scheduled { job_id })
 }
@@ -358,8 +344,7 @@ pub async fn remove_undeployed(
             "SELECT 1 FROM worker WHERE worker_id = $1 FOR UPDATE",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     if exists.is_none() {
         return Ok(false);
     }
@@ -372,11 +357,9 @@ pub async fn remove_undeployed(
         ),
         &[&worker_id, &"canceled: the worker was deleted"],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&worker_id])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(true)
 }
 
@@ -439,8 +422,7 @@ pub async fn list_jobs(db: &Db, limit: i64, offset: i64) -> Result<Vec<Job>> {
                        FROM job ORDER BY job_id DESC LIMIT $1 OFFSET $2",
                     &[&limit, &offset],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| Job {
@@ -471,8 +453,7 @@ pub async fn job_statuses(db: &Db, ids: &[i32]) -> Result<Vec<(i32, String, i32)
                     "SELECT job_id, status, progression FROM job WHERE job_id = ANY($1)",
                     &[&ids],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get(1), i32::from(r.get::<_, i16>(2))))
@@ -490,8 +471,7 @@ pub async fn delete_job(db: &Db, job_id: i32) -> Result<bool> {
         async move {
             let n = c
                 .execute("DELETE FROM job WHERE job_id = $1", &[&job_id])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(n == 1)
         }
         .scope_boxed()
@@ -522,8 +502,7 @@ pub async fn update_job(
                     ),
                     &[&job_id, &status, &progression, &append_log],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(n == 1)
         }
         .scope_boxed()
@@ -549,8 +528,7 @@ pub async fn worker_last_ping(db: &Db, worker_id: i32) -> Result<Option<DateTime
                     "SELECT last_ping_at FROM worker WHERE worker_id = $1",
                     &[&worker_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.and_then(|r| r.get(0)))
         }
         .scope_boxed()
@@ -609,11 +587,10 @@ pub async fn claim(
     lease: Duration,
     runner: &str,
 ) -> Result<Vec<ClaimedJob>> {
-    let stmt = tx.prepare_cached(CLAIM).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(CLAIM).await?;
     let rows = tx
         .query(&stmt, &[&limit, &lease.as_secs_f64(), &runner])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for r in rows {
         let old_status: String = r.get(6);
@@ -650,8 +627,7 @@ pub async fn claim(
             &format!("UPDATE job SET {} WHERE job_id = $1", log_append(2)),
             &[&j.job_id, &line],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     }
     Ok(jobs)
 }
@@ -665,8 +641,7 @@ pub async fn renew_lease(tx: &Tx<'_>, job_id: i32, attempt: i32, lease: Duration
               WHERE job_id = $1 AND attempt = $2 AND status = 'R'",
             &[&job_id, &attempt, &lease.as_secs_f64()],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(n == 1)
 }
 
@@ -709,8 +684,7 @@ pub async fn finish(
             "SELECT 1 FROM job WHERE job_id = $1 AND attempt = $2 AND status = 'R' FOR UPDATE",
             &[&job.job_id, &job.attempt],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     if owned.is_none() {
         return Ok(Finished::Lost);
     }
@@ -733,8 +707,7 @@ pub async fn finish(
                     ),
                 ],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             return Ok(Finished::Retrying);
         }
         Outcome::Failed(why) | Outcome::Refused(why) => {
@@ -746,8 +719,7 @@ pub async fn finish(
                     "UPDATE worker SET ipv4 = COALESCE($2, ipv4) WHERE worker_id = $1",
                     &[&worker_id, ipv4],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             }
             let at = ipv4.map(|ip| format!(" at {ip}")).unwrap_or_default();
             (JobStatus::Succeeded, format!("created{at}"))
@@ -778,8 +750,7 @@ pub async fn finish(
         ),
         &[&job.job_id, &finished.letter(), &progression, &line],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(Finished::Done(finished))
 }
 
@@ -790,8 +761,7 @@ pub async fn open_job_counts(tx: &Tx<'_>) -> Result<Vec<(String, String, i64)>> 
             "SELECT action, status, count(*) FROM job WHERE status IN ('P', 'R') GROUP BY 1, 2",
             &[],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

@@ -1,13 +1,13 @@
-//! The leadership record (`cluster_leader`) and fencing (design.md §4): a leader writes its epoch
-//! on taking office; every leader-only mutation checks, in its own transaction, that the epoch is
-//! still its own, holding a share lock on the record so a new leader's takeover waits for it.
-//! Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
+//! The leadership record (`cluster_leader`) and fencing (docs/architecture.md#leadership): a leader
+//! writes its epoch on taking office; every leader-only mutation checks, in its own transaction,
+//! that the epoch is still its own, holding a share lock on the record so a new leader's takeover
+//! waits for it. Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
 
 use std::time::Duration;
 
 use scoped_futures::ScopedFutureExt as _;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::error::{Error, Result};
 
 /// Marks a fencing refusal: the error's source when `assert_epoch` finds a newer term recorded.
@@ -38,8 +38,7 @@ pub async fn take_office(
              WHERE cluster_leader.epoch < EXCLUDED.epoch",
             &[&epoch, &holder],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(n == 1)
 }
 
@@ -49,13 +48,8 @@ pub async fn take_office(
 pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -> Result<()> {
     let stmt = tx
         .prepare_cached("SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE")
-        .await
-        .map_err(pg_error)?;
-    let current: Option<i64> = tx
-        .query_opt(&stmt, &[])
-        .await
-        .map_err(pg_error)?
-        .map(|r| r.get(0));
+        .await?;
+    let current: Option<i64> = tx.query_opt(&stmt, &[]).await?.map(|r| r.get(0));
     match current {
         Some(e) if e == epoch => Ok(()),
         recorded => Err(Error::failed_precondition(format!(
@@ -85,11 +79,8 @@ pub async fn limit_idle_in_transaction(
             "SELECT set_config('idle_in_transaction_session_timeout', $1, true),
                     set_config('statement_timeout', $2, true)",
         )
-        .await
-        .map_err(pg_error)?;
-    tx.execute(&stmt, &[&millis, &statement_millis])
-        .await
-        .map_err(pg_error)?;
+        .await?;
+    tx.execute(&stmt, &[&millis, &statement_millis]).await?;
     Ok(())
 }
 
@@ -105,8 +96,7 @@ pub async fn next_local_epoch(db: &Db) -> Result<i64> {
                          coalesce((SELECT epoch + 1 FROM cluster_leader WHERE id = 1), 1)))",
                     &[],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.get::<_, i64>(0))
         }
         .scope_boxed()
@@ -131,8 +121,7 @@ pub async fn current(db: &Db) -> Result<Option<Office>> {
                     "SELECT epoch, holder, since FROM cluster_leader WHERE id = 1",
                     &[],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.map(|r| Office {
                 epoch: r.get(0),
                 holder: r.get(1),

@@ -18,7 +18,7 @@ use std::ops::Range;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_TASK_LOG;
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::logs::{
     LogAccess, LogBudget, PendingBatch, follow_ends, lines_in_window, push_lines, truncation_body,
     window_from_end,
@@ -117,16 +117,15 @@ async fn lock_for_append(
 ) -> Result<()> {
     let locked = match access {
         LogAccess::AnyTask => {
-            let lock = tx.prepare_cached(LOCK).await.map_err(pg_error)?;
+            let lock = tx.prepare_cached(LOCK).await?;
             tx.query(&lock, &[&task_id, &NS_TASK_LOG]).await
         }
         LogAccess::HeldTasks => {
-            let lock = tx.prepare_cached(LOCK_HELD).await.map_err(pg_error)?;
+            let lock = tx.prepare_cached(LOCK_HELD).await?;
             tx.query(&lock, &[&task_id, &NS_TASK_LOG, &held_letters()])
                 .await
         }
-    }
-    .map_err(pg_error)?;
+    }?;
     if locked.is_empty() {
         return Err(refused(task_id, access));
     }
@@ -142,18 +141,16 @@ async fn insert_batches(
     if batches.iter().all(|(_, b)| b.lines == 0) {
         return Ok(());
     }
-    let append = tx.prepare_cached(APPEND).await.map_err(pg_error)?;
+    let append = tx.prepare_cached(APPEND).await?;
     for (stream, batch) in batches.iter().filter(|(_, b)| b.lines > 0) {
         let count = i32::try_from(batch.lines)
             .map_err(|_| Error::invalid("too many lines in one log batch"))?;
         tx.execute(&append, &[&task_id, &stream.letter(), &count, &batch.body])
-            .await
-            .map_err(pg_error)?;
+            .await?;
     }
-    let notify = tx.prepare_cached(NOTIFY).await.map_err(pg_error)?;
+    let notify = tx.prepare_cached(NOTIFY).await?;
     tx.execute(&notify, &[&NOTIFY_CHANNEL, &task_id.to_string()])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(())
 }
 
@@ -202,11 +199,10 @@ pub async fn store(
                 return Ok(0);
             }
             lock_for_append(tx, task_id, access).await?;
-            let stored = tx.prepare_cached(STORED).await.map_err(pg_error)?;
+            let stored = tx.prepare_cached(STORED).await?;
             let row = tx
                 .query_one(&stored, &[&task_id, &truncation_body()])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             let (bytes, truncated): (i64, bool) = (row.get(0), row.get(1));
             let budget = LogBudget {
                 stored: u64::try_from(bytes).unwrap_or(0),
@@ -235,15 +231,14 @@ pub async fn accepts_lines(db: &Db, task_id: i32, access: LogAccess) -> Result<b
         async move {
             let row = match access {
                 LogAccess::AnyTask => {
-                    let stmt = c.prepare_cached(EXISTS).await.map_err(pg_error)?;
+                    let stmt = c.prepare_cached(EXISTS).await?;
                     c.query_one(&stmt, &[&task_id]).await
                 }
                 LogAccess::HeldTasks => {
-                    let stmt = c.prepare_cached(IS_HELD).await.map_err(pg_error)?;
+                    let stmt = c.prepare_cached(IS_HELD).await?;
                     c.query_one(&stmt, &[&task_id, &held_letters()]).await
                 }
-            }
-            .map_err(pg_error)?;
+            }?;
             Ok(row.get(0))
         }
         .scope_boxed()
@@ -257,9 +252,8 @@ pub async fn follow_ended(db: &Db, task_id: i32) -> Result<Option<bool>> {
         async move {
             let stmt = c
                 .prepare_cached("SELECT status, hidden FROM task WHERE task_id = $1")
-                .await
-                .map_err(pg_error)?;
-            let Some(row) = c.query_opt(&stmt, &[&task_id]).await.map_err(pg_error)? else {
+                .await?;
+            let Some(row) = c.query_opt(&stmt, &[&task_id]).await? else {
                 return Ok(None);
             };
             let status: String = row.get(0);
@@ -323,7 +317,7 @@ pub async fn read_after(
 ) -> Result<Option<FollowPage>> {
     db.run(Op::LogFollow, |c| {
         async move {
-            let stmt = c.prepare_cached(READ_AFTER).await.map_err(pg_error)?;
+            let stmt = c.prepare_cached(READ_AFTER).await?;
             let rows = c
                 .query(
                     &stmt,
@@ -335,8 +329,7 @@ pub async fn read_after(
                         &max_bytes,
                     ],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             let Some(first) = rows.first() else {
                 return Ok(None);
             };
@@ -410,9 +403,9 @@ pub async fn chunks(
 ) -> Result<Vec<LogChunk>> {
     db.run(Op::Logs, |c| {
         async move {
-            let total_stmt = c.prepare_cached(TOTAL_LINES).await.map_err(pg_error)?;
-            let size_stmt = c.prepare_cached(WINDOW_BYTES).await.map_err(pg_error)?;
-            let read_stmt = c.prepare_cached(WINDOW_BATCHES).await.map_err(pg_error)?;
+            let total_stmt = c.prepare_cached(TOTAL_LINES).await?;
+            let size_stmt = c.prepare_cached(WINDOW_BYTES).await?;
+            let read_stmt = c.prepare_cached(WINDOW_BATCHES).await?;
             let mut budget = CHUNK_MAX_BYTES;
             let mut out = Vec::with_capacity(task_ids.len());
             for &task_id in task_ids {
@@ -423,8 +416,7 @@ pub async fn chunks(
                 for &stream in streams {
                     let total: Option<i64> = c
                         .query_opt(&total_stmt, &[&task_id, &stream.letter()])
-                        .await
-                        .map_err(pg_error)?
+                        .await?
                         .map(|r| r.get(0));
                     let window = window_from_end(total.unwrap_or(0), chunk, skip);
                     if window.is_empty() {
@@ -432,15 +424,11 @@ pub async fn chunks(
                     }
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                         [&task_id, &stream.letter(), &window.start, &window.end];
-                    let bytes: i64 = c
-                        .query_one(&size_stmt, &params)
-                        .await
-                        .map_err(pg_error)?
-                        .get(0);
+                    let bytes: i64 = c.query_one(&size_stmt, &params).await?.get(0);
                     let cost =
                         bytes as usize + (window.end - window.start) as usize * LINE_OVERHEAD;
                     budget = budget.checked_sub(cost).ok_or_else(|| too_large(&window))?;
-                    let rows = c.query(&read_stmt, &params).await.map_err(pg_error)?;
+                    let rows = c.query(&read_stmt, &params).await?;
                     let lines = match stream {
                         LogStream::Stdout => &mut result.stdout,
                         LogStream::Stderr => &mut result.stderr,

@@ -61,6 +61,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ping_batch",
         sql: include_str!("../../schema/0009_ping_batch.sql"),
     },
+    Migration {
+        version: 10,
+        name: "status_batch",
+        sql: include_str!("../../schema/0010_status_batch.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "cluster_settings",
+        sql: include_str!("../../schema/0011_cluster_settings.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod cluster_settings;
 pub mod dependencies;
 pub mod dispatch;
 pub mod embedded;
@@ -16,6 +17,8 @@ pub mod notify;
 pub mod ownership;
 pub mod recruiters;
 pub mod secrets;
+pub mod status_batch;
+pub mod submit_batch;
 pub mod tasks;
 pub mod templates;
 pub mod users;
@@ -52,6 +55,8 @@ pub enum Op {
     Ping,
     ClaimTasks,
     PingBatch,
+    StatusBatch,
+    SubmitBatch,
     Workers,
     Workflows,
     StepStats,
@@ -86,6 +91,8 @@ impl Op {
             Op::Ping => "ping",
             Op::ClaimTasks => "claim_tasks",
             Op::PingBatch => "ping_batch",
+            Op::StatusBatch => "status_batch",
+            Op::SubmitBatch => "submit_batch",
             Op::Workers => "workers",
             Op::Workflows => "workflows",
             Op::StepStats => "step_stats",
@@ -188,7 +195,7 @@ impl Db {
 
     /// A pooled connection.
     pub async fn client(&self) -> Result<Client> {
-        self.pool.get().await.map_err(pool_error)
+        Ok(self.pool.get().await?)
     }
 
     /// Waits until the database answers a query, for at most `timeout`.
@@ -230,13 +237,9 @@ impl Db {
         loop {
             let mut checkout = Checkout::new(self.client().await?);
             let result: Result<T> = async {
-                let tx = checkout
-                    .client_mut()
-                    .transaction()
-                    .await
-                    .map_err(pg_error)?;
+                let tx = checkout.client_mut().transaction().await?;
                 let value = f(&tx).await?;
-                tx.commit().await.map_err(pg_error)?;
+                tx.commit().await?;
                 Ok(value)
             }
             .await;
@@ -422,6 +425,23 @@ fn pg_error_unbounded(e: &tokio_postgres::Error) -> Error {
     }
 }
 
+/// `?` on a Postgres error maps it with [`pg_error`]; the impl lives here because only `db` may know
+/// tokio-postgres.
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        pg_error(e)
+    }
+}
+
+/// `?` on a pool checkout error maps it with [`pool_error`].
+impl From<PoolError> for Error {
+    fn from(e: PoolError) -> Self {
+        pool_error(e)
+    }
+}
+
+/// Maps a failed pool checkout: a backend error goes through [`pg_error`], a timeout or a closed
+/// pool is `Unavailable`.
 fn pool_error(e: PoolError) -> Error {
     match e {
         PoolError::Backend(e) => pg_error(e),

@@ -6,7 +6,7 @@
 use scoped_futures::ScopedFutureExt as _;
 use tokio_postgres::types::ToSql;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::ownership::{Actor, Owner, may_change};
 use crate::error::{Error, Result};
 
@@ -61,7 +61,7 @@ pub async fn owner(db: &Db, object: Object<'_>) -> Result<Option<Owner>> {
                 Object::TemplateVersion { name, version } => (TEMPLATE_OWNER, vec![name, version]),
                 Object::TemplateRun(id) => (RUN_OWNER, vec![id]),
             };
-            let row = c.query_opt(sql, &params).await.map_err(pg_error)?;
+            let row = c.query_opt(sql, &params).await?;
             Ok(row.map(|r| Owner {
                 user_id: r.get(0),
                 worker_token: r.get(1),
@@ -131,8 +131,7 @@ pub async fn worker_placement(db: &Db, worker_id: i32) -> Result<Option<Option<P
                       WHERE w.worker_id = $1",
                     &[&worker_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.map(|r| {
                 let provider: Option<String> = r.get(0);
                 provider.map(|provider| Placement {
@@ -150,7 +149,7 @@ pub async fn worker_placement(db: &Db, worker_id: i32) -> Result<Option<Option<P
 async fn placement(db: &Db, sql: &'static str, id: i32) -> Result<Option<Placement>> {
     db.run(Op::Auth, |c| {
         async move {
-            let row = c.query_opt(sql, &[&id]).await.map_err(pg_error)?;
+            let row = c.query_opt(sql, &[&id]).await?;
             Ok(row.map(|r| Placement {
                 provider: r.get(0),
                 config: r.get(1),

@@ -98,7 +98,7 @@ impl Recruiter {
         }
     }
 
-    /// behavior.md §4.7 validation (see `domain::recruitment::validate_settings`).
+    /// The original's validation (see `domain::recruitment::validate_settings`).
     pub fn validate(&self) -> crate::domain::Result<()> {
         validate_settings(
             &self.protofilter,
@@ -186,8 +186,7 @@ pub async fn list(db: &Db, step_id: Option<i32>) -> Result<Vec<Recruiter>> {
                     ),
                     &[&step_id, &limits::LIST_RECRUITERS.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows.iter().map(from_row).collect())
         }
         .scope_boxed()
@@ -205,8 +204,7 @@ pub async fn update(db: &Db, step_id: i32, rank: i32, changes: &RecruiterChanges
                     &format!("SELECT {COLUMNS} FROM recruiter WHERE step_id = $1 AND rank = $2 FOR UPDATE"),
                     &[&step_id, &rank],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("recruiter of step {step_id} rank {rank} not found")))?;
             let mut r = from_row(&row);
             changes.apply(&mut r);
@@ -234,8 +232,7 @@ pub async fn update(db: &Db, step_id: i32, rank: i32, changes: &RecruiterChanges
                     &r.concurrency_max,
                 ],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -252,8 +249,7 @@ pub async fn delete(db: &Db, step_id: i32, rank: i32) -> Result<bool> {
                     "DELETE FROM recruiter WHERE step_id = $1 AND rank = $2",
                     &[&step_id, &rank],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(n == 1)
         }
         .scope_boxed()
@@ -297,7 +293,7 @@ pub async fn states(tx: &Tx<'_>) -> Result<Vec<RecruiterState>> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let rows = tx.query(sql.as_str(), &[]).await.map_err(pg_error)?;
+    let rows = tx.query(sql.as_str(), &[]).await?;
     Ok(rows
         .iter()
         .map(|r| RecruiterState {
@@ -327,10 +323,7 @@ pub async fn candidates(tx: &Tx<'_>, offers: &[(i32, i32)]) -> Result<Vec<Candid
           WHERE w.status = 'R' AND w.recyclable_scope IN ('G', 'W')
           ORDER BY w.worker_id"
     );
-    let rows = tx
-        .query(sql.as_str(), &[&flavors, &regions])
-        .await
-        .map_err(pg_error)?;
+    let rows = tx.query(sql.as_str(), &[&flavors, &regions]).await?;
     rows.iter()
         .map(|r| {
             Ok(Candidate {
@@ -359,8 +352,7 @@ pub async fn pending_by_step(tx: &Tx<'_>, steps: &[i32]) -> Result<HashMap<i32, 
             "SELECT step_id, count(*) FROM task WHERE status = 'P' AND step_id = ANY($1) GROUP BY step_id",
             &[&steps],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -379,8 +371,7 @@ pub async fn workflow_counters(
               GROUP BY wf.workflow_id",
             &[&workflows],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
@@ -396,16 +387,14 @@ pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&NS_WORKER, &r.worker_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let still = tx
         .query_opt(
             "SELECT 1 FROM worker WHERE worker_id = $1 AND status = 'R' AND concurrency = $2
                 AND step_id IS NOT DISTINCT FROM $3 FOR UPDATE",
             &[&r.worker_id, &r.old_concurrency, &r.from_step],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     if still.is_none() {
         return Ok(false);
     }
@@ -416,8 +405,7 @@ pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
               WHERE worker_id = $1 AND status IN ('A', 'C', 'R', 'D', 'U') AND NOT hidden",
             &[&r.worker_id, &factor],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     }
     tx.execute(
         "UPDATE worker SET step_id = $2, concurrency = $3, prefetch = $4 WHERE worker_id = $1",
@@ -428,13 +416,12 @@ pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
             &r.new_prefetch,
         ],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(true)
 }
 
-/// Timers (design.md §2): `active` recruiters start their clock if it is not running, the others
-/// stop it; `attempted` ones restart their deployment clock.
+/// Timers (docs/architecture.md#state-lives-in-postgresql): `active` recruiters start their clock
+/// if it is not running, the others stop it; `attempted` ones restart their deployment clock.
 pub async fn set_timers(
     tx: &Tx<'_>,
     active: &[(i32, i32)],
@@ -449,8 +436,7 @@ pub async fn set_timers(
           WHERE rc.step_id = k.step_id AND rc.rank = k.rank AND rc.active_since IS NULL",
         &[&steps, &ranks],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let (steps, ranks) = split(inactive);
     tx.execute(
         "UPDATE recruiter rc SET active_since = NULL
@@ -458,8 +444,7 @@ pub async fn set_timers(
           WHERE rc.step_id = k.step_id AND rc.rank = k.rank AND rc.active_since IS NOT NULL",
         &[&steps, &ranks],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let (steps, ranks) = split(attempted);
     tx.execute(
         "UPDATE recruiter rc SET last_deploy_at = now()
@@ -467,8 +452,7 @@ pub async fn set_timers(
           WHERE rc.step_id = k.step_id AND rc.rank = k.rank",
         &[&steps, &ranks],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }
 
@@ -481,8 +465,7 @@ pub async fn disable(tx: &Tx<'_>, r: &Recruiter, reason: &str) -> Result<bool> {
               WHERE step_id = $1 AND rank = $2 AND disabled_reason IS DISTINCT FROM $3",
             &[&r.step_id, &r.rank, &reason],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     if n == 0 {
         return Ok(false);
     }
@@ -503,8 +486,7 @@ pub async fn disable(tx: &Tx<'_>, r: &Recruiter, reason: &str) -> Result<bool> {
             &details,
         ],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(true)
 }
 
@@ -527,9 +509,9 @@ const IDLE_ELIGIBLE: &str = "
 
 /// Queue gauges published by the leader: tasks by status, and idle workers with pending work.
 pub async fn queue_counts(tx: &Tx<'_>) -> Result<(Vec<(String, i64)>, i64)> {
-    let rows = tx.query(TASK_COUNTS, &[]).await.map_err(pg_error)?;
+    let rows = tx.query(TASK_COUNTS, &[]).await?;
     let tasks = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let idle = tx.query_one(IDLE_ELIGIBLE, &[]).await.map_err(pg_error)?;
+    let idle = tx.query_one(IDLE_ELIGIBLE, &[]).await?;
     Ok((tasks, idle.get(0)))
 }
 
@@ -544,8 +526,7 @@ pub async fn worker_counts(tx: &Tx<'_>) -> Result<Vec<(String, String, i64)>> {
               GROUP BY 1, 2",
             &[],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

@@ -3,7 +3,7 @@
 
 use scoped_futures::ScopedFutureExt as _;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::error::Result;
 
 /// The name of the session-token signing key.
@@ -18,13 +18,10 @@ const INSERT_IF_ABSENT: &str = "
 pub async fn get_or_create(db: &Db, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
     db.run(Op::Bootstrap, |c| {
         async move {
-            c.execute(INSERT_IF_ABSENT, &[&name, &candidate])
-                .await
-                .map_err(pg_error)?;
+            c.execute(INSERT_IF_ABSENT, &[&name, &candidate]).await?;
             let row = c
                 .query_one("SELECT value FROM server_secret WHERE name = $1", &[&name])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.get(0))
         }
         .scope_boxed()

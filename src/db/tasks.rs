@@ -15,7 +15,7 @@ use scoped_futures::ScopedFutureExt as _;
 use tokio_postgres::Row;
 
 use super::logs::{LogStream, append_system_line};
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::limits;
 use crate::domain::status::TaskStatus;
 use crate::domain::tasks::{self as rules, DurationColumn, StatusChange, Submission};
@@ -115,8 +115,7 @@ pub async fn submit(db: &Db, shards: u16, task: &NewTask) -> Result<i32> {
                 if let Some(step) = task.step_id {
                     let found = tx
                         .query_opt("SELECT 1 FROM step WHERE step_id = $1", &[&step])
-                        .await
-                        .map_err(pg_error)?;
+                        .await?;
                     if found.is_none() {
                         return Err(Error::not_found(format!("step {step} not found")));
                     }
@@ -125,7 +124,7 @@ pub async fn submit(db: &Db, shards: u16, task: &NewTask) -> Result<i32> {
                     lock_prerequisites(tx, &task.rules.dependencies).await?;
                 let status = task.rules.initial_status(&statuses);
                 let [download, running, upload] = task.rules.timeouts.map(|t| t.map(f64::from));
-                let stmt = tx.prepare_cached(INSERT_TASK).await.map_err(pg_error)?;
+                let stmt = tx.prepare_cached(INSERT_TASK).await?;
                 let row = tx
                     .query_one(
                         &stmt,
@@ -151,8 +150,7 @@ pub async fn submit(db: &Db, shards: u16, task: &NewTask) -> Result<i32> {
                             &task.owner.worker_token,
                         ],
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                 let (id, shard): (i32, i16) = (row.get(0), row.get(1));
                 if !prerequisites.is_empty() {
                     tx.execute(
@@ -160,8 +158,7 @@ pub async fn submit(db: &Db, shards: u16, task: &NewTask) -> Result<i32> {
                          SELECT $1, unnest($2::integer[])",
                         &[&id, &prerequisites],
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                 }
                 if status == TaskStatus::Pending {
                     rewind_cursors(tx, &[(task.step_id, shard, id)]).await?;
@@ -183,10 +180,7 @@ async fn lock_prerequisites(tx: &Tx<'_>, requested: &[i32]) -> Result<(Vec<i32>,
     }
     // A prerequisite may be retried (hidden) between resolving and locking: resolve again then.
     for _ in 0..5 {
-        let rows = tx
-            .query(RESOLVE_PREREQUISITES, &[&requested])
-            .await
-            .map_err(pg_error)?;
+        let rows = tx.query(RESOLVE_PREREQUISITES, &[&requested]).await?;
         let mut resolved: BTreeMap<i32, i32> = BTreeMap::new();
         for r in &rows {
             resolved.insert(r.get(0), r.get(1));
@@ -205,10 +199,7 @@ async fn lock_prerequisites(tx: &Tx<'_>, requested: &[i32]) -> Result<(Vec<i32>,
         let mut ids: Vec<i32> = resolved.values().copied().collect();
         ids.sort_unstable();
         ids.dedup();
-        let locked = tx
-            .query(LOCK_PREREQUISITES, &[&ids])
-            .await
-            .map_err(pg_error)?;
+        let locked = tx.query(LOCK_PREREQUISITES, &[&ids]).await?;
         if locked.iter().any(|r| r.get::<_, bool>("hidden")) || locked.len() != ids.len() {
             continue;
         }
@@ -251,11 +242,8 @@ pub async fn rewind_cursors(tx: &Tx<'_>, tasks: &[(Option<i32>, i16, i32)]) -> R
                FROM unnest($1::integer[], $2::smallint[], $3::integer[]) AS x(k, s, id)
               WHERE c.step_key = x.k AND c.shard = x.s AND c.next_task_id > x.id",
         )
-        .await
-        .map_err(pg_error)?;
-    tx.execute(&stmt, &[&keys, &shards, &ids])
-        .await
-        .map_err(pg_error)?;
+        .await?;
+    tx.execute(&stmt, &[&keys, &shards, &ids]).await?;
     Ok(())
 }
 
@@ -303,6 +291,13 @@ pub async fn update_status(
     Ok(applied)
 }
 
+/// The refusal of a status update of a hidden task.
+pub fn hidden_task(task_id: i32) -> Error {
+    Error::failed_precondition(format!(
+        "task {task_id} is hidden and read-only: it was retried, update its retry instead"
+    ))
+}
+
 /// Sets a task's status inside `tx` with every side effect: durations, `run_started_at`, the
 /// worker's activity clock, promotion of dependents on S, automatic retry on F.
 pub async fn apply_status(
@@ -314,17 +309,14 @@ pub async fn apply_status(
     free_retry: bool,
 ) -> Result<Applied> {
     let change = rules::status_change(new, duration, free_retry)?;
-    let stmt = tx.prepare_cached(LOCK_TASK).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(LOCK_TASK).await?;
     let row = tx
         .query_opt(&stmt, &[&task_id])
-        .await
-        .map_err(pg_error)?
+        .await?
         .ok_or_else(|| Error::not_found(format!("task {task_id} not found")))?;
     let current = parse_status(row.get("status"))?;
     if row.get::<_, bool>("hidden") {
-        return Err(Error::failed_precondition(format!(
-            "task {task_id} is hidden and read-only: it was retried, update its retry instead"
-        )));
+        return Err(hidden_task(task_id));
     }
     if current == new {
         return Ok(Applied::Unchanged);
@@ -339,9 +331,8 @@ pub async fn apply_status(
     {
         let stmt = tx
             .prepare_cached("UPDATE worker SET last_activity_at = now() WHERE worker_id = $1")
-            .await
-            .map_err(pg_error)?;
-        tx.execute(&stmt, &[&w]).await.map_err(pg_error)?;
+            .await?;
+        tx.execute(&stmt, &[&w]).await?;
     }
     if change.becomes_pending {
         rewind_cursors(tx, &[(step_id, shard, task_id)]).await?;
@@ -375,7 +366,7 @@ async fn write_change(tx: &Tx<'_>, task_id: i32, c: &StatusChange) -> Result<()>
         Some((DurationColumn::Upload, d)) => ("upload", Some(d)),
         None => ("", None),
     };
-    let stmt = tx.prepare_cached(UPDATE_STATUS).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(UPDATE_STATUS).await?;
     tx.execute(
         &stmt,
         &[
@@ -388,8 +379,7 @@ async fn write_change(tx: &Tx<'_>, task_id: i32, c: &StatusChange) -> Result<()>
             &c.becomes_pending,
         ],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }
 
@@ -410,22 +400,18 @@ const PROMOTE_READY: &str = "
 /// locked first, then checked with a fresh snapshot, so when two prerequisites of one task succeed
 /// at once, the second to lock sees both.
 pub async fn promote_dependents(tx: &Tx<'_>, prerequisite: i32) -> Result<()> {
-    let lock = tx
-        .prepare_cached(LOCK_WAITING_DEPENDENTS)
-        .await
-        .map_err(pg_error)?;
+    let lock = tx.prepare_cached(LOCK_WAITING_DEPENDENTS).await?;
     let waiting: Vec<i32> = tx
         .query(&lock, &[&prerequisite])
-        .await
-        .map_err(pg_error)?
+        .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
     if waiting.is_empty() {
         return Ok(());
     }
-    let promote = tx.prepare_cached(PROMOTE_READY).await.map_err(pg_error)?;
-    let rows = tx.query(&promote, &[&waiting]).await.map_err(pg_error)?;
+    let promote = tx.prepare_cached(PROMOTE_READY).await?;
+    let rows = tx.query(&promote, &[&waiting]).await?;
     let promoted: Vec<(Option<i32>, i16, i32)> = rows
         .iter()
         .map(|r| (r.get(1), r.get(2), r.get(0)))
@@ -452,45 +438,39 @@ const INSERT_CLONE: &str = "
 /// prerequisites have not all succeeded (a manual retry of a waiting task) waits (W) too.
 pub async fn clone_for_retry(tx: &Tx<'_>, shards: u16, task_id: i32, budget: i32) -> Result<i32> {
     let shards = i32::from(shards);
-    let stmt = tx.prepare_cached(INSERT_CLONE).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(INSERT_CLONE).await?;
     let clone: i32 = tx
         .query_one(&stmt, &[&task_id, &budget, &shards])
-        .await
-        .map_err(pg_error)?
+        .await?
         .get(0);
     tx.execute(
         "UPDATE task SET hidden = true, modified_at = now() WHERE task_id = $1",
         &[&task_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.execute(
         "INSERT INTO task_dependencies (dependent_task_id, prerequisite_task_id)
          SELECT $2, prerequisite_task_id FROM task_dependencies WHERE dependent_task_id = $1",
         &[&task_id, &clone],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.execute(
         "DELETE FROM task_dependencies WHERE dependent_task_id = $1",
         &[&task_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.execute(
         "UPDATE task_dependencies SET prerequisite_task_id = $2 WHERE prerequisite_task_id = $1",
         &[&task_id, &clone],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.execute(
         "UPDATE task t SET status = 'W', pending_since = NULL WHERE t.task_id = $1
             AND EXISTS (SELECT 1 FROM task_dependencies d JOIN task p ON p.task_id = d.prerequisite_task_id
                          WHERE d.dependent_task_id = t.task_id AND p.status <> 'S')",
         &[&clone],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(clone)
 }
 
@@ -502,8 +482,7 @@ pub async fn retry(db: &Db, shards: u16, task_id: i32, asked: Option<i32>) -> Re
             async move {
                 let row = tx
                     .query_opt("SELECT hidden, retry FROM task WHERE task_id = $1 FOR UPDATE", &[&task_id])
-                    .await
-                    .map_err(pg_error)?
+                    .await?
                     .ok_or_else(|| Error::not_found(format!("task {task_id} not found")))?;
                 if row.get::<_, bool>(0) {
                     return Err(Error::failed_precondition(format!(
@@ -541,8 +520,7 @@ pub async fn fail_with_free_retry(
                 "SELECT status, hidden FROM task WHERE task_id = $1 FOR UPDATE",
                 &[&id],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         let Some(row) = row else { continue };
         let status = parse_status(row.get(0))?;
         if row.get::<_, bool>(1) || matches!(status, TaskStatus::Succeeded | TaskStatus::Failed) {
@@ -586,7 +564,7 @@ pub async fn list(db: &Db, f: &TaskFilter) -> Result<Vec<pb::Task>> {
     let command = f.command.as_deref();
     db.run(Op::ListTasks, |c| {
         async move {
-            let stmt = c.prepare_cached(&sql).await.map_err(pg_error)?;
+            let stmt = c.prepare_cached(&sql).await?;
             let rows = c
                 .query(
                     &stmt,
@@ -603,8 +581,7 @@ pub async fn list(db: &Db, f: &TaskFilter) -> Result<Vec<pb::Task>> {
                         &f.offset,
                     ],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows.iter().map(task_from_row).collect())
         }
         .scope_boxed()

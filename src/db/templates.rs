@@ -45,8 +45,7 @@ pub async fn exists(db: &Db, name: &str, version: &str) -> Result<bool> {
                     "SELECT 1 FROM workflow_template WHERE name = $1 AND version = $2",
                     &[&name, &version],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.is_some())
         }
         .scope_boxed()
@@ -121,8 +120,7 @@ pub async fn stored(db: &Db, template_id: i32) -> Result<Stored> {
                     "SELECT script, params_schema FROM workflow_template WHERE workflow_template_id = $1",
                     &[&template_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("template {template_id} not found")))?;
             Ok(Stored {
                 template_id,
@@ -146,8 +144,7 @@ pub async fn region_choices(db: &Db) -> Result<Vec<String>> {
                       ORDER BY p.provider_id, r.region_id",
                     &[],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         }
         .scope_boxed()
@@ -185,8 +182,7 @@ pub async fn list(
                     LIST_TEMPLATES,
                     &[&id, &name, &version, &latest, &limits::LIST_TEMPLATES.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| {
@@ -224,13 +220,11 @@ pub async fn abandon_stale_runs(db: &Db, older_than_secs: f64) -> Result<u64> {
                   RETURNING workflow_id",
                     &[&older_than_secs],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             let workflows: Vec<i32> = rows.iter().filter_map(|r| r.get(0)).collect();
             if !workflows.is_empty() {
                 tx.execute("DELETE FROM workflow WHERE workflow_id = ANY($1)", &[&workflows])
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
             }
             Ok(rows.len() as u64)
         }
@@ -251,8 +245,7 @@ pub async fn create_run(db: &Db, template_id: i32, values: &Value, owner: Owner)
                      VALUES ($1, $2, $3, $4) RETURNING template_run_id",
                     &[&template_id, &values, &run_by, &worker_token],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.get(0))
         }
         .scope_boxed()
@@ -278,8 +271,7 @@ pub async fn finish_success(db: &Db, run_id: i32, stderr: &str) -> Result<u64> {
                     "SELECT workflow_id FROM template_run WHERE template_run_id = $1 FOR UPDATE",
                     &[&run_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("template run {run_id} was deleted")))?
                 .get(0);
             let Some(workflow) = workflow else {
@@ -289,8 +281,7 @@ pub async fn finish_success(db: &Db, run_id: i32, stderr: &str) -> Result<u64> {
             };
             let activated = tx
                 .execute(ACTIVATE_TASKS, &[&workflow])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             set_status(tx, run_id, "S", stderr).await?;
             Ok(activated)
         }
@@ -309,13 +300,11 @@ pub async fn finish_failure(db: &Db, run_id: i32, message: &str) -> Result<Optio
                     "SELECT workflow_id FROM template_run WHERE template_run_id = $1 FOR UPDATE",
                     &[&run_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .and_then(|r| r.get(0));
             if let Some(w) = workflow {
                 tx.execute("DELETE FROM workflow WHERE workflow_id = $1", &[&w])
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
             }
             set_status(tx, run_id, "F", message).await?;
             Ok(workflow)
@@ -336,8 +325,7 @@ async fn set_status(
         "UPDATE template_run SET status = $2, error_message = $3 WHERE template_run_id = $1",
         &[&run_id, &status, &message],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }
 
@@ -366,8 +354,7 @@ pub async fn list_runs(
                     LIST_RUNS,
                     &[&template_id, &run_id, &limits::LIST_TEMPLATE_RUNS.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| pb::TemplateRun {
@@ -436,8 +423,7 @@ pub async fn delete_run(db: &Db, run_id: i32) -> Result<()> {
                     "DELETE FROM template_run WHERE template_run_id = $1",
                     &[&run_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if n == 0 {
                 return Err(Error::not_found(format!("template run {run_id} not found")));
             }

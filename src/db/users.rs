@@ -60,18 +60,14 @@ const SESSION_USER: &str = "
 pub async fn session_user(db: &Db, digest: &[u8; 32]) -> Result<Option<User>> {
     db.run(Op::Auth, |c| {
         async move {
-            let stmt = c.prepare_cached(SESSION_USER).await.map_err(pg_error)?;
-            let row = c
-                .query_opt(&stmt, &[&digest.as_slice()])
-                .await
-                .map_err(pg_error)?;
+            let stmt = c.prepare_cached(SESSION_USER).await?;
+            let row = c.query_opt(&stmt, &[&digest.as_slice()]).await?;
             if row.is_some() {
                 c.execute(
                     "UPDATE scitq_user_session SET last_used = now() WHERE token_sha256 = $1",
                     &[&digest.as_slice()],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             }
             Ok(row.as_ref().map(|r| User {
                 scoped: r.get("scoped"),
@@ -92,8 +88,7 @@ pub async fn credentials(db: &Db, username: &str) -> Result<Option<Credentials>>
                     "SELECT user_id, password FROM scitq_user WHERE username = $1",
                     &[&username],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.map(|r| Credentials {
                 user_id: r.get(0),
                 password_hash: r.get(1),
@@ -113,15 +108,13 @@ pub async fn create_session(db: &Db, user_id: i32, digest: &[u8; 32], ttl: Durat
                  VALUES ($1, $2, now() + make_interval(secs => $3), now())",
                 &[&digest.as_slice(), &user_id, &ttl_secs],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             // Expired sessions are removed as new ones arrive, so the table cannot grow forever.
             c.execute(
                 "DELETE FROM scitq_user_session WHERE expires_at < now() - interval '1 day'",
                 &[],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -147,8 +140,7 @@ pub async fn create_scoped_session(
                  VALUES ($1, $2, now() + make_interval(secs => $3), now(), true, $4)",
                 &[&digest.as_slice(), &user_id, &ttl_secs, &run_id],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -165,8 +157,7 @@ pub async fn delete_session(db: &Db, digest: &[u8; 32]) -> Result<bool> {
                     "DELETE FROM scitq_user_session WHERE token_sha256 = $1",
                     &[&digest.as_slice()],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(n > 0)
         }
         .scope_boxed()
@@ -190,8 +181,7 @@ pub async fn set_password_revoking_sessions(
                 "UPDATE scitq_user SET password = $2 WHERE user_id = $1",
                 &[&user_id, &hash],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             tx.execute(
                 "DELETE FROM scitq_user_session
                   WHERE user_id = $1 AND ($2::bytea IS NULL OR token_sha256 <> $2)",
@@ -214,8 +204,7 @@ pub async fn replace_password_hash(db: &Db, user_id: i32, old: &str, new: &str) 
                 "UPDATE scitq_user SET password = $3 WHERE user_id = $1 AND password = $2",
                 &[&user_id, &old, &new],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -230,8 +219,7 @@ pub async fn set_password(db: &Db, user_id: i32, hash: &str) -> Result<()> {
                 "UPDATE scitq_user SET password = $2 WHERE user_id = $1",
                 &[&user_id, &hash],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -276,8 +264,7 @@ pub async fn list_users(db: &Db) -> Result<Vec<User>> {
                       ORDER BY user_id LIMIT $1",
                     &[&limits::LIST_USERS.max],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows.iter().map(user_from_row).collect())
         }
         .scope_boxed()
@@ -288,15 +275,13 @@ pub async fn list_users(db: &Db) -> Result<Vec<User>> {
 /// Locks the admin set for the rest of the transaction and counts admins other than `user_id`.
 async fn other_admins(tx: &deadpool_postgres::Transaction<'_>, user_id: i32) -> Result<i64> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 1)", &[&NS_BOOTSTRAP])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let row = tx
         .query_one(
             "SELECT count(*) FROM scitq_user WHERE is_admin AND user_id <> $1",
             &[&user_id],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(row.get(0))
 }
 
@@ -310,8 +295,7 @@ pub async fn delete_user(db: &Db, user_id: i32) -> Result<()> {
                     "SELECT is_admin FROM scitq_user WHERE user_id = $1 FOR UPDATE",
                     &[&user_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("user {user_id} not found")))?;
             if row.get::<_, bool>(0) && admins == 0 {
                 return Err(Error::failed_precondition(format!(
@@ -319,8 +303,7 @@ pub async fn delete_user(db: &Db, user_id: i32) -> Result<()> {
                 )));
             }
             tx.execute("DELETE FROM scitq_user WHERE user_id = $1", &[&user_id])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(())
         }
         .scope_boxed()
@@ -338,8 +321,7 @@ pub async fn update_user(db: &Db, user_id: i32, changes: &UserChanges) -> Result
                     "SELECT is_admin FROM scitq_user WHERE user_id = $1 FOR UPDATE",
                     &[&user_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("user {user_id} not found")))?
                 .get(0);
             if current && changes.is_admin == Some(false) && admins == 0 {
@@ -385,8 +367,8 @@ pub async fn ensure_initial_admin(
 ) -> Result<bool> {
     db.tx(Op::Bootstrap, |tx| {
         async move {
-            tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_BOOTSTRAP]).await.map_err(pg_error)?;
-            let any = tx.query_opt("SELECT 1 FROM scitq_user LIMIT 1", &[]).await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_BOOTSTRAP]).await?;
+            let any = tx.query_opt("SELECT 1 FROM scitq_user LIMIT 1", &[]).await?;
             if any.is_some() {
                 return Ok(false);
             }
@@ -394,8 +376,7 @@ pub async fn ensure_initial_admin(
                 "INSERT INTO scitq_user (username, password, email, is_admin) VALUES ($1, $2, $3, true)",
                 &[&username, &password_hash, &email],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(true)
         }.scope_boxed()
     })
@@ -406,10 +387,7 @@ pub async fn ensure_initial_admin(
 pub async fn no_users(db: &Db) -> Result<bool> {
     db.run(Op::Bootstrap, |c| {
         async move {
-            let row = c
-                .query_opt("SELECT 1 FROM scitq_user LIMIT 1", &[])
-                .await
-                .map_err(pg_error)?;
+            let row = c.query_opt("SELECT 1 FROM scitq_user LIMIT 1", &[]).await?;
             Ok(row.is_none())
         }
         .scope_boxed()

@@ -1,7 +1,8 @@
-//! The watchdog's queries (design.md §5, behavior.md §5.5), all decided from timestamps in the
-//! database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker accepted
-//! or finished), `created_at` and `offline_since` (set here). Run inside the leader's fenced
-//! transactions. Not here: the cadence and the choice of how a worker is deleted (`loops::watchdog`).
+//! The watchdog's queries (docs/architecture.md#background-loops), all decided from timestamps in
+//! the database: `last_ping_at` (written by pings), `last_activity_at` (a task of the worker
+//! accepted or finished), `created_at` and `offline_since` (set here). Run inside the leader's
+//! fenced transactions. Not here: the cadence and the choice of how a worker is deleted
+//! (`loops::watchdog`).
 //!
 //! Pings hold `pg_advisory_xact_lock(NS_WORKER, worker_id)` while they write; the offline
 //! transition skips a worker whose ping is in flight (it is alive), and deletion waits for it.
@@ -9,13 +10,12 @@
 use std::time::Duration;
 
 use super::locks::NS_WORKER;
-use super::pg_error;
 use crate::config::Config;
 use crate::error::Result;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-/// The watchdog's clocks (behavior.md §5.5 defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
+/// The watchdog's clocks (the original's defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     /// R→O, P→Q, F→L after this long without a ping.
@@ -80,7 +80,7 @@ const MARK_OFFLINE: &str = "
 
 /// Moves up to `limit` workers that stopped pinging to O/Q/L and stamps `offline_since`.
 pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<WentOffline>> {
-    let stmt = tx.prepare_cached(MARK_OFFLINE).await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(MARK_OFFLINE).await?;
     let rows = tx
         .query(
             &stmt,
@@ -91,8 +91,7 @@ pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<W
                 &NS_WORKER,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| WentOffline {
@@ -170,10 +169,7 @@ pub async fn due_for_deletion(
     only: Option<i32>,
     limit: i64,
 ) -> Result<Vec<Due>> {
-    let stmt = tx
-        .prepare_cached(DUE_FOR_DELETION)
-        .await
-        .map_err(pg_error)?;
+    let stmt = tx.prepare_cached(DUE_FOR_DELETION).await?;
     let rows = tx
         .query(
             &stmt,
@@ -186,8 +182,7 @@ pub async fn due_for_deletion(
                 &only,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| Due {
@@ -209,8 +204,7 @@ pub async fn lock_worker(tx: &Tx<'_>, worker_id: i32) -> Result<()> {
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&NS_WORKER, &worker_id],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }
 
@@ -222,16 +216,14 @@ pub async fn held_tasks(tx: &Tx<'_>, worker_id: i32) -> Result<Vec<i32>> {
                 AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
             &[&worker_id],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Deletes the worker row, leaving a worker event that says why (the event outlives the row).
 pub async fn delete_row(tx: &Tx<'_>, due: &Due, message: &str) -> Result<()> {
     tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&due.worker_id])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let level = match due.reason {
         DueReason::Idle => "I",
         DueReason::Lost => "W",
@@ -241,7 +233,6 @@ pub async fn delete_row(tx: &Tx<'_>, due: &Due, message: &str) -> Result<()> {
          VALUES (NULL, $1, $2, 'watchdog', $3, jsonb_build_object('worker_id', $4::integer, 'reason', $5::text))",
         &[&due.worker_name, &level, &message, &due.worker_id, &due.reason.label()],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     Ok(())
 }

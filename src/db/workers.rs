@@ -4,7 +4,7 @@
 use prost::Message as _;
 use scoped_futures::ScopedFutureExt as _;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::limits;
 use crate::domain::status::{RecyclableScope, WorkerStatus};
 use crate::error::{Error, Result};
@@ -42,7 +42,7 @@ pub async fn register(db: &Db, shards: u16, reg: &Registration) -> Result<Regist
         async move {
             let region_id: Option<i32> = match &reg.placement {
                 Some((provider, region)) => {
-                    let row = tx.query_opt(FIND_REGION, &[provider, region]).await.map_err(pg_error)?;
+                    let row = tx.query_opt(FIND_REGION, &[provider, region]).await?;
                     if row.is_none() {
                         tracing::warn!(worker = %reg.name, provider, region, "registering worker names an unknown provider/region");
                     }
@@ -57,8 +57,7 @@ pub async fn register(db: &Db, shards: u16, reg: &Registration) -> Result<Regist
                      ON CONFLICT (worker_name) DO NOTHING RETURNING worker_id",
                     &[&reg.name, &reg.concurrency, &reg.is_permanent, &region_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if let Some(row) = inserted {
                 return Ok(Registered { worker_id: row.get(0), reclaimed: Vec::new() });
             }
@@ -69,8 +68,7 @@ pub async fn register(db: &Db, shards: u16, reg: &Registration) -> Result<Regist
                       WHERE worker_name = $1 RETURNING worker_id",
                     &[&reg.name, &region_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .get(0);
             let reclaimed: Vec<i32> = tx
                 .query(
@@ -78,8 +76,7 @@ pub async fn register(db: &Db, shards: u16, reg: &Registration) -> Result<Regist
                         AND status IN ('C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
                     &[&worker_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -98,31 +95,27 @@ async fn local_provider(tx: &Tx<'_>) -> Result<(i32, i32)> {
         "INSERT INTO provider (provider_name, config_name) VALUES ('local', 'local') ON CONFLICT DO NOTHING",
         &[],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let provider: i32 = tx
         .query_one("SELECT provider_id FROM provider WHERE provider_name = 'local' AND config_name = 'local'", &[])
-        .await
-        .map_err(pg_error)?
+        .await?
         .get(0);
     tx.execute(
         "INSERT INTO region (provider_id, region_name, is_default) VALUES ($1, 'local', true) ON CONFLICT DO NOTHING",
         &[&provider],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     let region: i32 = tx
         .query_one(
             "SELECT region_id FROM region WHERE provider_id = $1 AND region_name = 'local'",
             &[&provider],
         )
-        .await
-        .map_err(pg_error)?
+        .await?
         .get(0);
     Ok((provider, region))
 }
 
-/// RegisterSpecifications (behavior.md §4.1): a worker without flavor gets a flavor of the local
+/// RegisterSpecifications (as the original): a worker without flavor gets a flavor of the local
 /// provider named after it, in region `local` (and recyclable scope G if it had no region); a local
 /// flavor is kept in line with what the worker reports; a cloud flavor is left alone.
 pub async fn register_specifications(
@@ -141,8 +134,7 @@ pub async fn register_specifications(
                       WHERE w.worker_id = $1 FOR UPDATE OF w",
                     &[&worker_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("worker {worker_id} not found")))?;
             let (name, flavor, flavor_provider): (String, Option<i32>, Option<i32>) = (row.get(0), row.get(1), row.get(3));
             let (local, local_region) = local_provider(tx).await?;
@@ -156,15 +148,13 @@ pub async fn register_specifications(
                              RETURNING flavor_id",
                             &[&local, &name, &cpu, &mem, &disk],
                         )
-                        .await
-                        .map_err(pg_error)?
+                        .await?
                         .get(0);
                     tx.execute(
                         "INSERT INTO flavor_region (flavor_id, region_id, cost) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
                         &[&flavor_id, &local_region],
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                     tx.execute(
                         "UPDATE worker SET flavor_id = $2,
                                 recyclable_scope = CASE WHEN region_id IS NULL THEN 'G' ELSE recyclable_scope END,
@@ -172,8 +162,7 @@ pub async fn register_specifications(
                           WHERE worker_id = $1",
                         &[&worker_id, &flavor_id, &local_region],
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                 }
                 Some(flavor_id) if flavor_provider == Some(local) => {
                     tx.execute(
@@ -181,8 +170,7 @@ pub async fn register_specifications(
                           WHERE flavor_id = $1 AND (cpu, mem, disk) IS DISTINCT FROM ($2, $3, $4)",
                         &[&flavor_id, &cpu, &mem, &disk],
                     )
-                    .await
-                    .map_err(pg_error)?;
+                    .await?;
                 }
                 Some(_) => {}
             }
@@ -217,8 +205,7 @@ pub async fn list(db: &Db, workflow_id: Option<i32>) -> Result<Vec<pb::Worker>> 
         async move {
             let rows = c
                 .query(LIST_WORKERS, &[&workflow_id, &limits::LIST_WORKERS.max])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| pb::Worker {
@@ -260,7 +247,7 @@ pub struct WorkerChanges {
 }
 
 async fn exists(tx: &Tx<'_>, sql: &str, id: i32, what: &str) -> Result<()> {
-    match tx.query_opt(sql, &[&id]).await.map_err(pg_error)? {
+    match tx.query_opt(sql, &[&id]).await? {
         Some(_) => Ok(()),
         None => Err(Error::not_found(format!("{what} {id} not found"))),
     }
@@ -274,8 +261,7 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
         async move {
             let current_region: Option<i32> = tx
                 .query_opt("SELECT region_id FROM worker WHERE worker_id = $1 FOR UPDATE", &[&worker_id])
-                .await
-                .map_err(pg_error)?
+                .await?
                 .ok_or_else(|| Error::not_found(format!("worker {worker_id} not found")))?
                 .get(0);
             if let Some(Some(step)) = ch.step_id {
@@ -294,8 +280,7 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
                 let belongs = match candidate {
                     Some(r) => tx
                         .query_opt("SELECT 1 FROM region WHERE region_id = $1 AND provider_id = $2", &[&r, &provider])
-                        .await
-                        .map_err(pg_error)?
+                        .await?
                         .is_some(),
                     None => false,
                 };
@@ -311,8 +296,7 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
                             "SELECT region_id FROM region WHERE provider_id = $1 ORDER BY is_default DESC, region_id LIMIT 1",
                             &[&provider],
                         )
-                        .await
-                        .map_err(pg_error)?
+                        .await?
                         .ok_or_else(|| Error::failed_precondition(format!("provider {provider} has no region")))?;
                     region = Some(default.get(0));
                 }
@@ -332,8 +316,7 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
                   WHERE worker_id = $1",
                 &[&worker_id, &ch.flavor_id, &region, &ch.concurrency, &ch.prefetch, &step_given, &step, &ch.is_permanent, &scope],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
             Ok(())
         }
         .scope_boxed()
@@ -354,8 +337,7 @@ pub async fn set_status(db: &Db, worker_id: i32, status: WorkerStatus) -> Result
                       WHERE worker_id = $1",
                     &[&worker_id, &letter, &offline],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if n == 0 {
                 return Err(Error::not_found(format!("worker {worker_id} not found")));
             }
@@ -375,8 +357,7 @@ pub async fn statuses(db: &Db, ids: &[i32]) -> Result<Vec<pb::WorkerStatus>> {
                     "SELECT worker_id, status FROM worker WHERE worker_id = ANY($1)",
                     &[&ids],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             let known: std::collections::HashMap<i32, String> =
                 rows.iter().map(|r| (r.get(0), r.get(1))).collect();
             Ok(ids
@@ -396,7 +377,7 @@ pub async fn statuses(db: &Db, ids: &[i32]) -> Result<Vec<pb::WorkerStatus>> {
 pub async fn stats(db: &Db, ids: &[i32]) -> Result<Vec<(i32, pb::WorkerStats)>> {
     db.run(Op::Workers, |c| {
         async move {
-            let rows = c.query("SELECT worker_id, stats FROM worker_stats WHERE worker_id = ANY($1)", &[&ids]).await.map_err(pg_error)?;
+            let rows = c.query("SELECT worker_id, stats FROM worker_stats WHERE worker_id = ANY($1)", &[&ids]).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let bytes: Vec<u8> = r.get(1);

@@ -1,5 +1,6 @@
 //! Workflows and steps (`workflow`, `step`) and step statistics, computed by one SQL aggregate per
-//! request (behavior.md §4.9) — no in-memory counters, so nothing drifts and every replica agrees.
+//! request (the original's semantics) — no in-memory counters, so nothing drifts and every replica
+//! agrees.
 
 use crate::domain::ownership::Owner;
 use scoped_futures::ScopedFutureExt as _;
@@ -37,8 +38,7 @@ pub async fn create_workflow(
                         &owner_worker_token,
                     ],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.get(0))
         }
         .scope_boxed()
@@ -62,8 +62,7 @@ pub async fn list_workflows(
                       ORDER BY workflow_id DESC LIMIT $2 OFFSET $3",
                     &[&name_like, &limit, &offset],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| pb::Workflow {
@@ -89,10 +88,9 @@ pub async fn delete_workflow(db: &Db, workflow_id: i32) -> Result<u64> {
                     "SELECT count(*) FROM task t JOIN step s ON s.step_id = t.step_id WHERE s.workflow_id = $1",
                     &[&workflow_id],
                 )
-                .await
-                .map_err(pg_error)?
+                .await?
                 .get(0);
-            let n = tx.execute("DELETE FROM workflow WHERE workflow_id = $1", &[&workflow_id]).await.map_err(pg_error)?;
+            let n = tx.execute("DELETE FROM workflow WHERE workflow_id = $1", &[&workflow_id]).await?;
             if n == 0 {
                 return Err(Error::not_found(format!("workflow {workflow_id} not found")));
             }
@@ -130,8 +128,7 @@ pub async fn create_step(db: &Db, name: &str, workflow: WorkflowRef<'_>) -> Resu
                     )
                     .await
                 }
-            }
-            .map_err(pg_error)?;
+            }?;
             let workflow_id: i32 = match (row, &workflow) {
                 (Some(r), _) => r.get(0),
                 (None, WorkflowRef::Id(id)) => {
@@ -172,8 +169,7 @@ pub async fn list_steps(
         async move {
             if let Some(id) = workflow_id
                 && c.query_opt("SELECT 1 FROM workflow WHERE workflow_id = $1", &[&id])
-                    .await
-                    .map_err(pg_error)?
+                    .await?
                     .is_none()
             {
                 return Err(Error::not_found(format!("workflow {id} not found")));
@@ -186,8 +182,7 @@ pub async fn list_steps(
                       ORDER BY s.step_id LIMIT $2 OFFSET $3",
                     &[&workflow_id, &limit, &offset],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| pb::Step {
@@ -209,8 +204,7 @@ pub async fn delete_step(db: &Db, step_id: i32) -> Result<()> {
         async move {
             let n = c
                 .execute("DELETE FROM step WHERE step_id = $1", &[&step_id])
-                .await
-                .map_err(pg_error)?;
+                .await?;
             if n == 0 {
                 return Err(Error::not_found(format!("step {step_id} not found")));
             }
@@ -221,7 +215,7 @@ pub async fn delete_step(db: &Db, step_id: i32) -> Result<()> {
     .await
 }
 
-/// One aggregate over the tasks of the selected steps (behavior.md §4.9 semantics):
+/// One aggregate over the tasks of the selected steps (the original's semantics):
 /// buckets count non-hidden tasks; `failed` counts retried (hidden) failures and `really_failed`
 /// final ones; accumulators are count/sum/min/max in seconds (0 for an empty set).
 const STEP_STATS: &str = "
@@ -286,11 +280,8 @@ pub async fn step_stats(
 ) -> Result<Vec<pb::StepStats>> {
     db.run(Op::StepStats, |c| {
         async move {
-            let stmt = c.prepare_cached(STEP_STATS).await.map_err(pg_error)?;
-            let rows = c
-                .query(&stmt, &[&workflow_id, &step_ids])
-                .await
-                .map_err(pg_error)?;
+            let stmt = c.prepare_cached(STEP_STATS).await?;
+            let rows = c.query(&stmt, &[&workflow_id, &step_ids]).await?;
             let n = |r: &tokio_postgres::Row, c: &str| r.get::<_, i64>(c) as i32;
             Ok(rows
                 .iter()

@@ -1,5 +1,5 @@
-//! WebSocket events through PostgreSQL (behavior.md Appendix A; schema/0008_ws.sql): what is
-//! published, how a replica reads it back. Table changes publish themselves (triggers on task,
+//! WebSocket events through PostgreSQL (docs/architecture.md#web-surface; schema/0008_ws.sql): what
+//! is published, how a replica reads it back. Table changes publish themselves (triggers on task,
 //! worker, workflow, step and session rows, in the changing transaction); `publish` is for events
 //! without a row of their own, written with the same SQL function so the size rule is one: a body
 //! over `INLINE_LIMIT` bytes is stored in `ws_event` and notified by reference.
@@ -55,8 +55,7 @@ pub async fn publish<C: GenericClient + Sync>(client: &C, event: &Event) -> Resu
                 &payload,
             ],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     Ok(())
 }
 
@@ -69,8 +68,7 @@ pub async fn fetch(db: &Db, event_id: i64) -> Result<Option<String>> {
                     "SELECT body FROM ws_event WHERE event_id = $1",
                     &[&event_id],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.map(|r| r.get(0)))
         }
         .scope_boxed()

@@ -1,4 +1,4 @@
-//! Dispatch rules of ping-and-assign (design.md §3, behavior.md §4.1 and §4.3): a worker's free
+//! Dispatch rules of ping-and-assign (docs/architecture.md#pingandtakenewtasks): a worker's free
 //! capacity, where its claim starts among the pending-queue shards, what a ping must write, and how
 //! the tasks a worker holds are reported back. Pure and benchmarked (benches/dispatch.rs).
 
@@ -91,7 +91,7 @@ pub fn plan_ping(
     }
 }
 
-/// Statuses a ping reports back (behavior.md §4.1: O is not among them).
+/// Statuses a ping reports back (as the original: O is not among them).
 pub const REPORTED: &[TaskStatus] = &[
     TaskStatus::Assigned,
     TaskStatus::Accepted,

@@ -1,5 +1,5 @@
-//! Pure rules of worker events (behavior.md §4.12): level letters, `details_json` validation, list
-//! limits, and which prunes are allowed. No I/O here.
+//! Pure rules of worker events (as the original scitq's): level letters, `details_json` validation,
+//! list limits, and which prunes are allowed. No I/O here.
 
 use chrono::{DateTime, Utc};
 

@@ -34,7 +34,8 @@ impl LogStream {
         }
     }
 
-    /// Parses a `log_type`: `O`/`stdout` or `E`/`stderr` (design.md §6); anything else is refused.
+    /// Parses a `log_type`: `O`/`stdout` or `E`/`stderr` (docs/architecture.md#task-logs); anything
+    /// else is refused.
     pub fn parse(log_type: &str) -> Result<LogStream> {
         match log_type {
             "O" | "stdout" => Ok(LogStream::Stdout),

@@ -1,8 +1,9 @@
-//! Protofilter (behavior.md §4.8): the flavor-selection language of ListFlavors and recruiters
-//! (`cpu>=8:mem>=30:region is default`), parsed into a closed set of fields, comparisons and typed
-//! values. Nothing the user wrote can become SQL text: `db::catalog` maps each [`NumField`],
-//! [`TextField`], [`BoolField`] and [`Cmp`] to a fixed fragment and binds every value as a parameter.
-//! Parsing is linear in the input, bounded in size, and never panics (property-tested below).
+//! Protofilter (as the original scitq's): the flavor-selection language of ListFlavors and
+//! recruiters (`cpu>=8:mem>=30:region is default`), parsed into a closed set of fields, comparisons
+//! and typed values. Nothing the user wrote can become SQL text: `db::catalog` maps each
+//! [`NumField`], [`TextField`], [`BoolField`] and [`Cmp`] to a fixed fragment and binds every value
+//! as a parameter. Parsing is linear in the input, bounded in size, and never panics
+//! (property-tested below).
 
 use super::{Error, Result};
 
@@ -88,7 +89,7 @@ enum Kind {
     Bool(BoolField),
 }
 
-/// The whitelist of field names (behavior.md §4.8 mapping).
+/// The whitelist of field names (the original's mapping).
 fn field(name: &str) -> Option<Kind> {
     use Kind::*;
     Some(match name {

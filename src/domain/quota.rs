@@ -1,7 +1,7 @@
-//! Quotas (behavior.md §5.4, design.md §2): the limit a provider/region may use, in vCPUs and
-//! optionally memory, against a usage that the caller computes from the worker rows (never a
-//! counter). Recruiters deploy only where a quota is configured; a person's CreateWorker is limited
-//! only where one is.
+//! Quotas (docs/architecture.md#state-lives-in-postgresql): the limit a provider/region may use, in
+//! vCPUs and optionally memory, against a usage that the caller computes from the worker rows
+//! (never a counter). Recruiters deploy only where a quota is configured; a person's CreateWorker
+//! is limited only where one is.
 
 /// The configured limit of one provider/region (`providers.<class>.<name>.quotas.<region>`).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,4 +1,4 @@
-//! Recruiter decisions (behavior.md §4.7, design.md §5), pure: from a snapshot of the active
+//! Recruiter decisions (docs/architecture.md#background-loops), pure: from a snapshot of the active
 //! recruiters, their candidate flavors, the workers that could be recycled, quotas and workflow
 //! counters, decide which workers to recycle (re-target to another step, with a new concurrency and
 //! prefetch) and which to deploy. `loops::recruiter` takes the snapshot and applies the plan in one
@@ -42,7 +42,7 @@ pub struct Resources {
 }
 
 impl Sizing {
-    /// behavior.md §4.7: "at least one of concurrency / a per-task resource; at least one of
+    /// The original's rule: "at least one of concurrency / a per-task resource; at least one of
     /// prefetch / prefetch_percent", plus sane ranges.
     pub fn validate(&self) -> Result<()> {
         let positive_i = |v: Option<i32>| v.is_some_and(|v| v > 0);
@@ -96,7 +96,7 @@ impl Sizing {
         Ok(())
     }
 
-    /// Concurrency of a worker of `flavor` (behavior.md §4.7 step 6): the static value if > 0;
+    /// Concurrency of a worker of `flavor` (as the original): the static value if > 0;
     /// else how many tasks fit by each defined per-task resource (the smallest), clamped to
     /// [min, max (if > 0)], and at least 1.
     pub fn concurrency_for(&self, flavor: &Resources) -> i32 {

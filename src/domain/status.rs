@@ -1,5 +1,5 @@
-//! The single-letter status alphabets of tasks, workers and jobs (behavior.md §3), parsed once at
-//! the edge so the rest of the code never handles a raw letter.
+//! The single-letter status alphabets of tasks, workers and jobs (docs/architecture.md#statuses),
+//! parsed once at the edge so the rest of the code never handles a raw letter.
 
 use super::{Error, Result};
 
@@ -43,7 +43,7 @@ macro_rules! letter_enum {
 }
 
 letter_enum!(
-    /// Task status (behavior.md §3.1).
+    /// Task status (docs/architecture.md#statuses).
     TaskStatus, "task status" {
         Inactive = 'I', Waiting = 'W', Pending = 'P', Assigned = 'A', Accepted = 'C',
         Downloading = 'D', OnHold = 'O', Running = 'R', UploadingSuccess = 'U',
@@ -52,7 +52,7 @@ letter_enum!(
 );
 
 letter_enum!(
-    /// Worker status (behavior.md §3.2).
+    /// Worker status (docs/architecture.md#statuses).
     WorkerStatus, "worker status" {
         Installing = 'I', Ready = 'R', Paused = 'P', Failing = 'F', Offline = 'O',
         Quarantined = 'Q', Lost = 'L', Deleting = 'D',
@@ -60,36 +60,36 @@ letter_enum!(
 );
 
 letter_enum!(
-    /// Provider job status (behavior.md §3.3).
+    /// Provider job status (docs/architecture.md#statuses).
     JobStatus, "job status" {
         Pending = 'P', Running = 'R', Succeeded = 'S', Failed = 'F', Canceled = 'X',
     }
 );
 
 letter_enum!(
-    /// Provider job action (behavior.md §2.8).
+    /// Provider job action (docs/architecture.md#statuses).
     JobAction, "job action" {
         Create = 'C', Delete = 'D', Restart = 'R', Update = 'U',
     }
 );
 
 letter_enum!(
-    /// Worker recyclable scope (behavior.md §3.5).
+    /// Worker recyclable scope (docs/architecture.md#statuses).
     RecyclableScope, "recyclable scope" {
         Global = 'G', Workflow = 'W', Blocked = 'T', Never = 'N',
     }
 );
 
 letter_enum!(
-    /// Workflow run strategy (stored only, behavior.md §2.1).
+    /// Workflow run strategy (stored only, docs/architecture.md#statuses).
     RunStrategy, "run strategy" {
         Batch = 'B', ThreadWise = 'T', Debug = 'D', Suspended = 'Z',
     }
 );
 
 impl TaskStatus {
-    /// Statuses in which a task holds a share of its worker's capacity (behavior.md §4.3): U and V
-    /// do not count, an uploading task has freed its slot.
+    /// Statuses in which a task holds a share of its worker's capacity
+    /// (docs/architecture.md#capacity): U and V do not count, an uploading task has freed its slot.
     pub const HOLDING_CAPACITY: &'static [TaskStatus] = &[
         TaskStatus::Assigned,
         TaskStatus::Accepted,

@@ -1,6 +1,7 @@
-//! Task rules (behavior.md §3.1, §4.1–§4.2, with its bugs fixed): what a submission may ask for, the
-//! status a new task starts in, which status changes are accepted and what they record, and the
-//! retry arithmetic. Pure: the database code applies what these functions decide.
+//! Task rules (the original's, with its bugs fixed; docs/architecture.md#updatetaskstatus): what a
+//! submission may ask for, the status a new task starts in, which status changes are accepted and
+//! what they record, and the retry arithmetic. Pure: the database code applies what these functions
+//! decide.
 
 use super::status::TaskStatus;
 use super::{Error, Result};
@@ -90,8 +91,8 @@ impl Submission {
     }
 
     /// The status the task starts in, given the current statuses of its prerequisites: with
-    /// prerequisites, P if all have succeeded already (design.md §5: depending on a finished task
-    /// works), else W; without, the requested status (W means nothing here → P).
+    /// prerequisites, P if all have succeeded already (docs/architecture.md#submittask: depending
+    /// on a finished task works), else W; without, the requested status (W means nothing here → P).
     pub fn initial_status(&self, prerequisites: &[TaskStatus]) -> TaskStatus {
         if !self.dependencies.is_empty() {
             if prerequisites.iter().all(|s| *s == TaskStatus::Succeeded) {
@@ -118,7 +119,7 @@ pub enum DurationColumn {
 }
 
 impl DurationColumn {
-    /// O → download, U/V → run, S/F → upload (behavior.md §4.1); other statuses record none.
+    /// O → download, U/V → run, S/F → upload (as the original); other statuses record none.
     pub fn for_status(status: TaskStatus) -> Option<DurationColumn> {
         match status {
             TaskStatus::OnHold => Some(DurationColumn::Download),
@@ -192,7 +193,7 @@ pub fn status_change(
 
 /// Retries left after a failure: the stored budget (NULL = 0) plus one when the retry is free.
 /// The failed task is retried when this is positive; its clone gets this minus one, so a free retry
-/// leaves the budget unchanged (behavior.md §4.1 step 6).
+/// leaves the budget unchanged (as the original).
 pub fn retries_after_failure(stored_retry: Option<i32>, free_retry: bool) -> i32 {
     stored_retry.unwrap_or(0).max(0) + i32::from(free_retry)
 }

@@ -1,4 +1,4 @@
-//! What template scripts answer, checked (behavior.md §4.11): the `--metadata` object, the
+//! What template scripts answer, checked (as the original's): the `--metadata` object, the
 //! `--params` list, the values a run is given, and how `provider_region` parameters are shown
 //! (as `str` choices of every `<provider>:<region>` of the catalog). Pure: no process, no SQL.
 

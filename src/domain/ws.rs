@@ -1,5 +1,6 @@
-//! The WebSocket protocol's pure rules (behavior.md Appendix A): who may receive an event, a
-//! client's subscriptions, and the messages a client sends. No I/O: `web::ws` applies them.
+//! The WebSocket protocol's pure rules (docs/architecture.md#web-surface): who may receive an
+//! event, a client's subscriptions, and the messages a client sends. No I/O: `web::ws` applies
+//! them.
 //!
 //! Who receives what (ours; the original sends everything to every socket):
 //! - `Audience::All` (workers, their statuses and updates): every logged-in user, as ListWorkers;

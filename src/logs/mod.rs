@@ -35,9 +35,10 @@ use crate::telemetry::metrics as m;
 
 pub use ingest::LogLine;
 
-/// A SendTaskLogs stream writes what it received at least this often (design.md §6)…
+/// A SendTaskLogs stream writes what it received at least this often
+/// (docs/architecture.md#task-logs)…
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// …or as soon as this many bytes of lines are waiting (design.md §6).
+/// …or as soon as this many bytes of lines are waiting (docs/architecture.md#task-logs).
 pub const FLUSH_BYTES: usize = 64 << 10;
 /// …or as soon as this many (task, output) pairs are waiting, whatever their size.
 pub const FLUSH_KEYS: usize = 256;

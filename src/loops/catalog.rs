@@ -1,7 +1,7 @@
 //! Catalog upkeep (leader only): on taking office, synchronise providers and regions with the
 //! configuration ([`take_office`]); then keep the flavor catalogue of providers that publish one
-//! current (behavior.md §5.7, [`CatalogRefresher`]) — once per term, then every
-//! `update_periodicity` of the provider.
+//! current (docs/architecture.md#background-loops, [`CatalogRefresher`]) — once per term, then
+//! every `update_periodicity` of the provider.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,8 +1,9 @@
-//! The dependency sweep (design.md §5), every `--dependency-sweep-interval`: waiting tasks whose
-//! prerequisites all succeeded become pending (the request path also promotes them when a
-//! prerequisite succeeds; the sweep catches everything else), and waiting tasks whose prerequisite
-//! failed for good are failed, cascading down chains. One fenced transaction per round, a bounded
-//! number of rounds per pass. SQL in `db::dependencies`.
+//! The dependency sweep (docs/architecture.md#background-loops), every
+//! `--dependency-sweep-interval`: waiting tasks whose prerequisites all succeeded become pending
+//! (the request path also promotes them when a prerequisite succeeds; the sweep catches everything
+//! else), and waiting tasks whose prerequisite failed for good are failed, cascading down chains.
+//! One fenced transaction per round, a bounded number of rounds per pass. SQL in
+//! `db::dependencies`.
 //!
 //! A term starts with a full pass (a scan of every waiting task) and repeats one every
 //! `FULL_PASS_EVERY`; in between, a pass looks only at the dependents of prerequisites that

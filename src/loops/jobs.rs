@@ -1,8 +1,8 @@
-//! The job runner (leader only, design.md §5): claims `job` rows — pending and due, or running
-//! with an expired lease (their replica died) — with `FOR UPDATE SKIP LOCKED`, and runs each
-//! provider call in its own task, at most `MAX_RUNNING_JOBS` at once, under `job_timeout`, keeping
-//! its lease alive every third of `job_lease`. A failed attempt goes back to P after a back-off
-//! while retries are left (the original's 3), then F.
+//! The job runner (leader only, docs/architecture.md#background-loops): claims `job` rows — pending
+//! and due, or running with an expired lease (their replica died) — with `FOR UPDATE SKIP LOCKED`,
+//! and runs each provider call in its own task, at most `MAX_RUNNING_JOBS` at once, under
+//! `job_timeout`, keeping its lease alive every third of `job_lease`. A failed attempt goes back to
+//! P after a back-off while retries are left (the original's 3), then F.
 //!
 //! Exactly-once completion: a result is recorded only while the job is still R with the attempt
 //! this runner claimed (and this leader's epoch is current), so when a job is taken over, only the

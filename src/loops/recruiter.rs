@@ -1,11 +1,11 @@
-//! The recruitment loop (leader only, behavior.md §4.7 with its bugs fixed, design.md §5): every
-//! `recruiter_interval`, one fenced transaction reads the recruiters and their steps, plans with
-//! `domain::recruitment::plan`, and applies the plan — recycling workers (new step, concurrency,
-//! prefetch, task weights rescaled) and deploying new ones (worker rows + create jobs, quota
-//! re-checked under the region's lock). Timers live in the `recruiter` row. A recruiter whose
-//! protofilter does not parse is disabled alone (`disabled_reason`, a worker event, a log line);
-//! the others run. It also publishes the queue gauges: workers by status, live tasks by status,
-//! idle workers with pending work.
+//! The recruitment loop (leader only, the original's with its bugs fixed;
+//! docs/architecture.md#background-loops): every `recruiter_interval`, one fenced transaction reads
+//! the recruiters and their steps, plans with `domain::recruitment::plan`, and applies the plan —
+//! recycling workers (new step, concurrency, prefetch, task weights rescaled) and deploying new
+//! ones (worker rows + create jobs, quota re-checked under the region's lock). Timers live in the
+//! `recruiter` row. A recruiter whose protofilter does not parse is disabled alone
+//! (`disabled_reason`, a worker event, a log line); the others run. It also publishes the queue
+//! gauges: workers by status, live tasks by status, idle workers with pending work.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,5 +1,5 @@
-//! The watchdog (design.md §5, behavior.md §5.5), every `--watchdog-interval`: workers that stopped
-//! pinging go offline (R→O, P→Q, F→L; I→O on the new-worker clock), and idle or long-lost
+//! The watchdog (docs/architecture.md#background-loops), every `--watchdog-interval`: workers that
+//! stopped pinging go offline (R→O, P→Q, F→L; I→O on the new-worker clock), and idle or long-lost
 //! non-permanent workers are deleted — all decided from database timestamps, so any replica that
 //! becomes leader continues exactly where the previous one was. A ping brings an offline worker
 //! back (the hot path does O→R, Q→P, L→F), so an operator's pause survives an outage.

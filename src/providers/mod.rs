@@ -88,7 +88,8 @@ pub trait Provider: Send + Sync {
     async fn check_starting(&self, _worker_name: &str) -> ProviderResult<()> {
         Ok(())
     }
-    /// The provider's flavor catalogue, for providers that publish one (behavior.md §5.7).
+    /// The provider's flavor catalogue, for providers that publish one (refreshed by the leader,
+    /// docs/architecture.md#background-loops).
     async fn catalog(&self) -> ProviderResult<Option<Vec<CatalogFlavor>>> {
         Ok(None)
     }

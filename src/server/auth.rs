@@ -1,10 +1,11 @@
 //! Authentication and authorization of every RPC of `taskqueue.TaskQueue`, unary and streaming alike
-//! (design.md §7), as a tower layer in front of the service. It reads `authorization: Bearer <token>`,
-//! resolves it to a `Caller` (the worker token, compared in constant time, or a live session),
-//! applies the access rule of `api::rpcs` (roles; the per-object rules of `Owned` and `Machines`
-//! are checked by the handlers, which know the object), and hands the `Caller` to the handler as a request
-//! extension. Health and reflection are not authenticated (load balancers, ghz). A template
-//! script's scoped session reaches only `rpcs::SCRIPT_RPCS`, and never as an admin.
+//! (docs/architecture.md#roles-and-ownership), as a tower layer in front of the service. It reads
+//! `authorization: Bearer <token>`, resolves it to a `Caller` (the worker token, compared in
+//! constant time, or a live session), applies the access rule of `api::rpcs` (roles; the per-object
+//! rules of `Owned` and `Machines` are checked by the handlers, which know the object), and hands
+//! the `Caller` to the handler as a request extension. Health and reflection are not authenticated
+//! (load balancers, ghz). A template script's scoped session reaches only `rpcs::SCRIPT_RPCS`, and
+//! never as an admin.
 //!
 //! Cache: token digest → user, for `TOKEN_CACHE_TTL`. What may be stale: a Logout, DeleteUser or
 //! UpdateUser made through another replica takes effect here within that TTL (on this replica, at

@@ -126,6 +126,7 @@ async fn serve(
         .await
         .context("migrations failed")?;
     tracing::info!(applied = ?report.applied, schema_version = report.current, "schema is current");
+    check_cluster_settings(&db, &config).await?;
     bootstrap_admin(&db, &config).await?;
     let worker_token = resolve_worker_token(&config)?;
     let jwt = jwt_key(&db, &config).await?;
@@ -270,11 +271,16 @@ async fn serve(
             task.abort();
         }
     }
-    if tokio::time::timeout_at(deadline.into(), state.pings.shutdown())
+    let batches = futures::future::join3(
+        state.pings.shutdown(),
+        state.status_updates.shutdown(),
+        state.submissions.shutdown(),
+    );
+    if tokio::time::timeout_at(deadline.into(), batches)
         .await
         .is_err()
     {
-        tracing::warn!("ping batches still running at the drain deadline");
+        tracing::warn!("ping, status or submission batches still running at the drain deadline");
     }
     cluster.shutdown(deadline.into()).await;
     if let Some(task) = metrics_task {
@@ -355,6 +361,23 @@ async fn bootstrap_admin(db: &Db, config: &Config) -> anyhow::Result<()> {
 
 async fn hash_blocking(password: String) -> anyhow::Result<String> {
     Ok(tokio::task::spawn_blocking(move || credentials::hash_password(&password)).await??)
+}
+
+/// Refuses to start a replica whose `--assign-shards` differs from the cluster's: the value the
+/// first replica stored in the database (a task keeps the shard it was stored in; a replica that
+/// counts shards differently would leave tasks no one claims, or scan shards no one fills).
+pub async fn check_cluster_settings(db: &Db, config: &Config) -> anyhow::Result<()> {
+    let mine = config.assign_shards.to_string();
+    let stored = db::cluster_settings::get_or_store(db, db::cluster_settings::ASSIGN_SHARDS, &mine)
+        .await
+        .context("cannot read or store the cluster's assign_shards")?;
+    anyhow::ensure!(
+        stored == mine,
+        "--assign-shards {mine} disagrees with {stored} stored in the database: every replica \
+         must use the same value; start this replica with --assign-shards {stored} (the cluster's \
+         first replica fixed it)"
+    );
+    Ok(())
 }
 
 /// The key of session tokens: `jwt_secret` when configured, else the cluster's generated key,

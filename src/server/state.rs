@@ -12,6 +12,8 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::{DispatchConfig, Pings};
+use crate::db::status_batch::StatusUpdates;
+use crate::db::submit_batch::Submissions;
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
@@ -44,6 +46,10 @@ pub struct AppState {
     pub jwt: JwtKey,
     /// PingAndTakeNewTasks: the ping batcher (group commit) or the one-by-one path.
     pub pings: Pings,
+    /// UpdateTaskStatus: the status batcher (group commit) or the one-by-one path.
+    pub status_updates: StatusUpdates,
+    /// SubmitTask: the submission batcher (group commit) or one transaction each.
+    pub submissions: Submissions,
     /// The WebSocket fan-out of this replica (`/ws`).
     pub ws: WsHub,
 }
@@ -79,6 +85,18 @@ impl AppState {
         let templates = Templates::new(&config, grpc_addr, auth.clone());
         let login_gate = LoginGate::new(config.login_concurrency, config.login_queue);
         let pings = Pings::start(db.clone(), dispatch, config.batch_loops, config.batch_max);
+        let status_updates = StatusUpdates::start(
+            db.clone(),
+            config.assign_shards,
+            config.batch_loops,
+            config.batch_max,
+        );
+        let submissions = Submissions::start(
+            db.clone(),
+            config.assign_shards,
+            config.batch_loops,
+            config.batch_max,
+        );
         AppState {
             db,
             config,
@@ -93,6 +111,8 @@ impl AppState {
             login_gate,
             jwt,
             pings,
+            status_updates,
+            submissions,
             ws,
         }
     }

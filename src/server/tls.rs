@@ -1,5 +1,6 @@
-//! TLS of the gRPC port and of the web listener (design.md §7): certificate files, or a self-signed certificate generated at
-//! first start into `<data_dir>/tls/` and reused after, so clients can be handed `cert.pem` to trust.
+//! TLS of the gRPC port and of the web listener (README.md#security): certificate files, or a
+//! self-signed certificate generated at first start into `<data_dir>/tls/` and reused after, so
+//! clients can be handed `cert.pem` to trust.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Workflow templates (behavior.md §4.11), stateless (design.md §2): the script lives in Postgres
+//! Workflow templates, stateless (docs/architecture.md#templates): the script lives in Postgres
 //! and is written to a private temporary folder only while it runs, so any replica uploads or runs
 //! any template. Upload runs the script's `--metadata` and `--params` and stores what they
 //! answered; a run records itself, runs `--values <json>` with a scoped token of the caller (the
@@ -78,7 +78,7 @@ pub struct Templates {
 
 impl Templates {
     pub fn new(config: &Config, grpc_addr: SocketAddr, auth: Arc<Authenticator>) -> Templates {
-        // The original gives scripts `<server_fqdn or localhost>:<port>` (behavior.md §4.11): the
+        // The original gives scripts `<server_fqdn or localhost>:<port>`: the
         // name a certificate is issued for (its embedded one names only localhost), never the
         // listen IP. We differ only for a server bound to one non-loopback address without
         // server_fqdn, where localhost would not reach it: there the address is used.
@@ -174,7 +174,7 @@ impl Templates {
         self.runner.run(script, &[what], env, timeout).await
     }
 
-    /// UploadTemplate (behavior.md §4.11 steps 1–7).
+    /// UploadTemplate, step by step as the original does it.
     pub async fn upload(
         &self,
         db: &Db,
@@ -284,7 +284,7 @@ impl Templates {
         })
     }
 
-    /// RunTemplate (behavior.md §4.11): blocks until the script ends or times out. The script
+    /// RunTemplate (as the original): blocks until the script ends or times out. The script
     /// runs in its own task so that the run is finished and recorded even if the caller goes away.
     pub async fn run(
         &self,

@@ -1,7 +1,7 @@
 //! The virtual environment of template scripts (`scitq.script_venv`), made at start when it is
 //! missing: `python3 -m venv <dir>`, then `pip install` of `scitq.script_packages` (paths, wheels
 //! or names). The original does the same at start from a tarball of its DSL embedded in the
-//! server (behavior.md §2.13, §5.6: fatal on failure); we embed no DSL, so the operator lists what
+//! server (fatal on failure); we embed no DSL, so the operator lists what
 //! to install (e.g. their copy of the `scitq2` package).
 //!
 //! Idempotent: the packages installed are recorded in `<dir>/.taskqueue-packages`; a start whose

@@ -1,8 +1,8 @@
-//! The web UI's REST helpers (behavior.md §7, issue 15): `POST /login` (sets the `session_token`
-//! cookie), `GET /fetchCookie` (hands the UI its token when the cookie holds a live session),
-//! `POST /logout` (ends the session, expires the cookie) and `GET /WorkerToken` (admins only; the
-//! original hands it to any user). Adapters over `api::users` and the authenticator: the same
-//! login gate, session table and revocation as the gRPC Login/Logout.
+//! The web UI's REST helpers (docs/architecture.md#web-surface, issue 15): `POST /login` (sets the
+//! `session_token` cookie), `GET /fetchCookie` (hands the UI its token when the cookie holds a live
+//! session), `POST /logout` (ends the session, expires the cookie) and `GET /WorkerToken` (admins
+//! only; the original hands it to any user). Adapters over `api::users` and the authenticator: the
+//! same login gate, session table and revocation as the gRPC Login/Logout.
 //!
 //! Bounds: bodies over [`MAX_BODY_BYTES`] → 413, tokens over `jwt::MAX_TOKEN_BYTES` are never
 //! looked up. Errors are JSON `{"error": "…"}` with the HTTP status of the crate error's code;

@@ -1,4 +1,5 @@
-//! `GET /ws`: the UI's WebSocket (behavior.md Appendix A), with events from every replica.
+//! `GET /ws`: the UI's WebSocket (the original UI's protocol; docs/architecture.md#web-surface),
+//! with events from every replica.
 //!
 //! Events are published by PostgreSQL (`db::ws_events`, schema/0008_ws.sql) on channel `tq_ws`.
 //! Each replica runs ONE fan-out task (`WsHub`) reading them from the replica's LISTEN session

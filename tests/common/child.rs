@@ -49,7 +49,7 @@ impl ChildReplica {
             .args(["--admin-password", ADMIN_PASSWORD])
             .args(["--replica-name", name])
             .args(["--shutdown-grace", "5s"])
-            .args(["--db-pool-size", "5"])
+            .args(["--db-pool-size", "5", "--batch-loops", "1"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

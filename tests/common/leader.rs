@@ -25,8 +25,8 @@ pub async fn take_office(db: &Db, epoch: i64, holder: &str) -> bool {
     .unwrap()
 }
 
-/// The original's clocks (behavior.md §5.5): offline 30 s, idle 300 s, new-worker idle 900 s,
-/// lost 300 s, download grace 600 s.
+/// The original's clocks (docs/architecture.md#background-loops): offline 30 s, idle 300 s,
+/// new-worker idle 900 s, lost 300 s, download grace 600 s.
 pub fn original_clocks(url: &str) -> Config {
     use taskqueue::config::defaults;
     let mut c = test_config(url);

@@ -1,4 +1,4 @@
-//! The dependency sweep (design.md §5, behavior.md §9 item 1): promotion of waiting tasks whose
+//! The dependency sweep (docs/architecture.md#background-loops): promotion of waiting tasks whose
 //! prerequisites succeeded, failure of those whose prerequisite failed for good (down the chain,
 //! with a log line), full and incremental passes, fencing; and the same end to end on a leader
 //! replica driven through the RPCs.

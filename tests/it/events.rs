@@ -1,4 +1,4 @@
-//! Worker events (behavior.md §4.12): ReportWorkerEvent, ListWorkerEvents, DeleteWorkerEvent,
+//! Worker events (as the original scitq's): ReportWorkerEvent, ListWorkerEvents, DeleteWorkerEvent,
 //! PruneWorkerEvents — happy paths across two replicas, filters and limits, and every bad input
 //! (right code, database unchanged).
 

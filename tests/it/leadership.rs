@@ -1,8 +1,8 @@
-//! Leadership with etcd (design.md §4): one leader among replicas, failover after SIGKILL within
-//! lease TTL + 2 s (measured), handover on graceful shutdown, fencing of a frozen leader (SIGSTOP)
-//! and of a deposed one, and every RPC working while etcd is down. Real etcd and Postgres;
-//! replicas as child processes of the `taskqueue` binary, or in-process memberships where the test
-//! needs a hook inside the leader.
+//! Leadership with etcd (docs/architecture.md#leadership): one leader among replicas, failover
+//! after SIGKILL within lease TTL + 2 s (measured), handover on graceful shutdown, fencing of a
+//! frozen leader (SIGSTOP) and of a deposed one, and every RPC working while etcd is down. Real
+//! etcd and Postgres; replicas as child processes of the `taskqueue` binary, or in-process
+//! memberships where the test needs a hook inside the leader.
 
 use crate::common;
 

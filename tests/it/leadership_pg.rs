@@ -1,7 +1,8 @@
-//! Leadership without etcd (design.md §4): a Postgres session advisory lock on a dedicated
-//! connection. Two replicas elect exactly one leader; killing it hands over (measured); a frozen
-//! leader's session is ended by the server and it steps down when it resumes; a graceful stop
-//! hands over at once. Real Postgres, replicas as child processes (and in-process for the last).
+//! Leadership without etcd (docs/architecture.md#leadership): a Postgres session advisory lock on a
+//! dedicated connection. Two replicas elect exactly one leader; killing it hands over (measured); a
+//! frozen leader's session is ended by the server and it steps down when it resumes; a graceful
+//! stop hands over at once. Real Postgres, replicas as child processes (and in-process for the
+//! last).
 
 use crate::common;
 

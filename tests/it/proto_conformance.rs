@@ -136,7 +136,7 @@ fn every_message_and_field_matches_the_reference() {
         for (doc_field, field) in fields.iter().zip(&msg.field) {
             let ctx = format!("{name}.{}", doc_field.name);
             if name == "Workflow" && expected_number == 3 {
-                expected_number = 4; // design.md §1: number 3 of Workflow is reserved.
+                expected_number = 4; // Workflow: 3 is reserved (docs/architecture.md#proto).
             }
             assert_eq!(field.name(), doc_field.name, "{ctx}: name/order");
             assert_eq!(field.number(), expected_number, "{ctx}: number");

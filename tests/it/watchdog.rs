@@ -1,4 +1,4 @@
-//! The watchdog (design.md §5, behavior.md §5.5, §9 item 27): offline transitions and deletions
+//! The watchdog (docs/architecture.md#background-loops): offline transitions and deletions
 //! of workers. Most tests run one pass (`run_once`) against rows whose timestamps are set in the
 //! past, with the original's clocks; the end-to-end ones run a leader replica with clocks shortened
 //! by config and drive it through the RPCs. A pass is also shown to be refused once its term is over.

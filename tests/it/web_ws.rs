@@ -1,4 +1,4 @@
-//! The WebSocket `/ws` (behavior.md Appendix A, issue 15): authentication of the upgrade,
+//! The WebSocket `/ws` (docs/architecture.md#web-surface, issue 15): authentication of the upgrade,
 //! ping/pong, events made through one replica's gRPC reaching a socket of another replica on the
 //! same database, subscriptions, who sees what, revocation, the inbound size limit, the
 //! slow-reader rule, and events over 8 kB sent by reference.
