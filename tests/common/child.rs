@@ -10,7 +10,8 @@ use taskqueue::client::{self, Client, Target};
 use tonic::transport::Channel;
 
 use super::{
-    ADMIN_PASSWORD, WORKER_TOKEN, free_port, metric_value, postgres, tempdir, try_http_get,
+    ADMIN_PASSWORD, ADMIN_USER, WORKER_TOKEN, free_port, metric_value, postgres, tempdir,
+    try_http_get,
 };
 
 /// A replica running as a child process of the `taskqueue` binary, for tests that kill, freeze
@@ -79,6 +80,29 @@ impl ChildReplica {
     /// A client authenticated with the worker token.
     pub fn worker(&self) -> Client {
         client::with_token(self.channel(), Some(WORKER_TOKEN)).unwrap()
+    }
+
+    /// A client logged in as the initial admin.
+    pub async fn admin(&self) -> Client {
+        let token = client::with_token(self.channel(), None)
+            .unwrap()
+            .login(taskqueue::proto::LoginRequest {
+                username: ADMIN_USER.into(),
+                password: ADMIN_PASSWORD.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        client::with_token(self.channel(), Some(&token)).unwrap()
+    }
+
+    /// The replica's /metrics text: this process' alone, unlike an in-process replica's (the
+    /// metrics recorder is process-wide, shared by every test of the binary).
+    pub async fn metrics(&self) -> String {
+        self.scrape(Duration::from_secs(10))
+            .await
+            .expect("the child replica serves /metrics")
     }
 
     /// Waits until the replica reports SERVING on its health service.

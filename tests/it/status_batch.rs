@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::{postgres, spawn_replica, submit, task, test_config};
+use common::{postgres, start_replicas, submit, task};
 use taskqueue::db::Db;
 use taskqueue::db::status_batch::{StatusRequest, plan_rounds, status_batch};
 use taskqueue::db::tasks::{Applied, update_status};
@@ -280,7 +280,10 @@ fn rounds_keep_each_task_in_order_and_failures_go_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updates_form_batches_and_keep_every_rule() {
     let pg = postgres().await;
-    let r = spawn_replica(test_config(&pg.fresh_db().await)).await;
+    // A replica of its own process: its metrics count this test's updates alone.
+    let r = start_replicas(&pg.fresh_db().await, &["status-batch"], &[])
+        .await
+        .remove(0);
     let mut c = r.worker();
     // 200 prerequisites, one dependent each: dependents are promoted as their prerequisite succeeds.
     let mut pairs = Vec::new();

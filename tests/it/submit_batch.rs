@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{postgres, spawn_replica, submit, task, test_config, workflow_with_step};
+use common::{postgres, start_replicas, submit, task, workflow_with_step};
 use taskqueue::db::Db;
 use taskqueue::db::submit_batch::submit_batch;
 use taskqueue::db::tasks::NewTask;
@@ -51,7 +51,8 @@ fn request(i: usize, step: i32, first: i32) -> pb::TaskRequest {
 async fn concurrent_submissions_form_batches_and_are_stored_as_given() {
     let pg = postgres().await;
     let url = pg.fresh_db().await;
-    let r = spawn_replica(test_config(&url)).await;
+    // A replica of its own process: its metrics count this test's submissions alone.
+    let r = start_replicas(&url, &["submit-batch"], &[]).await.remove(0);
     let mut admin = r.admin().await;
     let (_, step) = workflow_with_step(&mut admin, "wf", "step").await;
     let first = submit(&mut admin, task("first")).await;
