@@ -90,9 +90,12 @@ psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d taskqueue -qAt 
 # --- replicas ----------------------------------------------------------------------------------
 targets=()
 rpids=()
+mports=()
 for i in $(seq "$REPLICAS"); do
   port=$(free_port)
-  TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen off \
+  mport=$(free_port)
+  mports+=("$mport")
+  TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
     --worker-token "$TOKEN" --admin-password bench --data-dir "$work/r$i" --db-pool-size 24 >"$work/r$i.log" 2>&1 &
   pids+=($!)
   rpids+=($!)
@@ -173,17 +176,32 @@ if [ "$PROFILE" = 1 ]; then
   (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/idle-replica.perf.data" -- sleep "${PROFILE_SECONDS:-$((PHASE / 6 + 1))}" \
      >"$PROFILE_DIR/perf-record.log" 2>&1) &
   perf_job=$!
+  # And of the whole PostgreSQL cluster (its processes as they are now: pooled backends included).
+  pg_children=$(pgrep -d, -P "$pgpid" || true)
+  (sleep 2; perf record -g -F 499 -p "$pgpid,$pg_children" -o "$PROFILE_DIR/idle-pg.perf.data" -- sleep "${PROFILE_SECONDS:-$((PHASE / 6 + 1))}" \
+     >"$PROFILE_DIR/perf-record-pg.log" 2>&1) &
+  perf_pg_job=$!
 fi
 if [ "$PROFILE" = 1 ]; then
   psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+  kinds0=$(python3 loadtest/cpu.py --by-kind "$pgpid")
 fi
 cpu_begin "${rpids[@]}"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
 cpu_idle_full=$(cpu_end)
+if [ "$PROFILE" = 1 ]; then
+  kinds1=$(python3 loadtest/cpu.py --by-kind "$pgpid")
+  echo "PostgreSQL CPU of the idle phase by process kind (s): $(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(json.dumps({k: round(b.get(k,0)-a.get(k,0),2) for k in sorted(set(a)|set(b))}))' "$kinds0" "$kinds1")"
+fi
 echo "$idle_full"; echo "cpu $cpu_idle_full"
 save idle_full "$idle_full"; save cpu_idle_full "$cpu_idle_full"
 if [ "$PROFILE" = 1 ]; then
   wait "$perf_job" || true
+  wait "$perf_pg_job" || true
+  perf report -i "$PROFILE_DIR/idle-pg.perf.data" --stdio --no-children --percent-limit 1 -g none --sort comm,dso,sym 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-pg.top.txt" || true
+  echo "profile of PostgreSQL during the idle pings: $PROFILE_DIR/idle-pg.top.txt"
+  head -25 "$PROFILE_DIR/idle-pg.top.txt"
   perf report -i "$PROFILE_DIR/idle-replica.perf.data" --stdio --no-children --percent-limit 1 -g none 2>/dev/null \
     | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-replica.top.txt" || true
   echo "profile of a replica's idle pings: $PROFILE_DIR/idle-replica.top.txt (perf.data beside it)"
@@ -244,10 +262,26 @@ kill "$bare_pid" 2>/dev/null || true
 echo "== full lifecycle: $LIFE_WORKERS workers × 4, draining $TASKS standing tasks, each: a ping, C, O, R, U, S"
 reset_tasks; load_tasks "$TASKS"
 cpu_begin "${rpids[@]}"
+batch_sizes() { # requests per batch so far, per kind, summed over the replicas: {"ping": [sum, count], …}
+  python3 -c '
+import json, re, sys, urllib.request
+t = {}
+text = "".join(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode() for p in sys.argv[1:])
+for line in text.splitlines():
+    m = re.match(r"taskqueue_batch_size_(sum|count)\{kind=\"(\w+)\"\} (\S+)", line)
+    if m:
+        t.setdefault(m[2], [0, 0])[m[1] == "count"] += float(m[3])
+print(json.dumps(t))' "${mports[@]}"
+}
+sizes0=$(batch_sizes)
 life=$(sim --workers "$LIFE_WORKERS" --concurrency 4 --lifecycle nominal --ping-interval 1s --ping-on-finish \
            --stop-after-finished "$TASKS" --duration 600s --prefix l)
 cpu_life=$(cpu_end)
 echo "$life"; echo "cpu $cpu_life"
+echo "requests per batch in the lifecycle phase (batches): $(python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(", ".join(f"{k} {(v[0] - a.get(k, [0, 0])[0]) / max(1, v[1] - a.get(k, [0, 0])[1]):.1f} ({v[1] - a.get(k, [0, 0])[1]:.0f})" for k, v in sorted(b.items())))' "$sizes0" "$(batch_sizes)")"
 save life "$life"; save cpu_life "$cpu_life"
 
 if [ "$PEER" = 1 ]; then

@@ -279,6 +279,7 @@ impl Pings {
                 loops,
                 max,
                 queue_wait: super::POOL_WAIT,
+                generic_plans: true,
             };
             Batcher::start(db.clone(), batch, PingBatch { cfg })
         });

@@ -74,6 +74,7 @@ impl StatusUpdates {
                 loops,
                 max,
                 queue_wait: super::POOL_WAIT,
+                generic_plans: true,
             };
             Batcher::start(
                 db.clone(),

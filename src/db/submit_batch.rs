@@ -77,6 +77,7 @@ impl Submissions {
                 loops,
                 max,
                 queue_wait: super::POOL_WAIT,
+                generic_plans: true,
             };
             Batcher::start(
                 db.clone(),
