@@ -59,6 +59,21 @@ pub struct BatchConfig {
     pub generic_plans: bool,
 }
 
+impl BatchConfig {
+    /// The configuration of a batcher of RPC requests: a request waits for a place in the queue as
+    /// long as it would wait for a pooled connection, and the loops plan their statements once.
+    pub fn requests(kind: &'static str, op: Op, loops: usize, max: usize) -> BatchConfig {
+        BatchConfig {
+            kind,
+            op,
+            loops,
+            max,
+            queue_wait: super::POOL_WAIT,
+            generic_plans: true,
+        }
+    }
+}
+
 /// What the loop's connection runs first when `generic_plans` is set.
 const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan";
 
@@ -109,6 +124,12 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             loops: Mutex::new(loops),
             cfg,
         }
+    }
+
+    /// [`Batcher::start`], or `None` when `cfg.loops` is 0 (batching off: each request on its
+    /// own).
+    pub fn start_unless_off(db: Db, cfg: BatchConfig, f: impl BatchFn<Req, Resp>) -> Option<Self> {
+        (cfg.loops > 0).then(|| Batcher::start(db, cfg, f))
     }
 
     /// Queues `req` and waits for its answer.
