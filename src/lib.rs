@@ -5,7 +5,7 @@
 //! - [`error`]: the crate error and its one mapping to `tonic::Status`.
 //! - [`config`]: flags, `TASKQUEUE_*` environment, optional YAML; validated `Config`.
 //! - [`server`]: `run(config, listeners, shutdown)` — wiring, auth, health, reflection, metrics, shutdown.
-//! - [`api`]: gRPC adapters, one file per area; `api::rpcs` is the table of RPCs and access rules.
+//! - [`api`]: gRPC adapters, one file per area.
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
 //! - [`cluster`]: leadership — etcd election or Postgres lock, `Role`, fencing epochs.
@@ -18,6 +18,7 @@
 //! - [`worker`]: the worker agent (`taskqueue worker`): ping loop, executors, staging, log shipping.
 //! - [`cli`]: client commands for people (`taskqueue task …`, `taskqueue workers …`, …).
 //! - [`secret_files`]: files created 0600 at open, and private folders of predictable names.
+//! - [`rpcs`]: the table of the 59 RPCs: streaming shape and access rule of each.
 //! - [`telemetry`]: tracing setup, metric names and buckets, the gRPC metrics layer.
 //! - [`web`]: the web listener — gRPC-Web, REST helpers, `/ws`, the UI's files, `/scitq-client`.
 
@@ -33,6 +34,7 @@ pub mod logs;
 pub mod loops;
 pub mod proto;
 pub mod providers;
+pub mod rpcs;
 pub mod secret_files;
 pub mod server;
 pub mod storage;

@@ -11,7 +11,6 @@ pub mod jobs;
 pub mod limits;
 pub mod logs;
 pub mod recruiters;
-pub mod rpcs;
 pub mod tasks;
 pub mod templates;
 pub mod users;

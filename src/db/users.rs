@@ -17,7 +17,7 @@ pub struct User {
     pub username: String,
     pub email: Option<String>,
     pub is_admin: bool,
-    /// The session is a template script's: limited to `api::rpcs::SCRIPT_RPCS`, never admin
+    /// The session is a template script's: limited to `rpcs::SCRIPT_RPCS`, never admin
     /// (`is_admin` is then false whatever the user is). False outside authentication.
     pub scoped: bool,
     /// For a scoped session of a run: the template run it may update.

@@ -1,7 +1,7 @@
 //! Authentication and authorization of every RPC of `taskqueue.TaskQueue`, unary and streaming alike
 //! (docs/architecture.md#roles-and-ownership), as a tower layer in front of the service. It reads
 //! `authorization: Bearer <token>`, resolves it to a `Caller` (the worker token, compared in
-//! constant time, or a live session), applies the access rule of `api::rpcs` (roles; the per-object
+//! constant time, or a live session), applies the access rule of `rpcs` (roles; the per-object
 //! rules of `Owned` and `Machines` are checked by the handlers, which know the object), and hands
 //! the `Caller` to the handler as a request extension. Health and reflection are not authenticated
 //! (load balancers, ghz). A template script's scoped session reaches only `rpcs::SCRIPT_RPCS`, and
@@ -20,12 +20,12 @@ use futures::future::BoxFuture;
 use metrics::counter;
 use moka::future::Cache;
 
-use crate::api::rpcs::{self, Access};
 use crate::db::{self, Db, users::User};
 use crate::domain::credentials::{token_digest, worker_token_matches};
 use crate::domain::jwt::{self, JwtKey};
 use crate::domain::ownership::Actor;
 use crate::error::{Error, Result};
+use crate::rpcs::{self, Access};
 use crate::telemetry::metrics::CACHE_REQUESTS;
 
 /// How long a token → user lookup is reused (the staleness documented above).

@@ -13,7 +13,7 @@ use metrics::{counter, histogram};
 use pin_project_lite::pin_project;
 
 use super::metrics::{GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED};
-use crate::api::rpcs;
+use crate::rpcs;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcMetricsLayer;

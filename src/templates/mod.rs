@@ -7,7 +7,7 @@
 //! workflow when the script failed or timed out.
 //!
 //! Scripts are other people's code. They never see the caller's token: each script run gets a
-//! fresh session of the caller that is scoped (only `api::rpcs::SCRIPT_RPCS`, never admin, only
+//! fresh session of the caller that is scoped (only `rpcs::SCRIPT_RPCS`, never admin, only
 //! its own run's bookkeeping) and deleted as soon as the script ends. How the process itself is
 //! confined (user, namespaces, rlimits) is `sandbox`'s business.
 //!

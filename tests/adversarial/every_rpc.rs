@@ -1,11 +1,11 @@
-//! Every one of the 59 RPCs, driven from `api::rpcs::RPCS` so no RPC can be left out: called with no
+//! Every one of the 59 RPCs, driven from `rpcs::RPCS` so no RPC can be left out: called with no
 //! token and with a forged token, each must answer `Unauthenticated` (Login and ChangePassword:
 //! their own refusal of an empty request) and change nothing. Requests are sent as an empty message
 //! (the default of every request type), so one generic call reaches every method, streams included.
 
 use futures::StreamExt as _;
 use http::uri::PathAndQuery;
-use taskqueue::api::rpcs::{self, Access, Kind};
+use taskqueue::rpcs::{self, Access, Kind};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 use tonic_prost::ProstCodec;

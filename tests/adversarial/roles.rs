@@ -1,4 +1,4 @@
-//! The role × RPC matrix: every one of the 59 RPCs (from `api::rpcs::RPCS`, streams included)
+//! The role × RPC matrix: every one of the 59 RPCs (from `rpcs::RPCS`, streams included)
 //! called as anonymous, with a forged token, as a plain user, as another user, with the worker
 //! token and as an admin; each refusal asserts its exact status and that nothing changed.
 //! Generic empty requests reach the role rules of the auth layer; typed requests naming another
@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use taskqueue::api::rpcs::{self, Access};
 use taskqueue::client::Client;
 use taskqueue::proto as pb;
+use taskqueue::rpcs::{self, Access};
 use tonic::Code;
 
 use crate::common::{

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use taskqueue::api::rpcs::{self, Access};
 use taskqueue::proto as pb;
+use taskqueue::rpcs::{self, Access};
 use tonic::Code;
 
 use crate::common::{Replica, postgres, spawn_replica, tempdir, test_config};

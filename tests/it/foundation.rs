@@ -9,8 +9,8 @@ use common::{
     ADMIN_PASSWORD, ADMIN_USER, WORKER_TOKEN, postgres, replica, spawn_replica, test_config,
     wait_until,
 };
-use taskqueue::api::rpcs::{Access, Kind, RPCS, Rpc};
 use taskqueue::proto as pb;
+use taskqueue::rpcs::{Access, Kind, RPCS, Rpc};
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -238,13 +238,10 @@ fn every_rpc_matches_the_reference() {
 fn the_access_table_covers_exactly_the_service() {
     let file = descriptor();
     let names: Vec<&str> = file.service[0].method.iter().map(|m| m.name()).collect();
-    let table: Vec<&str> = taskqueue::api::rpcs::RPCS.iter().map(|r| r.name).collect();
+    let table: Vec<&str> = taskqueue::rpcs::RPCS.iter().map(|r| r.name).collect();
     assert_eq!(names, table);
-    for (rpc, method) in taskqueue::api::rpcs::RPCS
-        .iter()
-        .zip(&file.service[0].method)
-    {
-        use taskqueue::api::rpcs::Kind;
+    for (rpc, method) in taskqueue::rpcs::RPCS.iter().zip(&file.service[0].method) {
+        use taskqueue::rpcs::Kind;
         let kind = match (method.client_streaming(), method.server_streaming()) {
             (false, false) => Kind::Unary,
             (true, false) => Kind::ClientStream,
