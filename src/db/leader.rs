@@ -1,12 +1,19 @@
 //! The leadership record (`cluster_leader`) and fencing (docs/architecture.md#leadership): a leader
 //! writes its epoch on taking office; every leader-only mutation checks, in its own transaction,
 //! that the epoch is still its own, holding a share lock on the record so a new leader's takeover
-//! waits for it. Also the epochs of the Postgres-lock mode. Elections themselves live in `cluster`.
+//! waits for it. Also the epochs of the Postgres-lock mode and the statements of its dedicated
+//! session ([`LockSession`]). Elections themselves (when to try, the lease, the heartbeat's
+//! period) live in `cluster`.
 
+use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use scoped_futures::ScopedFutureExt as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use super::locks::NS_LEADER;
 use super::{Db, Op};
 use crate::error::{Error, Result};
 
@@ -131,4 +138,120 @@ pub async fn current(db: &Db) -> Result<Option<Office>> {
         .scope_boxed()
     })
     .await
+}
+
+/// Where the Postgres-lock election's dedicated session connects: the database URL, with the
+/// session's own application name and keepalives. The session lives outside the pool, because the
+/// session advisory lock `(NS_LEADER, 0)` dies with its connection.
+pub struct LockSessionConfig {
+    pg: tokio_postgres::Config,
+}
+
+impl LockSessionConfig {
+    pub fn new(
+        database_url: &str,
+        connect_timeout: Duration,
+    ) -> Result<LockSessionConfig, tokio_postgres::Error> {
+        let mut pg = tokio_postgres::Config::from_str(database_url)?;
+        pg.application_name("taskqueue-leadership")
+            .connect_timeout(connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10));
+        Ok(LockSessionConfig { pg })
+    }
+
+    /// Opens a new session. Its connection runs on a task of its own, aborted with the session.
+    pub async fn connect(&self) -> Result<LockSession, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(tokio_postgres::NoTls).await?;
+        let closed = CancellationToken::new();
+        let on_close = closed.clone();
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "leadership session connection ended");
+            }
+            on_close.cancel();
+        });
+        Ok(LockSession {
+            probe: SessionProbe {
+                client: Arc::new(client),
+                closed,
+            },
+            _connection: AbortOnDropHandle::new(connection),
+        })
+    }
+}
+
+/// The Postgres-lock election's dedicated connection and its statements.
+pub struct LockSession {
+    probe: SessionProbe,
+    _connection: AbortOnDropHandle<()>,
+}
+
+impl LockSession {
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.probe.closed.is_cancelled()
+    }
+
+    /// Postgres 14+: the server ends the session (and its lock) after `timeout` of silence.
+    pub async fn set_idle_session_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), tokio_postgres::Error> {
+        let idle = format!("{}ms", timeout.as_millis());
+        self.probe
+            .client
+            .execute(
+                "SELECT set_config('idle_session_timeout', $1, false)",
+                &[&idle],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Tries the leadership lock once: true when this session holds it.
+    pub async fn try_lock(&self) -> Result<bool, tokio_postgres::Error> {
+        let row = self
+            .probe
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, 0)", &[&NS_LEADER])
+            .await?;
+        Ok(row.get::<_, bool>(0))
+    }
+
+    /// Releases every lock of the session, which hands leadership over at once.
+    pub async fn unlock_all(&self) -> Result<(), tokio_postgres::Error> {
+        self.probe
+            .client
+            .execute("SELECT pg_advisory_unlock_all()", &[])
+            .await?;
+        Ok(())
+    }
+
+    /// A handle for the heartbeat task. It shares the session's connection: once the session is
+    /// dropped, the connection is aborted and the probe's statements fail.
+    pub fn probe(&self) -> SessionProbe {
+        self.probe.clone()
+    }
+}
+
+/// What a heartbeat needs of a [`LockSession`]: a statement that proves the session alive, and
+/// the end of its connection.
+#[derive(Clone)]
+pub struct SessionProbe {
+    client: Arc<tokio_postgres::Client>,
+    closed: CancellationToken,
+}
+
+impl SessionProbe {
+    /// One round trip on the session.
+    pub async fn ping(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Resolves when the session's connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
 }
