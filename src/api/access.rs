@@ -4,8 +4,8 @@
 
 use tonic::Request;
 
-use crate::db::catalog::LOCAL_PROVIDER;
 use crate::db::ownership::{self, Object, Placement};
+use crate::domain::catalog::LOCAL_PROVIDER;
 use crate::domain::ownership::{Actor, Owner, may_manage_machines};
 use crate::error::{Error, Result};
 use crate::server::auth::Caller;

@@ -5,6 +5,7 @@
 use tonic::Request;
 
 use crate::db::catalog::{self, Flavor, NewFlavor};
+use crate::domain::catalog::LOCAL_PROVIDER;
 use crate::domain::{limits, protofilter};
 use crate::error::{Error, Result};
 use crate::proto as pb;
@@ -62,7 +63,7 @@ pub async fn list_providers(state: &AppState, _request: Request<()>) -> Result<p
     // A `local` row stays in the table from when it was offered; it is listed only while it is.
     let offered = |p: &catalog::Provider| {
         state.config.local_provider
-            || (p.provider_name.as_str(), p.config_name.as_str()) != catalog::LOCAL_PROVIDER
+            || (p.provider_name.as_str(), p.config_name.as_str()) != LOCAL_PROVIDER
     };
     Ok(pb::ProviderList {
         providers: providers

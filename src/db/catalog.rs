@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 use super::locks::NS_CATALOG;
 use super::{Db, Op, pg_error};
 use crate::config::Providers as ProvidersConfig;
+use crate::domain::catalog::{CatalogFlavor, LOCAL_PROVIDER, LOCAL_REGION};
 use crate::domain::limits;
 use crate::domain::protofilter::Filter;
 use crate::error::{Error, Result};
@@ -25,10 +26,6 @@ use crate::telemetry::metrics::CACHE_REQUESTS;
 mod filter;
 
 pub use filter::{Param, filter_sql};
-
-/// The provider that always exists: workers registered by hand on any host belong to it.
-pub const LOCAL_PROVIDER: (&str, &str) = ("local", "local");
-pub const LOCAL_REGION: &str = "local";
 
 /// A flavor offered in a region, as ListFlavors shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -486,22 +483,6 @@ pub async fn sync_from_config(
         );
     }
     Ok(report)
-}
-
-/// A flavor as a provider's catalogue lists it, with its offers by region name.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CatalogFlavor {
-    pub name: String,
-    pub cpu: i32,
-    pub mem: f64,
-    pub disk: f64,
-    pub bandwidth: i32,
-    pub gpu: String,
-    pub gpumem: i32,
-    pub has_gpu: bool,
-    pub has_quick_disks: bool,
-    /// (region name, cost, eviction)
-    pub offers: Vec<(String, f64, f64)>,
 }
 
 /// Flavors a provider stopped listing are deleted after this long unless a worker uses them.

@@ -17,10 +17,10 @@ use scoped_futures::ScopedFutureExt as _;
 use super::locks::NS_QUOTA;
 use super::{Db, Op};
 use crate::config::Providers as ProvidersConfig;
+use crate::domain::catalog::FlavorSpec;
 use crate::domain::quota::{self, Quota, Usage};
 use crate::domain::status::{JobAction, JobStatus, WorkerStatus};
 use crate::error::{Code, Error, Result};
-use crate::providers::FlavorSpec;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 

@@ -2,6 +2,7 @@
 //! quotas, recruiter decisions, allowed docker options and storage locations. No tonic, no SQL,
 //! no I/O — everything here is property-tested and benchable.
 
+pub mod catalog;
 pub mod credentials;
 pub mod dispatch;
 pub mod docker_options;

@@ -29,7 +29,7 @@ use super::{
     extra_f64, extra_strings,
 };
 use crate::config::ProviderConfig;
-use crate::db::catalog::CatalogFlavor;
+use crate::domain::catalog::CatalogFlavor;
 
 /// A simulated VM.
 #[derive(Debug, Clone)]

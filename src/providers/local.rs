@@ -317,7 +317,7 @@ fn write_file(path: &Path, content: &str) -> std::io::Result<()> {
 fn loopback(name: &str) -> Vm {
     Vm {
         name: name.to_string(),
-        region: crate::db::catalog::LOCAL_REGION.to_string(),
+        region: crate::domain::catalog::LOCAL_REGION.to_string(),
         ipv4: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     }
 }
@@ -386,7 +386,7 @@ impl Provider for LocalProvider {
     }
 
     async fn list(&self, region: &str) -> ProviderResult<Vec<Vm>> {
-        if region != crate::db::catalog::LOCAL_REGION {
+        if region != crate::domain::catalog::LOCAL_REGION {
             return Ok(Vec::new());
         }
         let Ok(entries) = std::fs::read_dir(&self.dir) else {

@@ -19,16 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ProviderConfig};
-use crate::db::catalog::CatalogFlavor;
-
-/// The resources of the flavor a machine is made of.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct FlavorSpec {
-    pub name: String,
-    pub cpu: i32,
-    pub mem: f64,
-    pub disk: f64,
-}
+use crate::domain::catalog::{CatalogFlavor, FlavorSpec};
 
 /// What a create call needs: the worker the machine will run, and where.
 #[derive(Debug, Clone, PartialEq, Default)]

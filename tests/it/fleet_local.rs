@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use common::{WORKER_TOKEN, wait_until};
 use fleet_support::{count, fleet_replica_with, providers_of, sql};
+use taskqueue::domain::catalog::FlavorSpec;
 use taskqueue::loops::jobs::{JobRunner, JobSettings};
 use taskqueue::proto as pb;
-use taskqueue::providers::{FlavorSpec, VmSpec};
+use taskqueue::providers::VmSpec;
 
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
