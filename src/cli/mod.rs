@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod catalog;
-pub mod connect;
 pub mod output;
 pub mod tasks;
 pub mod workers;
@@ -16,9 +15,9 @@ pub mod workflows;
 
 use clap::{Args, Subcommand};
 
-use connect::{ConnectArgs, StoredLogin};
 use output::{Format, rpc};
 
+use crate::client::connect::{ConnectArgs, StoredLogin};
 use crate::proto as pb;
 
 /// Flags every client command takes.

@@ -23,6 +23,7 @@
 
 mod agent;
 pub mod builtin;
+mod ctx;
 pub mod executor;
 mod logs;
 pub mod slots;
@@ -35,7 +36,7 @@ use std::time::Duration;
 pub use agent::run;
 pub use executor::ExecutorChoice;
 
-use crate::cli::connect::ConnectArgs;
+use crate::client::connect::ConnectArgs;
 
 /// Defaults of the worker, each with its reason.
 pub mod defaults {

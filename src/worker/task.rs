@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-use super::agent::{Ctx, UpdateError};
+use super::ctx::{Ctx, UpdateError};
 use super::executor::{self, Line, Outcome, WorkDirs};
 use super::logs::LogShipper;
 use crate::domain::status::TaskStatus;

@@ -1,6 +1,10 @@
 //! Connecting to a taskqueue server: a channel (plaintext, or TLS with a CA file or without
 //! verification) and an interceptor that attaches `authorization: Bearer <token>` to every call,
 //! streams included. Used by the worker, the command line, the load tester and the tests.
+//! [`connect`] holds the connection flags (`--server`, `--token` …) and the stored login that the
+//! worker and the client commands share.
+
+pub mod connect;
 
 use std::sync::Arc;
 use std::time::Duration;
