@@ -4,8 +4,8 @@
 //! - [`proto`]: the generated wire types of `taskqueue.TaskQueue` (the only `include_proto!`).
 //! - [`error`]: the crate error and its one mapping to `tonic::Status`.
 //! - [`config`]: flags, `TASKQUEUE_*` environment, optional YAML; validated `Config`.
-//! - [`server`]: `run(config, listeners, shutdown)` — wiring, auth, health, reflection, metrics, shutdown.
-//! - [`api`]: gRPC adapters, one file per area.
+//! - [`server`]: `run(config, listeners, shutdown)` — wiring, health, reflection, metrics, shutdown.
+//! - [`api`]: gRPC adapters, one file per area, their shared `AppState` and the auth layer.
 //! - [`domain`]: pure rules (statuses, credentials, capacity …), no I/O.
 //! - [`db`]: the only module that talks to Postgres: pool, transactions, migrations, embedded server.
 //! - [`cluster`]: leadership — etcd election or Postgres lock, `Role`, fencing epochs.

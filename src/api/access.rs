@@ -4,12 +4,12 @@
 
 use tonic::Request;
 
+use crate::api::auth::Caller;
+use crate::api::state::AppState;
 use crate::db::ownership::{self, Object, Placement};
 use crate::domain::catalog::LOCAL_PROVIDER;
 use crate::domain::ownership::{Actor, Owner, may_manage_machines};
 use crate::error::{Error, Result};
-use crate::server::auth::Caller;
-use crate::server::state::AppState;
 
 /// Who sent `request`.
 pub fn actor<T>(request: &Request<T>) -> Actor {

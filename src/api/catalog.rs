@@ -4,12 +4,12 @@
 
 use tonic::Request;
 
+use crate::api::state::AppState;
 use crate::db::catalog::{self, Flavor, NewFlavor};
 use crate::domain::catalog::LOCAL_PROVIDER;
 use crate::domain::{limits, protofilter};
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 fn flavor_to_pb(f: &Flavor) -> pb::Flavor {
     pb::Flavor {

@@ -9,11 +9,11 @@
 use chrono::SecondsFormat;
 use tonic::Request;
 
+use crate::api::state::AppState;
 use crate::db::events::{self, ListFilter, NewEvent};
 use crate::domain::events::{self as rules, EventLevel, PruneFilter};
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 pub async fn report_worker_event(
     state: &AppState,

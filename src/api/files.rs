@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tonic::Request;
 
+use crate::api::state::AppState;
 use crate::error::{Code, Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 /// Longest a listing or stat may take (a recursive listing of a huge tree is cut off here).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);

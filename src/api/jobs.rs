@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use tonic::Request;
 
 use super::access::{self, Machines};
+use crate::api::state::AppState;
 use crate::db::jobs::{self, NewWorkers};
 use crate::domain::limits;
 use crate::domain::status::JobStatus;
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 /// Most workers one CreateWorker may ask for.
 const MAX_CREATE: i32 = 10_000;

@@ -6,13 +6,13 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tonic::{Request, Status, Streaming};
 
+use crate::api::auth::Caller;
+use crate::api::state::AppState;
 use crate::db;
 use crate::domain::logs::{LogAccess, LogStream, chunk_request};
 use crate::error::{Error, Result};
 use crate::logs::LogLine;
 use crate::proto as pb;
-use crate::server::auth::Caller;
-use crate::server::state::AppState;
 
 pub async fn send_task_logs(
     state: &AppState,

@@ -4,13 +4,16 @@
 //! each one.
 
 pub mod access;
+pub mod auth;
 pub mod catalog;
 pub mod events;
 pub mod files;
 pub mod jobs;
 pub mod limits;
+pub mod login_gate;
 pub mod logs;
 pub mod recruiters;
+pub mod state;
 pub mod tasks;
 pub mod templates;
 pub mod users;
@@ -24,8 +27,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto as pb;
 use crate::proto::task_queue_server::TaskQueue;
-use crate::server::state::AppState;
 use limits::admit;
+use state::AppState;
 
 /// The service a replica serves.
 #[derive(Clone)]

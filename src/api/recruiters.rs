@@ -5,12 +5,12 @@
 use tonic::Request;
 
 use super::access::{self, Machines};
+use crate::api::state::AppState;
 use crate::db::ownership::Object;
 use crate::db::recruiters::{self, Recruiter, RecruiterChanges};
 use crate::domain::ownership::{Actor, Owner};
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 const ACK: pb::Ack = pb::Ack { success: true };
 

@@ -3,6 +3,8 @@
 use tonic::Request;
 
 use super::access;
+use crate::api::auth::Caller;
+use crate::api::state::AppState;
 use crate::db::ownership::Object;
 use crate::db::status_batch::StatusRequest;
 use crate::db::tasks::{self, NewTask, TaskFilter};
@@ -13,8 +15,6 @@ use crate::domain::status::TaskStatus;
 use crate::domain::tasks::Submission;
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::auth::Caller;
-use crate::server::state::AppState;
 
 /// A task's image never passes for an option; its container options are checked against the
 /// configured allow-list unless an admin submitted it (the worker checks again, with its own).

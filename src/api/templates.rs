@@ -6,12 +6,12 @@
 use tonic::Request;
 
 use super::access;
+use crate::api::auth::Caller;
+use crate::api::state::AppState;
 use crate::db;
 use crate::db::ownership::Object;
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::auth::Caller;
-use crate::server::state::AppState;
 use crate::templates::CallerCredentials;
 
 fn credentials<T>(request: &Request<T>) -> CallerCredentials {

@@ -1,20 +1,20 @@
 //! User and session RPCs (as the original scitq's): Login, Logout, CreateUser, ListUsers,
 //! DeleteUser, UpdateUser, ChangePassword. Admin checks are made by the auth layer from `rpcs`;
-//! Login and ChangePassword pass the login gate (`server::login_gate`) before any password is
+//! Login and ChangePassword pass the login gate (`api::login_gate`) before any password is
 //! hashed.
 
 use std::net::IpAddr;
 
 use tonic::Request;
 
+use crate::api::auth::Caller;
+use crate::api::login_gate::{Admission, LoginGate};
+use crate::api::state::AppState;
 use crate::db::users::{self, UserChanges};
 use crate::domain::credentials;
 use crate::domain::ownership::may_see_email;
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::auth::Caller;
-use crate::server::login_gate::{Admission, LoginGate};
-use crate::server::state::AppState;
 
 const ACK: pb::Ack = pb::Ack { success: true };
 

@@ -8,11 +8,11 @@ use tonic::Request;
 
 use super::access::{self, Machines};
 use super::limits::fit_ping_answer;
+use crate::api::state::AppState;
 use crate::db::workers::{self, Registration, WorkerChanges};
 use crate::domain::status::{RecyclableScope, WorkerStatus};
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 use crate::telemetry::metrics as m;
 
 const ACK: pb::Ack = pb::Ack { success: true };

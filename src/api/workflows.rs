@@ -4,13 +4,13 @@ use tonic::Request;
 
 use super::access;
 use super::tasks::{non_negative, page_limit};
+use crate::api::state::AppState;
 use crate::db::ownership::Object;
 use crate::db::workflows::{self, WorkflowRef};
 use crate::domain::limits;
 use crate::domain::status::RunStrategy;
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::server::state::AppState;
 
 const ACK: pb::Ack = pb::Ack { success: true };
 

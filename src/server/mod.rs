@@ -5,10 +5,7 @@
 //! stop accepting → drain in-flight RPCs → resign leadership → cancel the leader loops → close the
 //! pool → stop the embedded database.
 
-pub mod auth;
-pub mod login_gate;
 pub mod panics;
-pub mod state;
 pub mod tls;
 
 use std::future::Future;
@@ -20,7 +17,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::Service;
+use crate::api::state::AppState;
+use crate::api::{Service, auth};
 use crate::config::Config;
 use crate::db::embedded::{EmbeddedPostgres, Options as EmbeddedOptions};
 use crate::db::{self, Db};
@@ -29,7 +27,6 @@ use crate::domain::jwt::JwtKey;
 use crate::proto::task_queue_server::TaskQueueServer;
 use crate::telemetry::grpc::GrpcMetricsLayer;
 use crate::telemetry::metrics as m;
-use state::AppState;
 
 /// The sockets a replica serves on, bound by the caller (tests bind port 0).
 pub struct Listeners {

@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::api::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::domain::credentials::{new_session_token, token_digest};
 use crate::domain::templates as rules;
 use crate::error::{Code, Error, Result};
 use crate::proto as pb;
-use crate::server::auth::Authenticator;
 use crate::telemetry::metrics as m;
 use script::{Outcome, Runner};
 

@@ -44,10 +44,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::api::Service;
+use crate::api::auth;
+use crate::api::state::AppState;
 use crate::config::Config;
 use crate::proto::task_queue_server::TaskQueueServer;
-use crate::server::state::AppState;
-use crate::server::{auth, panics};
+use crate::server::panics;
 use crate::telemetry::grpc::GrpcMetricsLayer;
 use crate::telemetry::metrics as m;
 

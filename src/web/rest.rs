@@ -22,11 +22,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::api::auth::Caller;
+use crate::api::state::AppState;
 use crate::api::users;
 use crate::domain::jwt::MAX_TOKEN_BYTES;
 use crate::error::{Code, Error};
-use crate::server::auth::Caller;
-use crate::server::state::AppState;
 
 /// Largest request body accepted (a login is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

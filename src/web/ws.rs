@@ -38,13 +38,13 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::{Authenticator, Caller};
+use crate::api::state::AppState;
 use crate::db::notify::{Message as Notification, Notifier};
 use crate::db::{Db, ws_events};
 use crate::domain::credentials::token_digest;
 use crate::domain::ws::{self as rules, Audience, Body, Inbound, Notice, Subscriptions, Viewer};
 use crate::error::Code;
-use crate::server::auth::{Authenticator, Caller};
-use crate::server::state::AppState;
 use crate::telemetry::metrics as m;
 
 /// Sockets one replica serves at once.

@@ -361,7 +361,7 @@ async fn rest_and_rpc_logins_share_the_login_gate() {
     let r = common::replica().await;
     let addr = web(&r);
     create_user(&r, "target", false).await;
-    for _ in 0..taskqueue::server::login_gate::USER_FAILURES_BEFORE_BACKOFF {
+    for _ in 0..taskqueue::api::login_gate::USER_FAILURES_BEFORE_BACKOFF {
         assert_eq!(
             login(addr, "target", "wrong").await.status,
             StatusCode::UNAUTHORIZED
@@ -671,7 +671,7 @@ async fn replicas_on_one_database_share_the_generated_key() {
     let out = call(web_b, Method::POST, "/logout", &[("cookie", &h)], "").await;
     assert_eq!(out.status, StatusCode::OK);
     common::wait_until(
-        taskqueue::server::auth::TOKEN_CACHE_TTL + Duration::from_secs(5),
+        taskqueue::api::auth::TOKEN_CACHE_TTL + Duration::from_secs(5),
         "logout through B reaches A",
         || async { grpc_works(&a, &token).await == Err(Code::Unauthenticated) },
     )
