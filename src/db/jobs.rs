@@ -75,7 +75,7 @@ pub fn configured_quota(
         .get(provider.1)?
         .quotas
         .get(region)
-        .map(Quota::from_config)
+        .map(|q| Quota::new(q.cpu, q.mem))
 }
 
 /// What the workers of a region use (computed from worker rows, never a counter).

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use super::locks::NS_WORKER;
-use crate::config::Config;
 use crate::error::Result;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -30,18 +29,6 @@ pub struct Timeouts {
     /// Extra idle time for a worker still holding tasks in A/C/D/O (at least this, or the longest
     /// `download_timeout` of those tasks): they may still be downloading.
     pub download_grace: Duration,
-}
-
-impl Timeouts {
-    pub fn from_config(c: &Config) -> Timeouts {
-        Timeouts {
-            offline: c.offline_timeout,
-            idle: c.idle_timeout,
-            new_worker_idle: c.new_worker_idle_timeout,
-            lost: c.lost_timeout,
-            download_grace: c.task_download_timeout,
-        }
-    }
 }
 
 /// A worker the watchdog moved to an offline status.

@@ -12,10 +12,12 @@ pub struct Quota {
 }
 
 impl Quota {
-    pub fn from_config(q: &crate::config::Quota) -> Quota {
+    /// A quota of `cpu` vCPUs and `mem` GB, as the configuration states it: a memory limit ≤ 0
+    /// means none.
+    pub fn new(cpu: i64, mem: Option<f64>) -> Quota {
         Quota {
-            max_cpu: q.cpu,
-            max_mem: q.mem.filter(|m| *m > 0.0),
+            max_cpu: cpu,
+            max_mem: mem.filter(|m| *m > 0.0),
         }
     }
 }
@@ -109,10 +111,7 @@ mod tests {
 
     #[test]
     fn zero_memory_in_the_file_means_no_limit() {
-        let q = Quota::from_config(&crate::config::Quota {
-            cpu: 4,
-            mem: Some(0.0),
-        });
+        let q = Quota::new(4, Some(0.0));
         assert_eq!(q.max_mem, None);
     }
 

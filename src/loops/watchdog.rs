@@ -43,9 +43,21 @@ pub struct Report {
     pub scheduled: Vec<(Due, i32)>,
 }
 
+/// The watchdog's clocks, read from the configuration here, at the edge: `db::watchdog` takes
+/// them as values and never reads the configuration.
+fn timeouts(c: &Config) -> Timeouts {
+    Timeouts {
+        offline: c.offline_timeout,
+        idle: c.idle_timeout,
+        new_worker_idle: c.new_worker_idle_timeout,
+        lost: c.lost_timeout,
+        download_grace: c.task_download_timeout,
+    }
+}
+
 /// One watchdog pass, fenced by the term of `ctx`.
 pub async fn run_once(ctx: &LeaderContext) -> Result<Report> {
-    let timeouts = Timeouts::from_config(&ctx.config);
+    let timeouts = timeouts(&ctx.config);
     let (went_offline, due) = ctx
         .fenced_tx(Op::Watchdog, |tx| {
             async move {
@@ -105,7 +117,7 @@ pub enum Deletion {
 /// transaction (`db::jobs::schedule_worker_deletion`: the worker becomes D, its tasks are failed
 /// with a free retry) and the job runner stops the machine.
 pub async fn delete_worker(ctx: &LeaderContext, worker_id: i32) -> Result<Deletion> {
-    let timeouts = Timeouts::from_config(&ctx.config);
+    let timeouts = timeouts(&ctx.config);
     let shards = ctx.config.assign_shards;
     ctx.fenced_tx(Op::Watchdog, |tx| {
         async move {
