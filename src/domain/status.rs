@@ -285,6 +285,16 @@ impl WorkerStatus {
     }
 }
 
+impl RecyclableScope {
+    /// Scopes in which a worker may be recycled to another step (G: any, W: within its workflow).
+    pub const RECYCLABLE: &'static [RecyclableScope] =
+        &[RecyclableScope::Global, RecyclableScope::Workflow];
+
+    pub fn is_recyclable(self) -> bool {
+        Self::RECYCLABLE.contains(&self)
+    }
+}
+
 impl JobStatus {
     /// Open: not finished yet (`job_open_idx`).
     pub const OPEN: &'static [JobStatus] = &[JobStatus::Pending, JobStatus::Running];
