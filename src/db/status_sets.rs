@@ -10,16 +10,37 @@ use crate::domain::status::{JobStatus, Letter, TaskStatus, WorkerStatus, sql_cas
 /// Every migration, in order.
 const SCHEMA: &[(&str, &str)] = &[
     ("0001_init.sql", include_str!("../../schema/0001_init.sql")),
-    ("0002_dispatch.sql", include_str!("../../schema/0002_dispatch.sql")),
-    ("0003_leadership.sql", include_str!("../../schema/0003_leadership.sql")),
+    (
+        "0002_dispatch.sql",
+        include_str!("../../schema/0002_dispatch.sql"),
+    ),
+    (
+        "0003_leadership.sql",
+        include_str!("../../schema/0003_leadership.sql"),
+    ),
     ("0004_ping.sql", include_str!("../../schema/0004_ping.sql")),
-    ("0005_roles.sql", include_str!("../../schema/0005_roles.sql")),
-    ("0006_sandbox.sql", include_str!("../../schema/0006_sandbox.sql")),
+    (
+        "0005_roles.sql",
+        include_str!("../../schema/0005_roles.sql"),
+    ),
+    (
+        "0006_sandbox.sql",
+        include_str!("../../schema/0006_sandbox.sql"),
+    ),
     ("0007_web.sql", include_str!("../../schema/0007_web.sql")),
     ("0008_ws.sql", include_str!("../../schema/0008_ws.sql")),
-    ("0009_ping_batch.sql", include_str!("../../schema/0009_ping_batch.sql")),
-    ("0010_status_batch.sql", include_str!("../../schema/0010_status_batch.sql")),
-    ("0011_cluster_settings.sql", include_str!("../../schema/0011_cluster_settings.sql")),
+    (
+        "0009_ping_batch.sql",
+        include_str!("../../schema/0009_ping_batch.sql"),
+    ),
+    (
+        "0010_status_batch.sql",
+        include_str!("../../schema/0010_status_batch.sql"),
+    ),
+    (
+        "0011_cluster_settings.sql",
+        include_str!("../../schema/0011_cluster_settings.sql"),
+    ),
 ];
 
 /// What a status list of the schema stands for.
@@ -69,7 +90,11 @@ const EXPECTED: &[(&str, &str, Stands)] = &[
         Stands::Task(TaskStatus::TERMINAL),
     ),
     ("0001_init.sql", "job", Stands::Job(JobStatus::ALL)),
-    ("0001_init.sql", "job_open_idx", Stands::Job(JobStatus::OPEN)),
+    (
+        "0001_init.sql",
+        "job_open_idx",
+        Stands::Job(JobStatus::OPEN),
+    ),
     ("0001_init.sql", "template_run", Stands::Unmodelled),
     // The dependency sweep's dependents of prerequisites that settled.
     (
@@ -107,8 +132,20 @@ fn created(line: &str) -> Option<String> {
         return None;
     }
     let keywords = [
-        "OR", "REPLACE", "UNIQUE", "UNLOGGED", "TEMP", "INDEX", "TABLE", "FUNCTION", "TRIGGER",
-        "VIEW", "CONCURRENTLY", "IF", "NOT", "EXISTS",
+        "OR",
+        "REPLACE",
+        "UNIQUE",
+        "UNLOGGED",
+        "TEMP",
+        "INDEX",
+        "TABLE",
+        "FUNCTION",
+        "TRIGGER",
+        "VIEW",
+        "CONCURRENTLY",
+        "IF",
+        "NOT",
+        "EXISTS",
     ];
     let name = words.find(|w| !keywords.contains(w))?;
     Some(name.split('(').next().unwrap_or(name).to_string())
@@ -128,7 +165,10 @@ fn status_lists() -> Vec<Found> {
             while let Some(at) = rest.find("status IN (") {
                 let after = &rest[at + "status IN (".len()..];
                 let end = after.find(')').unwrap_or_else(|| {
-                    panic!("{file}:{}: a status list that does not end on its line", i + 1)
+                    panic!(
+                        "{file}:{}: a status list that does not end on its line",
+                        i + 1
+                    )
                 });
                 let mut letters: Vec<String> = after[..end]
                     .split(',')

@@ -243,7 +243,10 @@ mod tests {
         full.held_weight = 3.0;
         let p = plan_ping(&full, true, iv);
         for probe in [None, Some(true), Some(false)] {
-            assert!(p.is_idle(probe), "no room, nothing to write: idle ({probe:?})");
+            assert!(
+                p.is_idle(probe),
+                "no room, nothing to write: idle ({probe:?})"
+            );
         }
         let room = plan_ping(&snapshot(WorkerStatus::Ready), true, iv);
         assert!(room.claim > 0);
@@ -253,10 +256,16 @@ mod tests {
         assert!(!back.is_idle(Some(false)), "coming back online writes");
         let mut stale = snapshot(WorkerStatus::Paused);
         stale.last_ping_age = None;
-        assert!(!plan_ping(&stale, false, iv).is_idle(Some(false)), "liveness write");
+        assert!(
+            !plan_ping(&stale, false, iv).is_idle(Some(false)),
+            "liveness write"
+        );
         let mut no_stats = snapshot(WorkerStatus::Paused);
         no_stats.stats_age = None;
-        assert!(!plan_ping(&no_stats, true, iv).is_idle(Some(false)), "first stats");
+        assert!(
+            !plan_ping(&no_stats, true, iv).is_idle(Some(false)),
+            "first stats"
+        );
         assert!(plan_ping(&no_stats, false, iv).is_idle(None));
     }
 

@@ -372,7 +372,10 @@ mod tests {
             sorted(TaskStatus::ON_WORKER)
         );
         assert_eq!(
-            union(&[TaskStatus::Waiting, TaskStatus::Pending], TaskStatus::ON_WORKER),
+            union(
+                &[TaskStatus::Waiting, TaskStatus::Pending],
+                TaskStatus::ON_WORKER
+            ),
             sorted(TaskStatus::IN_FLIGHT)
         );
         for s in TaskStatus::ALL {
