@@ -13,6 +13,7 @@
 //! (10000). Under `cargo test` it runs once at a small size (2 writers × 500 lines, 1 MiB, 100
 //! followers).
 
+#[allow(dead_code, unused_imports)] // the tests' harness; the bench uses a part of it
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -5,7 +5,7 @@
 # `.proto` includes (etcd-client's build script needs both: Debian's protobuf-compiler ships no
 # google/protobuf/*.proto, libprotobuf-dev does), Prometheus and haproxy (deploy/monitoring checks
 # and the deploy/local cluster test), busybox (the builtins are tested in busybox sh), curl, and
-# Chromium with Node.js and npm (tests/browser.rs builds a page with npm and runs it in headless
+# Chromium with Node.js and npm (tests/it/browser.rs builds a page with npm and runs it in headless
 # Chromium; npm ships inside some Node.js builds, so it is only installed when missing).
 # Skips anything already present. Needs root (or sudo) only when something is missing.
 set -euo pipefail

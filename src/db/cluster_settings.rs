@@ -3,7 +3,7 @@
 
 use scoped_futures::ScopedFutureExt as _;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::error::Result;
 
 /// The shard count of the pending-task queue (`--assign-shards`).
@@ -18,16 +18,13 @@ const INSERT_IF_ABSENT: &str = "
 pub async fn get_or_store(db: &Db, name: &str, value: &str) -> Result<String> {
     db.run(Op::Bootstrap, |c| {
         async move {
-            c.execute(INSERT_IF_ABSENT, &[&name, &value])
-                .await
-                .map_err(pg_error)?;
+            c.execute(INSERT_IF_ABSENT, &[&name, &value]).await?;
             let row = c
                 .query_one(
                     "SELECT value FROM cluster_setting WHERE name = $1",
                     &[&name],
                 )
-                .await
-                .map_err(pg_error)?;
+                .await?;
             Ok(row.get(0))
         }
         .scope_boxed()

@@ -98,15 +98,11 @@ pub async fn migrate(db: &Db) -> Result<Report> {
     let mut client = db.client().await?;
     // Waiting for another replica's migrations, or a migration that rewrites a big table, may take
     // longer than a request's statement timeout: none for this session while it migrates.
-    client
-        .batch_execute("SET statement_timeout = 0")
-        .await
-        .map_err(pg_error)?;
+    client.batch_execute("SET statement_timeout = 0").await?;
     // A session lock: held across the per-migration transactions below.
     client
         .execute("SELECT pg_advisory_lock($1, 0)", &[&NS_MIGRATE])
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let result = apply_all(&mut client).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1, 0)", &[&NS_MIGRATE])
@@ -126,17 +122,13 @@ pub async fn migrate(db: &Db) -> Result<Report> {
 }
 
 async fn apply_all(client: &mut super::Client) -> Result<Report> {
-    client
-        .batch_execute(CREATE_LEDGER)
-        .await
-        .map_err(pg_error)?;
+    client.batch_execute(CREATE_LEDGER).await?;
     let rows = client
         .query(
             "SELECT version, name, checksum FROM taskqueue_migration ORDER BY version",
             &[],
         )
-        .await
-        .map_err(pg_error)?;
+        .await?;
     let mut report = Report::default();
     for row in &rows {
         let (version, name, sum): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
@@ -159,7 +151,7 @@ async fn apply_all(client: &mut super::Client) -> Result<Report> {
         if rows.iter().any(|r| r.get::<_, i32>(0) == m.version) {
             continue;
         }
-        let tx = client.transaction().await.map_err(pg_error)?;
+        let tx = client.transaction().await?;
         tx.batch_execute(m.sql).await.map_err(|e| {
             let err = pg_error(e);
             Error::internal(format!(
@@ -171,9 +163,8 @@ async fn apply_all(client: &mut super::Client) -> Result<Report> {
             "INSERT INTO taskqueue_migration (version, name, checksum) VALUES ($1, $2, $3)",
             &[&m.version, &m.name, &checksum(m.sql)],
         )
-        .await
-        .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+        .await?;
+        tx.commit().await?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
         report.applied.push(m.version);
         report.current = report.current.max(m.version);

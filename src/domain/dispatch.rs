@@ -76,7 +76,7 @@ pub struct WorkerSnapshot {
 
 /// Decides a ping: only a worker in R (or coming back to R) with free capacity claims. The server
 /// runs this rule as SQL (`tq_ping`, schema/0004_ping.sql, one round trip per ping); this is its
-/// reference model, and tests/ping_rules.rs checks the SQL against it on random workers.
+/// reference model, and tests/it/ping_rules.rs checks the SQL against it on random workers.
 pub fn plan_ping(
     w: &WorkerSnapshot,
     has_stats: bool,

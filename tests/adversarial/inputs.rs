@@ -6,7 +6,7 @@
 use taskqueue::proto as pb;
 use tonic::Code;
 
-use crate::common::{register_worker, replica, task, workflow_with_step};
+use crate::common::{register_worker, replica, submit, task, workflow_with_step};
 use crate::guard::{Guard, refused};
 
 /// `case!(call, Code, "what")`: awaits the call and asserts the refusal.
@@ -23,15 +23,14 @@ async fn tasks_and_logs() {
     let mut worker = r.worker();
     let (wf, step) = workflow_with_step(&mut admin, "wf", "st").await;
     let _ = wf;
-    let t = admin
-        .submit_task(pb::TaskRequest {
+    let t = submit(
+        &mut admin,
+        pb::TaskRequest {
             step_id: Some(step),
             ..task("true")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     let guard = Guard::ignoring(&r, &[]).await;
 
     case!(

@@ -6,7 +6,7 @@
 use taskqueue::proto as pb;
 use tonic::Code;
 
-use crate::common::{register_worker, replica, task, workflow_with_step};
+use crate::common::{register_worker, replica, submit, task, workflow_with_step};
 use crate::guard::{Guard, refused};
 
 /// `case!(call, Code, "what")`: awaits the call and asserts the refusal.
@@ -48,15 +48,14 @@ async fn oversized_input_on_every_request_type() {
     let mut worker = r.worker();
     let mut anon = r.anonymous();
     let (wf, step) = workflow_with_step(&mut admin, "wf", "st").await;
-    let t = admin
-        .submit_task(pb::TaskRequest {
+    let t = submit(
+        &mut admin,
+        pb::TaskRequest {
             step_id: Some(step),
             ..task("true")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     let w = register_worker(&mut worker, "limits-worker", 1, 0, None).await;
     // Worker pings rewrite its last ping time; nothing else may change.
     let guard = Guard::ignoring(&r, &["worker_stats"]).await;

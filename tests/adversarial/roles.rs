@@ -13,7 +13,7 @@ use taskqueue::proto as pb;
 use tonic::Code;
 
 use crate::common::{
-    self, ADMIN_USER, Replica, WORKER_TOKEN, postgres, task, wait_until, workflow_with_step,
+    self, ADMIN_USER, Replica, WORKER_TOKEN, postgres, submit, task, wait_until, workflow_with_step,
 };
 use crate::every_rpc::call;
 use crate::fleet_support::fleet_replica_with;
@@ -107,15 +107,14 @@ async fn setup(r: &Replica) -> Objects {
 
     let mut alice = r.with_token(&user(r, "alice").await);
     let (workflow, step) = workflow_with_step(&mut alice, "alice-wf", "s").await;
-    let task = alice
-        .submit_task(pb::TaskRequest {
+    let task = submit(
+        &mut alice,
+        pb::TaskRequest {
             step_id: Some(step),
             ..task("true")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+        },
+    )
+    .await;
     let up = alice
         .upload_template(pb::UploadTemplateRequest {
             script: TEMPLATE.as_bytes().to_vec(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test page of tests/browser.rs into tests/browser/dist/ (the folder to serve with
+# Builds the test page of tests/it/browser.rs into tests/browser/dist/ (the folder to serve with
 # --ui-dir): dist/index.html and dist/assets/app.js. Needs node and npm (the npm registry for
 # `npm ci`, skipped when node_modules already matches package-lock.json) and the system protoc with
 # the well-known .proto files (libprotobuf-dev), as scripts/setup.sh installs.

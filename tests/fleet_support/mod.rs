@@ -1,6 +1,5 @@
 //! Helpers of the fleet tests (catalog, jobs, recruiters): replicas whose configuration declares
 //! providers, leader contexts for calling leader loops directly, fake providers on private clouds.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,4 +1,4 @@
-// The test page of tests/browser.rs: what scitq's UI does on load, with our server behind it.
+// The test page of tests/it/browser.rs: what scitq's UI does on load, with our server behind it.
 //
 // Query: ?user=<name>&password=<password>&tasks=<id>,<id>,…[&ws_wait_ms=<ms>]
 //

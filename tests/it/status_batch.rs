@@ -1,0 +1,376 @@
+//! Group commit of UpdateTaskStatus (`db::status_batch`, `tq_status_batch` in
+//! schema/0010_status_batch.sql) against the one-by-one path as the reference: random batches of
+//! random updates (the same task more than once in a batch, unknown and hidden tasks, failures
+//! with and without retries, dependents) leave the database as the reference leaves it when it
+//! applies the same requests in the batch's serial order; and concurrent updates through gRPC form
+//! batches and keep every rule.
+
+use crate::common;
+
+use common::{postgres, start_replicas, submit, task};
+use taskqueue::db::Db;
+use taskqueue::db::status_batch::{StatusRequest, plan_rounds, status_batch};
+use taskqueue::db::tasks::{Applied, update_status};
+use taskqueue::domain::status::TaskStatus;
+use taskqueue::error::Result;
+use taskqueue::proto as pb;
+
+const SHARDS: u16 = 4;
+
+/// A small deterministic generator (xorshift64*), so a failing case can be replayed by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+/// The same fixture in both databases: two workers; tasks 1–4 and 10 in random statuses (on a
+/// worker when their status says so) with random retry budgets; 5 waits for 1 and 2, 6 for 1, 7
+/// for 5, 8 for 3 and 4; 9 is hidden; claim cursors past every task (as far as ids have gone) but
+/// the pending ones.
+fn fixture(rng: &mut Rng) -> String {
+    let mut sql = String::from(
+        "INSERT INTO worker (worker_id, worker_name, concurrency, status)
+              VALUES (1, 'w1', 4, 'R'), (2, 'w2', 4, 'R');
+         SELECT setval('task_task_id_seq', 100);",
+    );
+    let statuses = ["P", "A", "C", "D", "O", "R", "U", "S", "F", "X"];
+    let mut tasks = Vec::new();
+    for id in [1, 2, 3, 4, 10] {
+        let status = rng.pick(&statuses);
+        let worker = if "ACDORU".contains(status) {
+            (1 + rng.below(2)).to_string()
+        } else {
+            "NULL".into()
+        };
+        tasks.push(format!(
+            "({id}, '{status}', {worker}, {}, false)",
+            rng.below(3)
+        ));
+    }
+    for id in [5, 6, 7, 8] {
+        tasks.push(format!("({id}, 'W', NULL, {}, false)", rng.below(2)));
+    }
+    tasks.push("(9, 'F', NULL, 1, true)".into());
+    sql.push_str(&format!(
+        "INSERT INTO task (task_id, status, worker_id, retry, hidden, shard, command, container, pending_since)
+         SELECT v.id, v.st, v.w, v.r, v.h, v.id % {SHARDS}, 'true', '', CASE WHEN v.st = 'P' THEN now() END
+           FROM (VALUES {}) AS v(id, st, w, r, h);
+         INSERT INTO task_dependencies (dependent_task_id, prerequisite_task_id)
+              VALUES (5, 1), (5, 2), (6, 1), (7, 5), (8, 3), (8, 4);
+         INSERT INTO assign_cursor (step_key, shard, next_task_id, rescan_after)
+         SELECT 0, s, COALESCE((SELECT min(t.task_id) FROM task t WHERE t.status = 'P' AND t.shard = s), 100),
+                now() + interval '1 hour' FROM generate_series(0, {}) s;",
+        tasks.join(", "),
+        SHARDS - 1
+    ));
+    sql
+}
+
+/// A random valid update (A is refused before any batch; free retry only with F).
+fn update(rng: &mut Rng) -> StatusRequest {
+    let statuses: Vec<TaskStatus> = TaskStatus::ALL
+        .iter()
+        .copied()
+        .filter(|s| *s != TaskStatus::Assigned)
+        .collect();
+    // Success and the worker's statuses are the common ones: more of them.
+    let common = [
+        TaskStatus::Accepted,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+        TaskStatus::Succeeded,
+        TaskStatus::UploadingSuccess,
+        TaskStatus::Failed,
+    ];
+    let status = if rng.below(2) == 0 {
+        rng.pick(&common)
+    } else {
+        rng.pick(&statuses)
+    };
+    let task_id = rng.pick(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 999]);
+    let duration = (rng.below(2) == 0).then(|| rng.below(100) as i32);
+    let free_retry = status == TaskStatus::Failed && rng.below(3) == 0;
+    StatusRequest::new(task_id, status, duration, free_retry).unwrap()
+}
+
+/// The serial order a batch stands for: per round, its updates other than successes, then its
+/// successes (their promotions come after the round's updates); then, in arrival order, the
+/// updates of the one-by-one path.
+fn serial_order(reqs: &[StatusRequest]) -> Vec<usize> {
+    let rounds = plan_rounds(reqs);
+    let last = rounds.iter().flatten().copied().max().unwrap_or(0);
+    let mut order = Vec::new();
+    for r in 1..=last {
+        for success in [false, true] {
+            order.extend((0..reqs.len()).filter(|&i| {
+                rounds[i] == Some(r) && (reqs[i].change.new == TaskStatus::Succeeded) == success
+            }));
+        }
+    }
+    order.extend((0..reqs.len()).filter(|&i| rounds[i].is_none()));
+    order
+}
+
+fn outcome(r: &Result<Applied>) -> String {
+    match r {
+        Ok(a) => format!("{a:?}"),
+        Err(e) => format!("{:?}: {}", e.code, e.message),
+    }
+}
+
+/// What the two databases must agree on (clocks aside: a P task has a `pending_since`, a task
+/// that started running has a `run_started_at`).
+async fn state(c: &tokio_postgres::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in c
+        .query(
+            "SELECT format('task %s %s w=%s hidden=%s retry=%s count=%s prev=%s d=%s/%s/%s run=%s pending=%s',
+                           task_id, status, worker_id, hidden, retry, retry_count, previous_task_id,
+                           download_duration, run_duration, upload_duration,
+                           run_started_at IS NOT NULL,
+                           CASE WHEN status = 'P' THEN pending_since IS NOT NULL END)
+               FROM task ORDER BY task_id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        out.push(row.get(0));
+    }
+    for row in c
+        .query(
+            "SELECT format('dep %s<-%s', dependent_task_id, prerequisite_task_id)
+               FROM task_dependencies ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        out.push(row.get(0));
+    }
+    for row in c
+        .query(
+            "SELECT format('worker %s active=%s', worker_id, last_activity_at IS NOT NULL)
+               FROM worker ORDER BY worker_id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        out.push(row.get(0));
+    }
+    out
+}
+
+/// No pending task is below its (step, shard) claim cursor: a claim finds every one.
+async fn cursors_reach_every_pending_task(c: &tokio_postgres::Client, what: &str) {
+    let missed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM task t JOIN assign_cursor a
+                 ON a.step_key = COALESCE(t.step_id, 0) AND a.shard = t.shard
+              WHERE t.status = 'P' AND NOT t.hidden AND a.next_task_id > t.task_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rows = c
+        .query(
+            "SELECT format('%s %s %s', t.task_id, t.status, t.shard) FROM task t ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let cur = c
+        .query(
+            "SELECT format('%s->%s', shard, next_task_id) FROM assign_cursor ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        missed,
+        0,
+        "pending tasks below their cursor, {what} {:?} {:?}",
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>(),
+        cur.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn every_batch_does_what_the_one_by_one_path_does_in_its_serial_order() {
+    let pg = postgres().await;
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let (url_ref, url_batch) = (pg.fresh_db().await, pg.fresh_db().await);
+        let (c_ref, c_batch) = (pg.connect(&url_ref).await, pg.connect(&url_batch).await);
+        let sql = fixture(&mut rng);
+        c_ref.batch_execute(&sql).await.unwrap();
+        c_batch.batch_execute(&sql).await.unwrap();
+        let (db_ref, db_batch) = (
+            Db::connect(&url_ref, 2).unwrap(),
+            Db::connect(&url_batch, 2).unwrap(),
+        );
+        let loop_client = db_batch.client().await.unwrap();
+        let batches = 1 + rng.below(4);
+        for b in 0..batches {
+            let n = 1 + rng.below(8);
+            let reqs: Vec<StatusRequest> = (0..n).map(|_| update(&mut rng)).collect();
+            let what: Vec<String> = reqs
+                .iter()
+                .map(|r| format!("{}{}", r.change.new.letter(), r.task_id))
+                .collect();
+            let what = format!("seed {seed}, batch {b}: {}", what.join(" "));
+            let mut expected: Vec<Option<String>> = vec![None; n];
+            for i in serial_order(&reqs) {
+                let r = &reqs[i];
+                let c = &r.change;
+                let d = c.duration.map(|(_, d)| d);
+                let got = update_status(&db_ref, SHARDS, r.task_id, c.new, d, c.free_retry).await;
+                expected[i] = Some(outcome(&got));
+            }
+            let answers = status_batch(&loop_client, &db_batch, SHARDS, &reqs)
+                .await
+                .unwrap_or_else(|e| panic!("batch failed: {e}, {what}"));
+            let answers: Vec<Option<String>> = answers.iter().map(|a| Some(outcome(a))).collect();
+            assert_eq!(answers, expected, "answers, {what}");
+            assert_eq!(state(&c_batch).await, state(&c_ref).await, "state, {what}");
+            cursors_reach_every_pending_task(&c_batch, &what).await;
+            cursors_reach_every_pending_task(&c_ref, &what).await;
+        }
+    }
+}
+
+#[test]
+fn rounds_keep_each_task_in_order_and_failures_go_one_by_one() {
+    let r = |task_id, s| StatusRequest::new(task_id, s, None, false).unwrap();
+    use TaskStatus::*;
+    let reqs = [
+        r(1, Accepted),
+        r(2, Running),
+        r(1, Running),
+        r(2, Failed),
+        r(2, Pending),
+        r(1, Succeeded),
+        r(3, Succeeded),
+    ];
+    assert_eq!(
+        plan_rounds(&reqs),
+        vec![Some(1), Some(1), Some(2), None, None, Some(3), Some(1)]
+    );
+    assert_eq!(serial_order(&reqs), vec![0, 1, 6, 2, 5, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_form_batches_and_keep_every_rule() {
+    let pg = postgres().await;
+    // A replica of its own process: its metrics count this test's updates alone.
+    let r = start_replicas(&pg.fresh_db().await, &["status-batch"], &[])
+        .await
+        .remove(0);
+    let mut c = r.worker();
+    // 200 prerequisites, one dependent each: dependents are promoted as their prerequisite succeeds.
+    let mut pairs = Vec::new();
+    for i in 0..200 {
+        let pre = submit(&mut c, task(&format!("pre {i}"))).await;
+        let mut dep = task(&format!("dep {i}"));
+        dep.dependency = vec![pre];
+        let dep = submit(&mut c, dep).await;
+        pairs.push((pre, dep));
+    }
+    let before = r.metrics().await;
+    let updates = pairs.iter().map(|&(pre, _)| {
+        let mut c = r.worker();
+        async move {
+            for s in ["C", "R", "R", "U", "S"] {
+                c.update_task_status(pb::TaskStatusUpdate {
+                    task_id: pre,
+                    new_status: s.into(),
+                    duration: Some(3),
+                    free_retry: None,
+                })
+                .await
+                .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(updates).await;
+    let after = r.metrics().await;
+    let tasks = c
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    for (pre, dep) in &pairs {
+        let pre = tasks.iter().find(|t| t.task_id == *pre).unwrap();
+        let dep = tasks.iter().find(|t| t.task_id == *dep).unwrap();
+        assert_eq!(pre.status, "S");
+        assert_eq!(dep.status, "P", "dependent promoted");
+    }
+    let batches = metric(&after, "taskqueue_batch_size_count{kind=\"status\"}")
+        - metric(&before, "taskqueue_batch_size_count{kind=\"status\"}");
+    let served = metric(&after, "taskqueue_batch_size_sum{kind=\"status\"}")
+        - metric(&before, "taskqueue_batch_size_sum{kind=\"status\"}");
+    assert_eq!(served, 1000.0, "every update went through the batcher");
+    assert!(
+        batches < 1000.0,
+        "{batches} batches for 1000 concurrent updates: none formed"
+    );
+    // Same-status updates are idempotent successes; hidden and unknown tasks are refused.
+    let same = c
+        .update_task_status(pb::TaskStatusUpdate {
+            task_id: pairs[0].0,
+            new_status: "S".into(),
+            duration: None,
+            free_retry: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same.success);
+    let unknown = c
+        .update_task_status(pb::TaskStatusUpdate {
+            task_id: 999_999,
+            new_status: "R".into(),
+            duration: None,
+            free_retry: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert_eq!(unknown.message(), "task 999999 not found");
+    let assigned = c
+        .update_task_status(pb::TaskStatusUpdate {
+            task_id: pairs[0].1,
+            new_status: "A".into(),
+            duration: None,
+            free_retry: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(assigned.code(), tonic::Code::InvalidArgument);
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
