@@ -397,9 +397,10 @@ static REWEIGH: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Re-targets a worker to another step with a new concurrency and prefetch, rescaling the weights
-/// of the tasks it holds (`TaskStatus::REWEIGHED_ON_RECYCLE`: A, C, R, D, U) by new/old so they keep their share of the machine. Takes
-/// the worker's lock (the one its pings take) and re-checks, under it, that the worker is still R
-/// on the step the plan saw with the concurrency it saw; false (nothing done) otherwise.
+/// of the tasks it holds (`TaskStatus::REWEIGHED_ON_RECYCLE`: A, C, R, D, U) by new/old so they
+/// keep their share of the machine. Takes the worker's lock (the one its pings take) and
+/// re-checks, under it, that the worker is still R on the step the plan saw with the concurrency
+/// it saw; false (nothing done) otherwise.
 pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
