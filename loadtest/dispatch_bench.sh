@@ -24,8 +24,8 @@
 # ours, the limit or peer of the same run, the ratio; and one JSON line (`BENCH_JSON {…}`).
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
-#        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf of a replica's idle pings),
-#        PROFILE_SECONDS, PROFILE_DIR)
+#        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
+#        pg_stat_statements of the idle and lifecycle phases), PROFILE_SECONDS, PROFILE_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,7 +73,7 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then as_pg=(runuser -u postgres --); mkdir -p "$work/pg" && chown postgres "$work/pg"; fi
 pgport=$(free_port)
-# PROFILE=1: pg_stat_statements says which statements PostgreSQL's CPU goes to (idle-ping phase).
+# PROFILE=1: pg_stat_statements says which statements PostgreSQL's CPU goes to (idle and lifecycle phases).
 pg_profile=()
 if [ "$PROFILE" = 1 ]; then pg_profile=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all); fi
 "${as_pg[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
@@ -90,9 +90,12 @@ psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d taskqueue -qAt 
 # --- replicas ----------------------------------------------------------------------------------
 targets=()
 rpids=()
+mports=()
 for i in $(seq "$REPLICAS"); do
   port=$(free_port)
-  TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen off \
+  mport=$(free_port)
+  mports+=("$mport")
+  TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
     --worker-token "$TOKEN" --admin-password bench --data-dir "$work/r$i" --db-pool-size 24 >"$work/r$i.log" 2>&1 &
   pids+=($!)
   rpids+=($!)
@@ -117,6 +120,48 @@ cpu_end() {
   s1=$(python3 loadtest/cpu.py "${cpu_pids[@]}"); p1=$(python3 loadtest/cpu.py --tree "$pgpid")
   python3 -c "import sys; print('{\"servers\": %.2f, \"postgres\": %.2f}' % (float(sys.argv[1]) - float(sys.argv[2]), float(sys.argv[3]) - float(sys.argv[4])))" \
     "$s1" "$cpu_s0" "$p1" "$cpu_p0"
+}
+# PROFILE=1, around a phase: profile_start NAME … profile_stop NAME writes to $PROFILE_DIR
+# NAME-replica.top.txt (perf of one replica), NAME-pg.top.txt (perf of the whole PostgreSQL
+# cluster: its processes as they are at the start, pooled backends included), NAME-pg-kinds.json
+# (the cluster's CPU by process kind: client backends, autovacuum, walwriter, …) and
+# NAME-pg-statements.txt (pg_stat_statements: by total execution time, nested statements of
+# plpgsql functions included). perf runs from 2 s in for $PROFILE_SECONDS (a sixth of a phase).
+profile_start() {
+  [ "$PROFILE" = 1 ] || return 0
+  mkdir -p "$PROFILE_DIR"
+  local secs=${PROFILE_SECONDS:-$((PHASE / 6 + 1))} children
+  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/$1-replica.perf.data" -- sleep "$secs" \
+     >"$PROFILE_DIR/$1-perf-record.log" 2>&1) &
+  perf_job=$!
+  children=$(pgrep -d, -P "$pgpid" || true)
+  (sleep 2; perf record -g -F 499 -p "$pgpid,$children" -o "$PROFILE_DIR/$1-pg.perf.data" -- sleep "$secs" \
+     >"$PROFILE_DIR/$1-perf-record-pg.log" 2>&1) &
+  perf_pg_job=$!
+  psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+  kinds0=$(python3 loadtest/cpu.py --by-kind "$pgpid")
+}
+profile_stop() {
+  [ "$PROFILE" = 1 ] || return 0
+  local kinds1 d=$PROFILE_DIR
+  kinds1=$(python3 loadtest/cpu.py --by-kind "$pgpid")
+  python3 -c 'import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2]); print(json.dumps({k: round(b.get(k,0)-a.get(k,0),2) for k in sorted(set(a)|set(b))}))' \
+    "$kinds0" "$kinds1" >"$d/$1-pg-kinds.json"
+  echo "PostgreSQL CPU of the phase by process kind (s): $(cat "$d/$1-pg-kinds.json")"
+  wait "$perf_job" "$perf_pg_job" || true
+  perf report -i "$d/$1-replica.perf.data" --stdio --no-children --percent-limit 1 -g none 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -40 >"$d/$1-replica.top.txt" || true
+  perf report -i "$d/$1-pg.perf.data" --stdio --children --percent-limit 3 -g none --sort sym 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -60 >"$d/$1-pg.top.txt" || true
+  echo "profiles: $d/$1-replica.top.txt, $d/$1-pg.top.txt (with children: planner vs executor); perf.data beside them"
+  head -20 "$d/$1-replica.top.txt"; head -30 "$d/$1-pg.top.txt"
+  psql_ -F ' | ' -c "SELECT round(total_exec_time)::bigint AS ms, calls, rows,
+                            round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
+                            left(regexp_replace(query, '\s+', ' ', 'g'), 140)
+                       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+    >"$d/$1-pg-statements.txt" || true
+  echo "PostgreSQL statements of the phase (ms | calls | rows | µs/call | query): $d/$1-pg-statements.txt"
+  cat "$d/$1-pg-statements.txt"
 }
 results="$work/results"
 mkdir -p "$results"
@@ -167,37 +212,13 @@ assigned_per_s=$(json "$assign" 'round(assigning_pings_per_s)')
 
 echo "== idle pings of full workers ($WORKERS workers each holding 1 task, ${PHASE}s)"
 reset_tasks; load_tasks "$WORKERS"
-if [ "$PROFILE" = 1 ]; then
-  # A profile of one replica's idle pings, from 2 s in for a third of the phase ($PROFILE_SECONDS).
-  mkdir -p "$PROFILE_DIR"
-  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/idle-replica.perf.data" -- sleep "${PROFILE_SECONDS:-$((PHASE / 6 + 1))}" \
-     >"$PROFILE_DIR/perf-record.log" 2>&1) &
-  perf_job=$!
-fi
-if [ "$PROFILE" = 1 ]; then
-  psql_ -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
-fi
+profile_start "idle"
 cpu_begin "${rpids[@]}"
 idle_full=$(sim --workers "$WORKERS" --concurrency 1 --lifecycle none --ping-interval 0s --duration "$((PHASE / 2))s" --prefix f)
 cpu_idle_full=$(cpu_end)
+profile_stop "idle"
 echo "$idle_full"; echo "cpu $cpu_idle_full"
 save idle_full "$idle_full"; save cpu_idle_full "$cpu_idle_full"
-if [ "$PROFILE" = 1 ]; then
-  wait "$perf_job" || true
-  perf report -i "$PROFILE_DIR/idle-replica.perf.data" --stdio --no-children --percent-limit 1 -g none 2>/dev/null \
-    | grep -v '^#' | grep -v '^$' | head -40 >"$PROFILE_DIR/idle-replica.top.txt" || true
-  echo "profile of a replica's idle pings: $PROFILE_DIR/idle-replica.top.txt (perf.data beside it)"
-  head -25 "$PROFILE_DIR/idle-replica.top.txt"
-  # Where PostgreSQL's time went in that phase: the statements by total execution time (all
-  # databases, nested statements of plpgsql functions included), with calls and rows.
-  psql_ -F ' | ' -c "SELECT round(total_exec_time)::bigint AS ms, calls, rows,
-                            round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call,
-                            left(regexp_replace(query, '\s+', ' ', 'g'), 140)
-                       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
-    >"$PROFILE_DIR/idle-pg-statements.txt" || true
-  echo "PostgreSQL statements of the idle phase (ms | calls | rows | µs/call | query): $PROFILE_DIR/idle-pg-statements.txt"
-  cat "$PROFILE_DIR/idle-pg-statements.txt"
-fi
 
 echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
 read -r lo hi < <(psql_ -F ' ' -c "SELECT min(worker_id), max(worker_id) FROM worker")
@@ -244,10 +265,28 @@ kill "$bare_pid" 2>/dev/null || true
 echo "== full lifecycle: $LIFE_WORKERS workers × 4, draining $TASKS standing tasks, each: a ping, C, O, R, U, S"
 reset_tasks; load_tasks "$TASKS"
 cpu_begin "${rpids[@]}"
+batch_sizes() { # requests per batch so far, per kind, summed over the replicas: {"ping": [sum, count], …}
+  python3 -c '
+import json, re, sys, urllib.request
+t = {}
+text = "".join(urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10).read().decode() for p in sys.argv[1:])
+for line in text.splitlines():
+    m = re.match(r"taskqueue_batch_size_(sum|count)\{kind=\"(\w+)\"\} (\S+)", line)
+    if m:
+        t.setdefault(m[2], [0, 0])[m[1] == "count"] += float(m[3])
+print(json.dumps(t))' "${mports[@]}"
+}
+sizes0=$(batch_sizes)
+profile_start "life"
 life=$(sim --workers "$LIFE_WORKERS" --concurrency 4 --lifecycle nominal --ping-interval 1s --ping-on-finish \
            --stop-after-finished "$TASKS" --duration 600s --prefix l)
 cpu_life=$(cpu_end)
+profile_stop "life"
 echo "$life"; echo "cpu $cpu_life"
+echo "requests per batch in the lifecycle phase (batches): $(python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(", ".join(f"{k} {(v[0] - a.get(k, [0, 0])[0]) / max(1, v[1] - a.get(k, [0, 0])[1]):.1f} ({v[1] - a.get(k, [0, 0])[1]:.0f})" for k, v in sorted(b.items())))' "$sizes0" "$(batch_sizes)")"
 save life "$life"; save cpu_life "$cpu_life"
 
 if [ "$PEER" = 1 ]; then

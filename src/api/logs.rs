@@ -38,37 +38,24 @@ pub async fn stream_task_logs_output(
     state: &AppState,
     request: Request<pb::TaskId>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
-    let user_id = Caller::of(&request).user_id();
-    follow(
-        state,
-        request.into_inner().task_id,
-        LogStream::Stdout,
-        user_id,
-    )
-    .await
+    follow(state, request, LogStream::Stdout).await
 }
 
 pub async fn stream_task_logs_err(
     state: &AppState,
     request: Request<pb::TaskId>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
-    let user_id = Caller::of(&request).user_id();
-    follow(
-        state,
-        request.into_inner().task_id,
-        LogStream::Stderr,
-        user_id,
-    )
-    .await
+    follow(state, request, LogStream::Stderr).await
 }
 
 /// One TaskLog per line, with the `log_type` name the original sends ("stdout"/"stderr").
 async fn follow(
     state: &AppState,
-    task_id: i32,
+    request: Request<pb::TaskId>,
     stream: LogStream,
-    user_id: Option<i32>,
 ) -> Result<BoxStream<'static, Result<pb::TaskLog, Status>>> {
+    let user_id = Caller::of(&request).user_id();
+    let task_id = request.into_inner().task_id;
     let lines = state.logs.follow(task_id, stream, user_id).await?;
     Ok(lines
         .map(move |line| {

@@ -279,16 +279,11 @@ pub struct Pings {
 impl Pings {
     /// `loops` batch loops (0: no batching) of at most `max` pings each.
     pub fn start(db: Db, cfg: DispatchConfig, loops: usize, max: usize) -> Pings {
-        let batcher = (loops > 0).then(|| {
-            let batch = BatchConfig {
-                kind: PING_BATCH_KIND,
-                op: Op::PingBatch,
-                loops,
-                max,
-                queue_wait: super::POOL_WAIT,
-            };
-            Batcher::start(db.clone(), batch, PingBatch { cfg })
-        });
+        let batcher = Batcher::start_unless_off(
+            db.clone(),
+            BatchConfig::requests(PING_BATCH_KIND, Op::PingBatch, loops, max),
+            PingBatch { cfg },
+        );
         Pings { db, cfg, batcher }
     }
 

@@ -67,23 +67,14 @@ pub struct StatusUpdates {
 impl StatusUpdates {
     /// `loops` batch loops (0: no batching) of at most `max` updates each.
     pub fn start(db: Db, shards: u16, loops: usize, max: usize) -> StatusUpdates {
-        let batcher = (loops > 0).then(|| {
-            let batch = BatchConfig {
-                kind: STATUS_BATCH_KIND,
-                op: Op::StatusBatch,
-                loops,
-                max,
-                queue_wait: super::POOL_WAIT,
-            };
-            Batcher::start(
-                db.clone(),
-                batch,
-                StatusBatch {
-                    db: db.clone(),
-                    shards,
-                },
-            )
-        });
+        let batcher = Batcher::start_unless_off(
+            db.clone(),
+            BatchConfig::requests(STATUS_BATCH_KIND, Op::StatusBatch, loops, max),
+            StatusBatch {
+                db: db.clone(),
+                shards,
+            },
+        );
         StatusUpdates {
             db,
             shards,

@@ -70,23 +70,14 @@ pub struct Submissions {
 impl Submissions {
     /// `loops` batch loops (0: no batching) of at most `max` submissions each.
     pub fn start(db: Db, shards: u16, loops: usize, max: usize) -> Submissions {
-        let batcher = (loops > 0).then(|| {
-            let batch = BatchConfig {
-                kind: SUBMIT_BATCH_KIND,
-                op: Op::SubmitBatch,
-                loops,
-                max,
-                queue_wait: super::POOL_WAIT,
-            };
-            Batcher::start(
-                db.clone(),
-                batch,
-                SubmitBatch {
-                    db: db.clone(),
-                    shards,
-                },
-            )
-        });
+        let batcher = Batcher::start_unless_off(
+            db.clone(),
+            BatchConfig::requests(SUBMIT_BATCH_KIND, Op::SubmitBatch, loops, max),
+            SubmitBatch {
+                db: db.clone(),
+                shards,
+            },
+        );
         Submissions {
             db,
             shards,

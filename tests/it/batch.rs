@@ -72,6 +72,7 @@ fn config(loops: usize, max: usize) -> BatchConfig {
         loops,
         max,
         queue_wait: Duration::from_secs(10),
+        generic_plans: false,
     }
 }
 
@@ -412,4 +413,54 @@ async fn measure_idle_pings() {
         );
         r.stop().await.unwrap();
     }
+}
+
+/// Answers each request with the loop connection's `plan_cache_mode` and backend pid.
+struct PlanMode;
+
+#[async_trait::async_trait]
+impl BatchFn<i32, (String, i32)> for PlanMode {
+    async fn run(&self, client: &mut Client, reqs: &[i32]) -> Result<Vec<(String, i32)>> {
+        let row = client
+            .query_one(
+                "SELECT current_setting('plan_cache_mode'), pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(reqs.iter().map(|_| (row.get(0), row.get(1))).collect())
+    }
+}
+
+#[tokio::test]
+async fn generic_plans_stay_on_the_loops_connection() {
+    let db = Db::connect(&postgres().await.fresh_db().await, 2).unwrap();
+    let b = Batcher::start(
+        db.clone(),
+        BatchConfig {
+            generic_plans: true,
+            ..config(1, 16)
+        },
+        PlanMode,
+    );
+    let (mode, pid) = b.submit(1).await.unwrap();
+    assert_eq!(mode, "force_generic_plan");
+    let (_, again) = b.submit(2).await.unwrap();
+    assert_eq!(again, pid, "the loop keeps its connection");
+    b.shutdown().await;
+    // Every connection the pool hands out afterwards plans as usual: the loop's was closed.
+    for _ in 0..2 {
+        let c = db.client().await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT current_setting('plan_cache_mode'), pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "auto");
+        assert_ne!(row.get::<_, i32>(1), pid);
+    }
+    let without = Batcher::start(db.clone(), config(1, 16), PlanMode);
+    assert_eq!(without.submit(1).await.unwrap().0, "auto");
+    without.shutdown().await;
 }
