@@ -12,10 +12,13 @@
 //! re-checked: a task a status update holds is left for the next round, so the sweep never waits
 //! on, nor deadlocks with, the request path.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 use super::logs::{LogStream, append_system_line};
 use super::tasks::rewind_cursors;
+use crate::domain::status::{TaskStatus, sql_list};
 use crate::error::Result;
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -39,8 +42,10 @@ const CLASSIFY_ALL: &str = "
      LIMIT $1::bigint";
 
 // The same, for the waiting dependents of prerequisites that settled (S, or F not hidden) at or
-// after $2.
-const CLASSIFY_SINCE: &str = "
+// after $2 (`TaskStatus::SETTLED`, through `task_settled_idx`).
+static CLASSIFY_SINCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     SELECT task_id, cause FROM (
         SELECT t.task_id,
                COALESCE(bool_and(p.status = 'S'), true) AS ready,
@@ -51,13 +56,16 @@ const CLASSIFY_SINCE: &str = "
           LEFT JOIN task p ON p.task_id = d.prerequisite_task_id
          WHERE t.task_id IN (SELECT e.dependent_task_id
                                FROM task s JOIN task_dependencies e ON e.prerequisite_task_id = s.task_id
-                              WHERE s.status IN ('S', 'F') AND NOT s.hidden AND s.modified_at >= $2)
+                              WHERE s.status IN ({settled}) AND NOT s.hidden AND s.modified_at >= $2)
            AND t.status = 'W' AND NOT t.hidden
          GROUP BY t.task_id
     ) v
      WHERE v.ready OR v.cause IS NOT NULL
      ORDER BY task_id
-     LIMIT $1::bigint";
+     LIMIT $1::bigint",
+        settled = sql_list(TaskStatus::SETTLED),
+    )
+});
 
 /// Which waiting tasks a round looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +140,7 @@ pub async fn sweep_round(tx: &Tx<'_>, scope: Scope, limit: i64) -> Result<Round>
             tx.query(&stmt, &[&limit]).await
         }
         Scope::SettledSince(since) => {
-            let stmt = tx.prepare_cached(CLASSIFY_SINCE).await?;
+            let stmt = tx.prepare_cached(&CLASSIFY_SINCE).await?;
             tx.query(&stmt, &[&limit, &since]).await
         }
     }?;

@@ -24,7 +24,7 @@ use super::locks::{NS_SHARD, NS_WORKER};
 use super::tasks::{TASK_COLUMNS, task_from_row};
 use super::{Client, Db, Op, retry_allowed};
 use crate::domain::dispatch::{self, HeldTask, WorkerSnapshot};
-use crate::domain::status::{TaskStatus, WorkerStatus};
+use crate::domain::status::{TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 
@@ -50,12 +50,14 @@ pub struct PingAnswer {
     pub claimed_waits: Vec<f64>,
 }
 
-/// The tasks a worker holds, in the statuses a ping reports (built once, not per ping).
+/// The tasks a worker holds, in the statuses a ping reports (`dispatch::REPORTED`; built once,
+/// not per ping).
 static HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
-          WHERE t.worker_id = $1 AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V')
-          ORDER BY t.task_id"
+          WHERE t.worker_id = $1 AND t.status IN ({reported})
+          ORDER BY t.task_id",
+        reported = sql_list(dispatch::REPORTED),
     )
 });
 
@@ -66,13 +68,16 @@ static HELD: LazyLock<String> = LazyLock::new(|| {
 /// per-shard probe of the claim (a subplan set up on every execution) made the read of every idle
 /// ping 15–30 % slower. A "maybe" that the claim then does not find (tasks below a shard's cursor
 /// before their rescan is due) only costs that ping its second round trip. (`room >= 1` is the
-/// capacity rule of `free_capacity` / `tq_free_capacity`, which decide how many.)
-const SNAPSHOT: &str = "
+/// capacity rule of `free_capacity` / `tq_free_capacity`, which decide how many; the statuses are
+/// `WorkerStatus::TAKES_TASKS` and `TaskStatus::HOLDING_CAPACITY`.)
+static SNAPSHOT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     SELECT w.status, w.concurrency, w.prefetch,
            EXTRACT(EPOCH FROM clock_timestamp() - w.last_ping_at)::double precision AS ping_age,
            EXTRACT(EPOCH FROM clock_timestamp() - s.updated_at)::double precision AS stats_age,
            h.held,
-           CASE WHEN w.status IN ('R', 'O')
+           CASE WHEN w.status IN ({takes_tasks})
                  AND GREATEST(w.concurrency, 0) + GREATEST(w.prefetch, 0) - h.held + 0.01 >= 1
                 THEN EXISTS (SELECT 1 FROM task t
                               WHERE COALESCE(t.step_id, 0) = COALESCE(w.step_id, 0) AND t.status = 'P')
@@ -80,8 +85,12 @@ const SNAPSHOT: &str = "
       FROM worker w
       LEFT JOIN worker_stats s ON s.worker_id = w.worker_id
      CROSS JOIN LATERAL (SELECT COALESCE(sum(t.weight), 0)::double precision AS held FROM task t
-                          WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R')) h
-     WHERE w.worker_id = $1";
+                          WHERE t.worker_id = w.worker_id AND t.status IN ({holding})) h
+     WHERE w.worker_id = $1",
+        takes_tasks = sql_list(WorkerStatus::TAKES_TASKS),
+        holding = sql_list(TaskStatus::HOLDING_CAPACITY),
+    )
+});
 
 /// The write side of a ping, server-side (schema/0004_ping.sql); one row, `status` NULL for an
 /// unknown worker.
@@ -99,8 +108,9 @@ static SNAPSHOTS: LazyLock<String> = LazyLock::new(|| {
 static HELD_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
-          WHERE t.worker_id = ANY($1) AND t.status IN ('A', 'C', 'D', 'R', 'U', 'V')
-          ORDER BY t.worker_id, t.task_id"
+          WHERE t.worker_id = ANY($1) AND t.status IN ({reported})
+          ORDER BY t.worker_id, t.task_id",
+        reported = sql_list(dispatch::REPORTED),
     )
 });
 
@@ -183,7 +193,7 @@ pub async fn ping(
         .run(Op::Ping, |c| {
             async move {
                 let (snap_stmt, held_stmt) =
-                    try_join(c.prepare_cached(SNAPSHOT), c.prepare_cached(&HELD)).await?;
+                    try_join(c.prepare_cached(&SNAPSHOT), c.prepare_cached(&HELD)).await?;
                 let (snap, held) = try_join(
                     c.query_opt(&snap_stmt, &[&worker_id]),
                     c.query(&held_stmt, &[&worker_id]),
@@ -191,10 +201,7 @@ pub async fn ping(
                 .await?;
                 let (snapshot, maybe_pending) = snapshot_from(snap, worker_id)?;
                 let plan = dispatch::plan_ping(&snapshot, has_stats, cfg.last_ping_write_interval);
-                let idle = plan.back_online.is_none()
-                    && !plan.touch_last_ping
-                    && !plan.store_stats
-                    && (plan.claim == 0 || maybe_pending == Some(false));
+                let idle = plan.is_idle(maybe_pending);
                 Ok(idle.then(|| answer(snapshot.concurrency, &held, Vec::new())))
             }
             .scope_boxed()
@@ -376,11 +383,7 @@ pub async fn ping_batch(
             continue;
         };
         let plan = dispatch::plan_ping(snapshot, r.stats.is_some(), cfg.last_ping_write_interval);
-        let idle = plan.back_online.is_none()
-            && !plan.touch_last_ping
-            && !plan.store_stats
-            && (plan.claim == 0 || *maybe_pending == Some(false));
-        if idle {
+        if plan.is_idle(*maybe_pending) {
             let rows = held.get(&r.worker_id).copied().unwrap_or_default();
             out[i] = Some(Ok(answer(snapshot.concurrency, rows, Vec::new())));
         } else {

@@ -9,6 +9,7 @@
 //! lease expired (its replica died) completes once.
 
 use std::net::IpAddr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -19,7 +20,7 @@ use super::{Db, Op};
 use crate::config::Providers as ProvidersConfig;
 use crate::domain::catalog::FlavorSpec;
 use crate::domain::quota::{self, Quota, Usage};
-use crate::domain::status::{JobAction, JobStatus, WorkerStatus};
+use crate::domain::status::{JobAction, JobStatus, TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -226,14 +227,28 @@ pub async fn create_workers(
     .await
 }
 
+/// The tasks a worker holds that are not finished (`TaskStatus::ON_WORKER`, not hidden).
+static UNFINISHED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
+            AND status IN ({on_worker}) ORDER BY task_id",
+        on_worker = sql_list(TaskStatus::ON_WORKER),
+    )
+});
+
+/// An open delete job of the worker (`JobStatus::OPEN`).
+static OPEN_DELETE_JOB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT job_id FROM job WHERE worker_id = $1 AND action = 'D' AND status IN ({open})
+          ORDER BY job_id LIMIT 1",
+        open = sql_list(JobStatus::OPEN),
+    )
+});
+
 /// Fails, with a free retry, the tasks a worker holds that are not finished.
 async fn release_tasks(tx: &Tx<'_>, shards: u16, worker_id: i32, reason: &str) -> Result<Vec<i32>> {
     let ids: Vec<i32> = tx
-        .query(
-            "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
-                AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
-            &[&worker_id],
-        )
+        .query(UNFINISHED.as_str(), &[&worker_id])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -293,11 +308,7 @@ pub async fn schedule_worker_deletion(
         return Ok(Deletion::Deleted);
     }
     if let Some(open) = tx
-        .query_opt(
-            "SELECT job_id FROM job WHERE worker_id = $1 AND action = 'D' AND status IN ('P', 'R')
-              ORDER BY job_id LIMIT 1",
-            &[&worker_id],
-        )
+        .query_opt(OPEN_DELETE_JOB.as_str(), &[&worker_id])
         .await?
     {
         return Ok(Deletion::AlreadyScheduled {
@@ -307,8 +318,9 @@ pub async fn schedule_worker_deletion(
     tx.execute(
         &format!(
             "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ('P', 'R')",
-            log_append(2)
+              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
+            log_append(2),
+            open = sql_list(JobStatus::OPEN),
         ),
         &[&worker_id, &"canceled: the worker is being deleted"],
     )
@@ -352,8 +364,9 @@ pub async fn remove_undeployed(
     tx.execute(
         &format!(
             "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ('P', 'R')",
-            log_append(2)
+              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
+            log_append(2),
+            open = sql_list(JobStatus::OPEN),
         ),
         &[&worker_id, &"canceled: the worker was deleted"],
     )
@@ -754,14 +767,17 @@ pub async fn finish(
     Ok(Finished::Done(finished))
 }
 
+/// Open jobs (`JobStatus::OPEN`) by (action, status).
+static OPEN_JOB_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT action, status, count(*) FROM job WHERE status IN ({open}) GROUP BY 1, 2",
+        open = sql_list(JobStatus::OPEN),
+    )
+});
+
 /// Open jobs by (action, status), for the leader's gauges.
 pub async fn open_job_counts(tx: &Tx<'_>) -> Result<Vec<(String, String, i64)>> {
-    let rows = tx
-        .query(
-            "SELECT action, status, count(*) FROM job WHERE status IN ('P', 'R') GROUP BY 1, 2",
-            &[],
-        )
-        .await?;
+    let rows = tx.query(OPEN_JOB_COUNTS.as_str(), &[]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

@@ -18,6 +18,8 @@ pub mod ownership;
 pub mod recruiters;
 pub mod secrets;
 pub mod status_batch;
+#[cfg(test)]
+mod status_sets;
 pub mod submit_batch;
 pub mod tasks;
 pub mod templates;

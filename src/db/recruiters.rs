@@ -4,6 +4,7 @@
 
 use crate::domain::ownership::Owner;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use scoped_futures::ScopedFutureExt as _;
 
@@ -11,7 +12,7 @@ use super::locks::NS_WORKER;
 use super::{Db, Op, pg_error};
 use crate::domain::limits;
 use crate::domain::recruitment::{Candidate, Recycle, Resources, Sizing, validate_settings};
-use crate::domain::status::RecyclableScope;
+use crate::domain::status::{RecyclableScope, TaskStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -270,9 +271,14 @@ pub struct RecruiterState {
     pub timer_elapsed: f64,
 }
 
-/// Load of a worker: Σ weight of its tasks holding capacity (A, C, D, O, R).
-const LOAD: &str = "(SELECT COALESCE(sum(t.weight), 0) FROM task t
-                      WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R'))";
+/// Load of a worker: Σ weight of its tasks holding capacity (`TaskStatus::HOLDING_CAPACITY`).
+static LOAD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "(SELECT COALESCE(sum(t.weight), 0) FROM task t
+                      WHERE t.worker_id = w.worker_id AND t.status IN ({holding}))",
+        holding = sql_list(TaskStatus::HOLDING_CAPACITY),
+    )
+});
 
 /// Every recruiter with its step's pending count, free slots and workers (those being deleted
 /// excluded), ordered by (step, rank).
@@ -280,13 +286,14 @@ pub async fn states(tx: &Tx<'_>) -> Result<Vec<RecruiterState>> {
     let sql = format!(
         "SELECT {cols}, s.workflow_id, rc.disabled_reason,
                 (SELECT count(*) FROM task t WHERE t.step_id = rc.step_id AND t.status = 'P') AS pending,
-                (SELECT COALESCE(sum(GREATEST(w.concurrency - {LOAD}, 0)), 0)::float8
+                (SELECT COALESCE(sum(GREATEST(w.concurrency - {load}, 0)), 0)::float8
                    FROM worker w WHERE w.step_id = rc.step_id AND w.status <> 'D') AS free_rate,
                 (SELECT count(*) FROM worker w WHERE w.step_id = rc.step_id AND w.status <> 'D') AS workers,
                 EXTRACT(EPOCH FROM now() - GREATEST(COALESCE(rc.active_since, now()), rc.last_deploy_at))::float8
                     AS elapsed
            FROM recruiter rc JOIN step s ON s.step_id = rc.step_id
           ORDER BY rc.step_id, rc.rank",
+        load = *LOAD,
         cols = COLUMNS
             .split(',')
             .map(|c| format!("rc.{}", c.trim()))
@@ -314,14 +321,16 @@ pub async fn candidates(tx: &Tx<'_>, offers: &[(i32, i32)]) -> Result<Vec<Candid
     let regions: Vec<i32> = offers.iter().map(|o| o.1).collect();
     let sql = format!(
         "SELECT w.worker_id, w.step_id, s.workflow_id, w.flavor_id, w.region_id, f.cpu, f.mem, f.disk,
-                w.concurrency, {LOAD}::float8 AS load, w.recyclable_scope
+                w.concurrency, {load}::float8 AS load, w.recyclable_scope
            FROM worker w
            JOIN flavor f ON f.flavor_id = w.flavor_id
            JOIN unnest($1::int4[], $2::int4[]) AS o(flavor_id, region_id)
              ON o.flavor_id = w.flavor_id AND o.region_id = w.region_id
            LEFT JOIN step s ON s.step_id = w.step_id
-          WHERE w.status = 'R' AND w.recyclable_scope IN ('G', 'W')
-          ORDER BY w.worker_id"
+          WHERE w.status = 'R' AND w.recyclable_scope IN ({recyclable})
+          ORDER BY w.worker_id",
+        load = *LOAD,
+        recyclable = sql_list(RecyclableScope::RECYCLABLE),
     );
     let rows = tx.query(sql.as_str(), &[&flavors, &regions]).await?;
     rows.iter()
@@ -378,10 +387,20 @@ pub async fn workflow_counters(
         .collect())
 }
 
+/// Rescales the weights of a recycled worker's tasks (`TaskStatus::REWEIGHED_ON_RECYCLE`) by $2.
+static REWEIGH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE task SET weight = weight * $2
+          WHERE worker_id = $1 AND status IN ({reweighed}) AND NOT hidden",
+        reweighed = sql_list(TaskStatus::REWEIGHED_ON_RECYCLE),
+    )
+});
+
 /// Re-targets a worker to another step with a new concurrency and prefetch, rescaling the weights
-/// of the tasks it holds (A, C, R, D, U) by new/old so they keep their share of the machine. Takes
-/// the worker's lock (the one its pings take) and re-checks, under it, that the worker is still R
-/// on the step the plan saw with the concurrency it saw; false (nothing done) otherwise.
+/// of the tasks it holds (`TaskStatus::REWEIGHED_ON_RECYCLE`: A, C, R, D, U) by new/old so they
+/// keep their share of the machine. Takes the worker's lock (the one its pings take) and
+/// re-checks, under it, that the worker is still R on the step the plan saw with the concurrency
+/// it saw; false (nothing done) otherwise.
 pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
@@ -400,12 +419,8 @@ pub async fn recycle(tx: &Tx<'_>, r: &Recycle) -> Result<bool> {
     }
     if r.new_concurrency != r.old_concurrency && r.old_concurrency > 0 {
         let factor = f64::from(r.new_concurrency) / f64::from(r.old_concurrency);
-        tx.execute(
-            "UPDATE task SET weight = weight * $2
-              WHERE worker_id = $1 AND status IN ('A', 'C', 'R', 'D', 'U') AND NOT hidden",
-            &[&r.worker_id, &factor],
-        )
-        .await?;
+        tx.execute(REWEIGH.as_str(), &[&r.worker_id, &factor])
+            .await?;
     }
     tx.execute(
         "UPDATE worker SET step_id = $2, concurrency = $3, prefetch = $4 WHERE worker_id = $1",
@@ -490,28 +505,39 @@ pub async fn disable(tx: &Tx<'_>, r: &Recruiter, reason: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Visible tasks not yet terminal, by status letter (an index scan of `task_status_idx` over live
-/// tasks only: terminal tasks are never read).
-const TASK_COUNTS: &str = "
+/// Visible tasks in flight (`TaskStatus::IN_FLIGHT`), by status letter (an index scan of
+/// `task_status_idx` over live tasks only: terminal tasks are never read).
+static TASK_COUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     SELECT status, count(*) FROM task
-     WHERE NOT hidden AND status IN ('W', 'P', 'A', 'C', 'D', 'O', 'R', 'U', 'V')
-     GROUP BY status";
+     WHERE NOT hidden AND status IN ({in_flight})
+     GROUP BY status",
+        in_flight = sql_list(TaskStatus::IN_FLIGHT),
+    )
+});
 
 /// Running workers that hold no task and could take one (capacity > 0) while tasks of their step
-/// are pending: what a dispatch that keeps up should bring to zero at their next ping.
-const IDLE_ELIGIBLE: &str = "
+/// are pending: what a dispatch that keeps up should bring to zero at their next ping ("hold no
+/// task": none holding capacity, `TaskStatus::HOLDING_CAPACITY`).
+static IDLE_ELIGIBLE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     SELECT count(*) FROM worker w
      WHERE w.status = 'R' AND w.concurrency + w.prefetch > 0
        AND NOT EXISTS (SELECT 1 FROM task t
-                        WHERE t.worker_id = w.worker_id AND t.status IN ('A', 'C', 'D', 'O', 'R'))
+                        WHERE t.worker_id = w.worker_id AND t.status IN ({holding}))
        AND EXISTS (SELECT 1 FROM task p
-                    WHERE COALESCE(p.step_id, 0) = COALESCE(w.step_id, 0) AND p.status = 'P')";
+                    WHERE COALESCE(p.step_id, 0) = COALESCE(w.step_id, 0) AND p.status = 'P')",
+        holding = sql_list(TaskStatus::HOLDING_CAPACITY),
+    )
+});
 
 /// Queue gauges published by the leader: tasks by status, and idle workers with pending work.
 pub async fn queue_counts(tx: &Tx<'_>) -> Result<(Vec<(String, i64)>, i64)> {
-    let rows = tx.query(TASK_COUNTS, &[]).await?;
+    let rows = tx.query(TASK_COUNTS.as_str(), &[]).await?;
     let tasks = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let idle = tx.query_one(IDLE_ELIGIBLE, &[]).await?;
+    let idle = tx.query_one(IDLE_ELIGIBLE.as_str(), &[]).await?;
     Ok((tasks, idle.get(0)))
 }
 

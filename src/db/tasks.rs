@@ -523,7 +523,7 @@ pub async fn fail_with_free_retry(
             .await?;
         let Some(row) = row else { continue };
         let status = parse_status(row.get(0))?;
-        if row.get::<_, bool>(1) || matches!(status, TaskStatus::Succeeded | TaskStatus::Failed) {
+        if row.get::<_, bool>(1) || status.is_settled() {
             continue;
         }
         append_system_line(tx, id, LogStream::Stderr, reason).await?;

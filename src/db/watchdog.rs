@@ -7,10 +7,12 @@
 //! Pings hold `pg_advisory_xact_lock(NS_WORKER, worker_id)` while they write; the offline
 //! transition skips a worker whose ping is in flight (it is alive), and deletion waits for it.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::locks::NS_WORKER;
-use crate::error::Result;
+use crate::domain::status::{TaskStatus, WorkerStatus, sql_case, sql_list};
+use crate::error::{Error, Result};
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
@@ -36,18 +38,21 @@ pub struct Timeouts {
 pub struct WentOffline {
     pub worker_id: i32,
     pub worker_name: String,
-    pub from: String,
-    pub to: String,
+    pub from: WorkerStatus,
+    pub to: WorkerStatus,
 }
 
 // The workers that stopped pinging, whose ping is not in flight (try-lock, after selecting, so only
 // candidates are locked), moved to the offline form of their status; the UPDATE re-checks the
 // clock on the current row. An operator's pause survives: P→Q (a ping brings back P), never P→O.
 // Installing workers (I, a VM being deployed) get the new-worker clock instead of the offline one.
-const MARK_OFFLINE: &str = "
+// The statuses are `WorkerStatus::GOES_OFFLINE`, the new one `WorkerStatus::gone_offline`.
+static MARK_OFFLINE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     WITH stale AS MATERIALIZED (
         SELECT worker_id, status FROM worker
-         WHERE status IN ('R', 'P', 'F', 'I')
+         WHERE status IN ({goes_offline})
            AND COALESCE(last_ping_at, created_at)
                < now() - make_interval(secs => CASE WHEN status = 'I' THEN $2::float8 ELSE $1::float8 END)
          ORDER BY worker_id
@@ -56,18 +61,22 @@ const MARK_OFFLINE: &str = "
         SELECT worker_id, status FROM stale WHERE pg_try_advisory_xact_lock($4::integer, worker_id)
     )
     UPDATE worker w
-       SET status = CASE w.status WHEN 'R' THEN 'O' WHEN 'P' THEN 'Q' WHEN 'F' THEN 'L' ELSE 'O' END,
+       SET status = {gone_offline},
            offline_since = now()
       FROM unlocked u
      WHERE w.worker_id = u.worker_id
-       AND w.status IN ('R', 'P', 'F', 'I')
+       AND w.status IN ({goes_offline})
        AND COALESCE(w.last_ping_at, w.created_at)
            < now() - make_interval(secs => CASE WHEN w.status = 'I' THEN $2::float8 ELSE $1::float8 END)
-    RETURNING w.worker_id, w.worker_name, u.status AS old_status, w.status";
+    RETURNING w.worker_id, w.worker_name, u.status AS old_status, w.status",
+        goes_offline = sql_list(WorkerStatus::GOES_OFFLINE),
+        gone_offline = sql_case("w.status", WorkerStatus::ALL, WorkerStatus::gone_offline),
+    )
+});
 
 /// Moves up to `limit` workers that stopped pinging to O/Q/L and stamps `offline_since`.
 pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<WentOffline>> {
-    let stmt = tx.prepare_cached(MARK_OFFLINE).await?;
+    let stmt = tx.prepare_cached(&MARK_OFFLINE).await?;
     let rows = tx
         .query(
             &stmt,
@@ -79,15 +88,20 @@ pub async fn mark_offline(tx: &Tx<'_>, t: &Timeouts, limit: i64) -> Result<Vec<W
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| WentOffline {
-            worker_id: r.get(0),
-            worker_name: r.get(1),
-            from: r.get::<_, String>(2).trim().to_string(),
-            to: r.get::<_, String>(3).trim().to_string(),
+    let status = |s: String| {
+        WorkerStatus::parse(s.trim())
+            .map_err(|e| Error::internal(format!("stored worker status: {e}")))
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(WentOffline {
+                worker_id: r.get(0),
+                worker_name: r.get(1),
+                from: status(r.get(2))?,
+                to: status(r.get(3))?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Why a worker is due for deletion.
@@ -121,33 +135,42 @@ pub struct Due {
 }
 
 // Tasks of a worker: busy = running or uploading (never idle); warm = assigned, accepted,
-// downloading or waiting for a slot (idle, with a longer threshold).
-const DUE_FOR_DELETION: &str = "
+// downloading or waiting for a slot (idle, with a longer threshold): `TaskStatus::BUSY` and
+// `TaskStatus::WARM`; lost = offline (`WorkerStatus::OFFLINE`) for the lost timeout.
+static DUE_FOR_DELETION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     SELECT w.worker_id, w.worker_name, p.provider_name,
-           (w.status IN ('O', 'Q', 'L')
+           (w.status IN ({offline})
             AND COALESCE(w.offline_since, w.last_ping_at, w.created_at) < now() - make_interval(secs => $5::float8)) AS lost
       FROM worker w
       LEFT JOIN region r ON r.region_id = w.region_id
       LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
       LEFT JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
      CROSS JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE t.status IN ('R', 'U', 'V')) AS busy,
-               count(*) FILTER (WHERE t.status IN ('A', 'C', 'D', 'O')) AS warm,
-               COALESCE(max(t.download_timeout) FILTER (WHERE t.status IN ('A', 'C', 'D', 'O')), 0) AS longest_download
+        SELECT count(*) FILTER (WHERE t.status IN ({busy})) AS busy,
+               count(*) FILTER (WHERE t.status IN ({warm})) AS warm,
+               COALESCE(max(t.download_timeout) FILTER (WHERE t.status IN ({warm})), 0) AS longest_download
           FROM task t
          WHERE t.worker_id = w.worker_id AND NOT t.hidden
-           AND t.status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V')
+           AND t.status IN ({on_worker})
      ) held
      WHERE NOT w.is_permanent AND w.status <> 'D'
        AND ($6::integer IS NULL OR w.worker_id = $6)
-       AND ((w.status IN ('O', 'Q', 'L')
+       AND ((w.status IN ({offline})
              AND COALESCE(w.offline_since, w.last_ping_at, w.created_at) < now() - make_interval(secs => $5::float8))
          OR (held.busy = 0
              AND COALESCE(w.last_activity_at, w.created_at) < now() - make_interval(secs =>
                    CASE WHEN w.last_activity_at IS NULL THEN $2::float8 ELSE $1::float8 END
                  + CASE WHEN held.warm > 0 THEN greatest($3::float8, held.longest_download) ELSE 0 END)))
      ORDER BY w.worker_id
-     LIMIT $4::bigint";
+     LIMIT $4::bigint",
+        offline = sql_list(WorkerStatus::OFFLINE),
+        busy = sql_list(TaskStatus::BUSY),
+        warm = sql_list(TaskStatus::WARM),
+        on_worker = sql_list(TaskStatus::ON_WORKER),
+    )
+});
 
 /// Non-permanent workers due for deletion (all, or only `only`), at most `limit`.
 pub async fn due_for_deletion(
@@ -156,7 +179,7 @@ pub async fn due_for_deletion(
     only: Option<i32>,
     limit: i64,
 ) -> Result<Vec<Due>> {
-    let stmt = tx.prepare_cached(DUE_FOR_DELETION).await?;
+    let stmt = tx.prepare_cached(&DUE_FOR_DELETION).await?;
     let rows = tx
         .query(
             &stmt,
@@ -195,15 +218,18 @@ pub async fn lock_worker(tx: &Tx<'_>, worker_id: i32) -> Result<()> {
     Ok(())
 }
 
+/// The unfinished tasks a worker holds (`TaskStatus::ON_WORKER`; not hidden).
+static HELD_TASKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
+            AND status IN ({on_worker}) ORDER BY task_id",
+        on_worker = sql_list(TaskStatus::ON_WORKER),
+    )
+});
+
 /// The unfinished tasks a worker holds (A, C, D, O, R, U, V; not hidden).
 pub async fn held_tasks(tx: &Tx<'_>, worker_id: i32) -> Result<Vec<i32>> {
-    let rows = tx
-        .query(
-            "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
-                AND status IN ('A', 'C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
-            &[&worker_id],
-        )
-        .await?;
+    let rows = tx.query(HELD_TASKS.as_str(), &[&worker_id]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -1,12 +1,14 @@
 //! Workers (`worker`, `worker_stats`, and the local flavors RegisterSpecifications creates):
 //! registration, specifications, listing, updates, statuses and stats.
 
+use std::sync::LazyLock;
+
 use prost::Message as _;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::{Db, Op};
 use crate::domain::limits;
-use crate::domain::status::{RecyclableScope, WorkerStatus};
+use crate::domain::status::{RecyclableScope, TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 
@@ -33,6 +35,16 @@ pub struct Registered {
 const FIND_REGION: &str = "
     SELECT r.region_id FROM region r JOIN provider p ON p.provider_id = r.provider_id
      WHERE p.provider_name || '.' || p.config_name = $1 AND r.region_name = $2";
+
+/// The tasks a worker that registers again still holds (`TaskStatus::HELD_BY_WORKER`, not
+/// hidden): they are failed with a free retry.
+static RECLAIMED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
+            AND status IN ({held}) ORDER BY task_id",
+        held = sql_list(TaskStatus::HELD_BY_WORKER),
+    )
+});
 
 /// RegisterWorker: a new name gets a new worker in status R; a known name (a VM the server created,
 /// or a worker that restarted) keeps its row and settings, comes back to R, and the tasks it was
@@ -71,11 +83,7 @@ pub async fn register(db: &Db, shards: u16, reg: &Registration) -> Result<Regist
                 .await?
                 .get(0);
             let reclaimed: Vec<i32> = tx
-                .query(
-                    "SELECT task_id FROM task WHERE worker_id = $1 AND NOT hidden
-                        AND status IN ('C', 'D', 'O', 'R', 'U', 'V') ORDER BY task_id",
-                    &[&worker_id],
-                )
+                .query(RECLAIMED.as_str(), &[&worker_id])
                 .await?
                 .iter()
                 .map(|r| r.get(0))

@@ -4,9 +4,10 @@
 
 use crate::domain::ownership::Owner;
 use scoped_futures::ScopedFutureExt as _;
+use std::sync::LazyLock;
 
 use super::{Db, Op, pg_error};
-use crate::domain::status::RunStrategy;
+use crate::domain::status::{RunStrategy, TaskStatus, sql_list};
 use crate::error::{Code, Error, Result};
 use crate::proto as pb;
 
@@ -217,8 +218,12 @@ pub async fn delete_step(db: &Db, step_id: i32) -> Result<()> {
 
 /// One aggregate over the tasks of the selected steps (the original's semantics):
 /// buckets count non-hidden tasks; `failed` counts retried (hidden) failures and `really_failed`
-/// final ones; accumulators are count/sum/min/max in seconds (0 for an empty set).
-const STEP_STATS: &str = "
+/// final ones; accumulators are count/sum/min/max in seconds (0 for an empty set). Buckets:
+/// `TaskStatus::PENDING_OR_INACTIVE`, `WARM` (accepted), `UPLOADING`; `ok` is `RUN_SUCCEEDED`, `ko`
+/// `RUN_FAILED`, uploads and the end time `SETTLED`.
+static STEP_STATS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "
     WITH chosen AS (
         SELECT s.step_id, s.step_name FROM step s
          WHERE ($1::integer IS NULL OR s.workflow_id = $1)
@@ -227,21 +232,21 @@ const STEP_STATS: &str = "
     SELECT c.step_id, c.step_name,
         count(t.task_id) FILTER (WHERE NOT t.hidden)                                   AS total,
         count(*) FILTER (WHERE NOT t.hidden AND t.status = 'W')                        AS waiting,
-        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ('P', 'I'))                AS pending,
-        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ('A', 'C', 'D', 'O'))      AS accepted,
+        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ({pending}))                AS pending,
+        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ({warm}))      AS accepted,
         count(*) FILTER (WHERE NOT t.hidden AND t.status = 'R')                        AS running,
-        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ('U', 'V'))                AS uploading,
+        count(*) FILTER (WHERE NOT t.hidden AND t.status IN ({uploading}))                AS uploading,
         count(*) FILTER (WHERE NOT t.hidden AND t.status = 'S')                        AS successful,
         count(*) FILTER (WHERE t.hidden AND t.status = 'F')                            AS failed,
         count(*) FILTER (WHERE NOT t.hidden AND t.status = 'F')                        AS really_failed,
-        count(*) FILTER (WHERE t.status IN ('U', 'S'))                                 AS ok_n,
-        COALESCE(sum(t.run_duration) FILTER (WHERE t.status IN ('U', 'S')), 0)::float8 AS ok_sum,
-        COALESCE(min(t.run_duration) FILTER (WHERE t.status IN ('U', 'S')), 0)::float8 AS ok_min,
-        COALESCE(max(t.run_duration) FILTER (WHERE t.status IN ('U', 'S')), 0)::float8 AS ok_max,
-        count(*) FILTER (WHERE t.status IN ('V', 'F') AND t.run_started_at IS NOT NULL) AS ko_n,
-        COALESCE(sum(t.run_duration) FILTER (WHERE t.status IN ('V', 'F') AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_sum,
-        COALESCE(min(t.run_duration) FILTER (WHERE t.status IN ('V', 'F') AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_min,
-        COALESCE(max(t.run_duration) FILTER (WHERE t.status IN ('V', 'F') AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_max,
+        count(*) FILTER (WHERE t.status IN ({run_ok}))                                 AS ok_n,
+        COALESCE(sum(t.run_duration) FILTER (WHERE t.status IN ({run_ok})), 0)::float8 AS ok_sum,
+        COALESCE(min(t.run_duration) FILTER (WHERE t.status IN ({run_ok})), 0)::float8 AS ok_min,
+        COALESCE(max(t.run_duration) FILTER (WHERE t.status IN ({run_ok})), 0)::float8 AS ok_max,
+        count(*) FILTER (WHERE t.status IN ({run_ko}) AND t.run_started_at IS NOT NULL) AS ko_n,
+        COALESCE(sum(t.run_duration) FILTER (WHERE t.status IN ({run_ko}) AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_sum,
+        COALESCE(min(t.run_duration) FILTER (WHERE t.status IN ({run_ko}) AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_min,
+        COALESCE(max(t.run_duration) FILTER (WHERE t.status IN ({run_ko}) AND t.run_started_at IS NOT NULL), 0)::float8 AS ko_max,
         count(*) FILTER (WHERE t.status = 'R' AND t.run_started_at IS NOT NULL)         AS run_n,
         COALESCE(sum(EXTRACT(EPOCH FROM now() - t.run_started_at)) FILTER (WHERE t.status = 'R'), 0)::float8 AS run_sum,
         COALESCE(min(EXTRACT(EPOCH FROM now() - t.run_started_at)) FILTER (WHERE t.status = 'R'), 0)::float8 AS run_min,
@@ -250,17 +255,25 @@ const STEP_STATS: &str = "
         COALESCE(sum(t.download_duration) FILTER (WHERE t.download_duration > 0), 0)::float8 AS dl_sum,
         COALESCE(min(t.download_duration) FILTER (WHERE t.download_duration > 0), 0)::float8 AS dl_min,
         COALESCE(max(t.download_duration) FILTER (WHERE t.download_duration > 0), 0)::float8 AS dl_max,
-        count(*) FILTER (WHERE t.status IN ('S', 'F') AND t.upload_duration > 0)        AS ul_n,
-        COALESCE(sum(t.upload_duration) FILTER (WHERE t.status IN ('S', 'F') AND t.upload_duration > 0), 0)::float8 AS ul_sum,
-        COALESCE(min(t.upload_duration) FILTER (WHERE t.status IN ('S', 'F') AND t.upload_duration > 0), 0)::float8 AS ul_min,
-        COALESCE(max(t.upload_duration) FILTER (WHERE t.status IN ('S', 'F') AND t.upload_duration > 0), 0)::float8 AS ul_max,
+        count(*) FILTER (WHERE t.status IN ({settled}) AND t.upload_duration > 0)        AS ul_n,
+        COALESCE(sum(t.upload_duration) FILTER (WHERE t.status IN ({settled}) AND t.upload_duration > 0), 0)::float8 AS ul_sum,
+        COALESCE(min(t.upload_duration) FILTER (WHERE t.status IN ({settled}) AND t.upload_duration > 0), 0)::float8 AS ul_min,
+        COALESCE(max(t.upload_duration) FILTER (WHERE t.status IN ({settled}) AND t.upload_duration > 0), 0)::float8 AS ul_max,
         min(EXTRACT(EPOCH FROM t.run_started_at) - t.download_duration)::bigint        AS start_time,
         max(EXTRACT(EPOCH FROM t.run_started_at) + t.run_duration + t.upload_duration)
-            FILTER (WHERE t.status IN ('S', 'F'))::bigint                              AS end_time,
+            FILTER (WHERE t.status IN ({settled}))::bigint                              AS end_time,
         EXTRACT(EPOCH FROM now())::integer                                             AS eval_time
       FROM chosen c LEFT JOIN task t ON t.step_id = c.step_id
      GROUP BY c.step_id, c.step_name
-     ORDER BY c.step_id";
+     ORDER BY c.step_id",
+        pending = sql_list(TaskStatus::PENDING_OR_INACTIVE),
+        warm = sql_list(TaskStatus::WARM),
+        uploading = sql_list(TaskStatus::UPLOADING),
+        run_ok = sql_list(TaskStatus::RUN_SUCCEEDED),
+        run_ko = sql_list(TaskStatus::RUN_FAILED),
+        settled = sql_list(TaskStatus::SETTLED),
+    )
+});
 
 fn accum(r: &tokio_postgres::Row, prefix: &str) -> pb::Accum {
     let f = |s: &str| r.get::<_, f64>(format!("{prefix}_{s}").as_str()) as f32;
@@ -280,7 +293,7 @@ pub async fn step_stats(
 ) -> Result<Vec<pb::StepStats>> {
     db.run(Op::StepStats, |c| {
         async move {
-            let stmt = c.prepare_cached(STEP_STATS).await?;
+            let stmt = c.prepare_cached(&STEP_STATS).await?;
             let rows = c.query(&stmt, &[&workflow_id, &step_ids]).await?;
             let n = |r: &tokio_postgres::Row, c: &str| r.get::<_, i64>(c) as i32;
             Ok(rows

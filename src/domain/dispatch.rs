@@ -48,6 +48,17 @@ impl PingPlan {
     pub fn writes(&self) -> bool {
         self.claim > 0 || self.back_online.is_some() || self.touch_last_ping || self.store_stats
     }
+
+    /// Whether the ping is idle — answered from its reads alone, nothing written and no second
+    /// round trip: it has nothing to write, and nothing to claim (no room, or `maybe_pending`, the
+    /// snapshot's probe of the worker's queue, found no pending task: `Some(false)`; `None`, not
+    /// probed, counts as "maybe").
+    pub fn is_idle(&self, maybe_pending: Option<bool>) -> bool {
+        self.back_online.is_none()
+            && !self.touch_last_ping
+            && !self.store_stats
+            && (self.claim == 0 || maybe_pending == Some(false))
+    }
 }
 
 /// Inputs of `plan_ping`, read from the worker row in one query.
@@ -72,8 +83,8 @@ pub fn plan_ping(
     last_ping_write_interval: Duration,
 ) -> PingPlan {
     let back_online = w.status.back_online();
-    let effective = back_online.unwrap_or(w.status);
-    let claim = if effective == WorkerStatus::Ready {
+    // R, or O coming back to R (`WorkerStatus::TAKES_TASKS`).
+    let claim = if w.status.takes_tasks() {
         free_capacity(w.concurrency, w.prefetch, w.held_weight)
     } else {
         0
@@ -223,6 +234,39 @@ mod tests {
         stale.stats_age = None;
         let p = plan_ping(&stale, true, iv);
         assert!(p.touch_last_ping && p.store_stats);
+    }
+
+    #[test]
+    fn idle_pings() {
+        let iv = Duration::from_secs(10);
+        let mut full = snapshot(WorkerStatus::Ready);
+        full.held_weight = 3.0;
+        let p = plan_ping(&full, true, iv);
+        for probe in [None, Some(true), Some(false)] {
+            assert!(
+                p.is_idle(probe),
+                "no room, nothing to write: idle ({probe:?})"
+            );
+        }
+        let room = plan_ping(&snapshot(WorkerStatus::Ready), true, iv);
+        assert!(room.claim > 0);
+        assert!(room.is_idle(Some(false)), "room but nothing pending: idle");
+        assert!(!room.is_idle(Some(true)) && !room.is_idle(None));
+        let back = plan_ping(&snapshot(WorkerStatus::Quarantined), false, iv);
+        assert!(!back.is_idle(Some(false)), "coming back online writes");
+        let mut stale = snapshot(WorkerStatus::Paused);
+        stale.last_ping_age = None;
+        assert!(
+            !plan_ping(&stale, false, iv).is_idle(Some(false)),
+            "liveness write"
+        );
+        let mut no_stats = snapshot(WorkerStatus::Paused);
+        no_stats.stats_age = None;
+        assert!(
+            !plan_ping(&no_stats, true, iv).is_idle(Some(false)),
+            "first stats"
+        );
+        assert!(plan_ping(&no_stats, false, iv).is_idle(None));
     }
 
     #[test]

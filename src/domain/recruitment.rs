@@ -296,7 +296,7 @@ fn recyclable(s: &Snapshot) -> Vec<Candidate> {
         let idle_enough = c.concurrency > 0
             && c.load < f64::from(c.concurrency)
             && c.load / f64::from(c.concurrency) < BUSY_FRACTION;
-        let scope_ok = matches!(c.scope, RecyclableScope::Global | RecyclableScope::Workflow);
+        let scope_ok = c.scope.is_recyclable();
         if !(idle_enough && scope_ok && wanted.contains(&(c.flavor_id, c.region_id))) {
             continue;
         }

@@ -13,6 +13,7 @@ use super::{LeaderContext, LeaderLoop};
 use crate::config::Config;
 use crate::db::watchdog::{self as sql, Due, Timeouts, WentOffline};
 use crate::db::{Op, jobs};
+use crate::domain::status::WorkerStatus;
 use crate::error::Result;
 use crate::telemetry::metrics as m;
 
@@ -69,7 +70,7 @@ pub async fn run_once(ctx: &LeaderContext) -> Result<Report> {
         })
         .await?;
     for w in &went_offline {
-        counter!(m::WATCHDOG_TRANSITIONS, "to" => status_label(&w.to)).increment(1);
+        counter!(m::WATCHDOG_TRANSITIONS, "to" => status_label(w.to)).increment(1);
         tracing::info!(worker_id = w.worker_id, worker = %w.worker_name, from = %w.from, to = %w.to, "worker stopped pinging: offline");
     }
     let mut report = Report {
@@ -160,12 +161,11 @@ pub async fn delete_worker(ctx: &LeaderContext, worker_id: i32) -> Result<Deleti
     .await
 }
 
-/// The metric label of an offline status (a closed set).
-fn status_label(status: &str) -> &'static str {
-    match status {
-        "O" => "O",
-        "Q" => "Q",
-        "L" => "L",
-        _ => "other",
+/// The metric label of an offline status (a closed set: `WorkerStatus::OFFLINE`, else "other").
+fn status_label(status: WorkerStatus) -> &'static str {
+    if status.is_offline() {
+        status.letter()
+    } else {
+        "other"
     }
 }

@@ -84,7 +84,7 @@ async fn workers_that_stop_pinging_go_offline_and_an_operator_pause_survives() {
     let moved: Vec<(i32, String, String)> = report
         .went_offline
         .iter()
-        .map(|m| (m.worker_id, m.from.clone(), m.to.clone()))
+        .map(|m| (m.worker_id, m.from.letter().into(), m.to.letter().into()))
         .collect();
     assert_eq!(
         moved,
