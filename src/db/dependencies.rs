@@ -21,7 +21,7 @@ use super::tasks::rewind_cursors;
 use crate::domain::status::{TaskStatus, sql_list};
 use crate::error::Result;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 // Per waiting task: are all its prerequisites S (true as well when it has none left), and the
 // lowest prerequisite failed for good, if any. Only tasks with something to do are returned.

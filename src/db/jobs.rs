@@ -23,7 +23,7 @@ use crate::domain::quota::{self, Quota, Usage};
 use crate::domain::status::{JobAction, JobStatus, TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 /// Attempts a job gets after its first (the original's 3).
 pub const JOB_RETRIES: i32 = 3;

@@ -1,5 +1,13 @@
 //! The only module that touches tokio-postgres/deadpool: the pool, the transaction helper, SQLSTATE
 //! mapping, migrations, the embedded PostgreSQL, and one file of queries per table family.
+//!
+//! A deliberate shape: db/ holds *transaction scripts*. Each public function is one unit of work
+//! against the database (its SQL, its parameters, its row mapping, in one [`Db::tx`] or
+//! [`Db::run`]), and every decision in it that is not a query — which transition is allowed, what
+//! an idle ping is, which statuses hold capacity — is a pure rule of `domain/` that the script
+//! calls (the status sets are rendered into the SQL from `domain::status`). There is no ORM and no
+//! repository layer: what a script does to the tables is read in one place. A
+//! `tokio_postgres::Error` becomes the crate's [`Error`] through `?` (`From`, by [`pg_error`]).
 
 pub mod batch;
 pub mod catalog;
@@ -40,6 +48,9 @@ use tokio_postgres::error::SqlState;
 
 use crate::error::{Code, Error, Result};
 use crate::telemetry::metrics as m;
+
+/// The transaction a multi-statement script runs in (see [`Db::tx`]).
+pub type Tx<'a> = Transaction<'a>;
 
 /// What a transaction is for: the label of its duration metric (a closed set, so label cardinality is
 /// fixed) and the name in its tracing span.
@@ -231,7 +242,7 @@ impl Db {
     /// it may borrow from the caller and from `tx`.
     pub async fn tx<'env, T, F>(&self, op: Op, mut f: F) -> Result<T>
     where
-        F: for<'a> FnMut(&'a Transaction<'a>) -> ScopedBoxFuture<'env, 'a, Result<T>> + Send + 'env,
+        F: for<'a> FnMut(&'a Tx<'a>) -> ScopedBoxFuture<'env, 'a, Result<T>> + Send + 'env,
         T: Send + 'env,
     {
         let start = Instant::now();

@@ -15,7 +15,7 @@ use crate::domain::recruitment::{Candidate, Recycle, Resources, Sizing, validate
 use crate::domain::status::{RecyclableScope, TaskStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 /// A recruiter's settings, as the API carries them.
 #[derive(Debug, Clone, PartialEq, Default)]

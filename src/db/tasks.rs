@@ -23,7 +23,7 @@ use crate::error::{Code, Error, Result};
 use crate::proto as pb;
 use crate::telemetry::metrics as m;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 /// Columns of a task as the API shows it (`pb::Task`), from `task t LEFT JOIN step s`.
 pub const TASK_COLUMNS: &str =

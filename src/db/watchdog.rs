@@ -14,7 +14,7 @@ use super::locks::NS_WORKER;
 use crate::domain::status::{TaskStatus, WorkerStatus, sql_case, sql_list};
 use crate::error::{Error, Result};
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 /// The watchdog's clocks (the original's defaults: 30 s, 300 s, 900 s, 300 s, 600 s).
 #[derive(Debug, Clone, Copy, PartialEq)]

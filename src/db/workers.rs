@@ -12,7 +12,7 @@ use crate::domain::status::{RecyclableScope, TaskStatus, WorkerStatus, sql_list}
 use crate::error::{Error, Result};
 use crate::proto as pb;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use super::Tx;
 
 /// What RegisterWorker asks for.
 #[derive(Debug, Clone)]

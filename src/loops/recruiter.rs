@@ -24,7 +24,7 @@ use crate::domain::recruitment::{self, ActiveRecruiter, Offer, Resources, Snapsh
 use crate::error::{Code, Result};
 use crate::telemetry::metrics as m;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+use crate::db::Tx;
 
 /// Flavor offers considered per recruiter (cheapest first).
 const MAX_OFFERS: i64 = 1_000;
