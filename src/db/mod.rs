@@ -42,9 +42,10 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Transaction};
 use metrics::{counter, gauge, histogram};
-use scoped_futures::ScopedBoxFuture;
-use tokio_postgres::CancelToken;
+use scoped_futures::{ScopedBoxFuture, ScopedFutureExt as _};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{CancelToken, Row};
 
 use crate::error::{Code, Error, Result};
 use crate::telemetry::metrics as m;
@@ -287,6 +288,42 @@ impl Db {
             counter!(m::DB_TX_ERRORS, "op" => op.label()).increment(1);
         }
         result
+    }
+
+    /// One statement on a pooled connection, measured as `op`: how many rows it changed.
+    pub async fn execute(&self, op: Op, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.run(op, |c| {
+            async move { Ok(c.execute(sql, params).await?) }.scope_boxed()
+        })
+        .await
+    }
+
+    /// One query on a pooled connection, measured as `op`: its rows, each through `map`.
+    pub async fn query<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnMut(&Row) -> T + Send,
+    ) -> Result<Vec<T>> {
+        self.run(op, |c| {
+            async move { Ok(c.query(sql, params).await?.iter().map(map).collect()) }.scope_boxed()
+        })
+        .await
+    }
+
+    /// One query on a pooled connection, measured as `op`: its row if any, through `map`.
+    pub async fn query_opt<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T + Send,
+    ) -> Result<Option<T>> {
+        self.run(op, |c| {
+            async move { Ok(c.query_opt(sql, params).await?.as_ref().map(map)) }.scope_boxed()
+        })
+        .await
     }
 
     /// Publishes the pool's state as gauges (called before each metrics scrape).

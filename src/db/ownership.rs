@@ -3,7 +3,6 @@
 //! runs record theirs in `uploaded_by` / `run_by`. One query per kind of object; a missing object
 //! answers `None` (the RPC itself then says NotFound, or succeeds where deleting is idempotent).
 
-use scoped_futures::ScopedFutureExt as _;
 use tokio_postgres::types::ToSql;
 
 use super::{Db, Op};
@@ -51,23 +50,17 @@ const RUN_OWNER: &str =
 
 /// The owner of `object`; `None` when it does not exist.
 pub async fn owner(db: &Db, object: Object<'_>) -> Result<Option<Owner>> {
-    db.run(Op::Auth, |c| {
-        async move {
-            let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match &object {
-                Object::Workflow(id) => (WORKFLOW_OWNER, vec![id]),
-                Object::Step(id) => (STEP_OWNER, vec![id]),
-                Object::Task(id) => (TASK_OWNER, vec![id]),
-                Object::Recruiter { step_id, rank } => (RECRUITER_OWNER, vec![step_id, rank]),
-                Object::TemplateVersion { name, version } => (TEMPLATE_OWNER, vec![name, version]),
-                Object::TemplateRun(id) => (RUN_OWNER, vec![id]),
-            };
-            let row = c.query_opt(sql, &params).await?;
-            Ok(row.map(|r| Owner {
-                user_id: r.get(0),
-                worker_token: r.get(1),
-            }))
-        }
-        .scope_boxed()
+    let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match &object {
+        Object::Workflow(id) => (WORKFLOW_OWNER, vec![id]),
+        Object::Step(id) => (STEP_OWNER, vec![id]),
+        Object::Task(id) => (TASK_OWNER, vec![id]),
+        Object::Recruiter { step_id, rank } => (RECRUITER_OWNER, vec![step_id, rank]),
+        Object::TemplateVersion { name, version } => (TEMPLATE_OWNER, vec![name, version]),
+        Object::TemplateRun(id) => (RUN_OWNER, vec![id]),
+    };
+    db.query_opt(Op::Auth, sql, &params, |r| Owner {
+        user_id: r.get(0),
+        worker_token: r.get(1),
     })
     .await
 }
@@ -119,44 +112,32 @@ pub async fn region_placement(db: &Db, region_id: i32) -> Result<Option<Placemen
 /// Where a worker runs: `None` when there is no such worker, `Some(None)` for a worker that
 /// registered by itself without a flavor or region.
 pub async fn worker_placement(db: &Db, worker_id: i32) -> Result<Option<Option<Placement>>> {
-    db.run(Op::Auth, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT p.provider_name, p.config_name, r.region_name
-                       FROM worker w
-                       LEFT JOIN region r ON r.region_id = w.region_id
-                       LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
-                       LEFT JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
-                      WHERE w.worker_id = $1",
-                    &[&worker_id],
-                )
-                .await?;
-            Ok(row.map(|r| {
-                let provider: Option<String> = r.get(0);
-                provider.map(|provider| Placement {
-                    provider,
-                    config: r.get(1),
-                    region: r.get(2),
-                })
-            }))
-        }
-        .scope_boxed()
-    })
+    db.query_opt(
+        Op::Auth,
+        "SELECT p.provider_name, p.config_name, r.region_name
+           FROM worker w
+           LEFT JOIN region r ON r.region_id = w.region_id
+           LEFT JOIN flavor f ON f.flavor_id = w.flavor_id
+           LEFT JOIN provider p ON p.provider_id = COALESCE(r.provider_id, f.provider_id)
+          WHERE w.worker_id = $1",
+        &[&worker_id],
+        |r| {
+            let provider: Option<String> = r.get(0);
+            provider.map(|provider| Placement {
+                provider,
+                config: r.get(1),
+                region: r.get(2),
+            })
+        },
+    )
     .await
 }
 
 async fn placement(db: &Db, sql: &'static str, id: i32) -> Result<Option<Placement>> {
-    db.run(Op::Auth, |c| {
-        async move {
-            let row = c.query_opt(sql, &[&id]).await?;
-            Ok(row.map(|r| Placement {
-                provider: r.get(0),
-                config: r.get(1),
-                region: r.get(2),
-            }))
-        }
-        .scope_boxed()
+    db.query_opt(Op::Auth, sql, &[&id], |r| Placement {
+        provider: r.get(0),
+        config: r.get(1),
+        region: r.get(2),
     })
     .await
 }

@@ -38,19 +38,15 @@ pub struct Stored {
 
 /// Whether a template of this name and version exists.
 pub async fn exists(db: &Db, name: &str, version: &str) -> Result<bool> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT 1 FROM workflow_template WHERE name = $1 AND version = $2",
-                    &[&name, &version],
-                )
-                .await?;
-            Ok(row.is_some())
-        }
-        .scope_boxed()
-    })
-    .await
+    let row = db
+        .query_opt(
+            Op::Templates,
+            "SELECT 1 FROM workflow_template WHERE name = $1 AND version = $2",
+            &[&name, &version],
+            |_| (),
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 const INSERT_TEMPLATE: &str = "
@@ -135,20 +131,14 @@ pub async fn stored(db: &Db, template_id: i32) -> Result<Stored> {
 
 /// Every `"<provider>.<config>:<region>"` of the catalog, for `provider_region` parameters.
 pub async fn region_choices(db: &Db) -> Result<Vec<String>> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT p.provider_name || '.' || p.config_name || ':' || r.region_name
-                       FROM region r JOIN provider p ON p.provider_id = r.provider_id
-                      ORDER BY p.provider_id, r.region_id",
-                    &[],
-                )
-                .await?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Templates,
+        "SELECT p.provider_name || '.' || p.config_name || ':' || r.region_name
+           FROM region r JOIN provider p ON p.provider_id = r.provider_id
+          ORDER BY p.provider_id, r.region_id",
+        &[],
+        |r| r.get(0),
+    )
     .await
 }
 

@@ -81,21 +81,15 @@ pub async fn session_user(db: &Db, digest: &[u8; 32]) -> Result<Option<User>> {
 }
 
 pub async fn credentials(db: &Db, username: &str) -> Result<Option<Credentials>> {
-    db.run(Op::Login, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT user_id, password FROM scitq_user WHERE username = $1",
-                    &[&username],
-                )
-                .await?;
-            Ok(row.map(|r| Credentials {
-                user_id: r.get(0),
-                password_hash: r.get(1),
-            }))
-        }
-        .scope_boxed()
-    })
+    db.query_opt(
+        Op::Login,
+        "SELECT user_id, password FROM scitq_user WHERE username = $1",
+        &[&username],
+        |r| Credentials {
+            user_id: r.get(0),
+            password_hash: r.get(1),
+        },
+    )
     .await
 }
 
@@ -132,37 +126,27 @@ pub async fn create_scoped_session(
     run_id: Option<i32>,
 ) -> Result<()> {
     let ttl_secs = ttl.as_secs_f64();
-    db.run(Op::Templates, |c| {
-        async move {
-            c.execute(
-                "INSERT INTO scitq_user_session
-                        (token_sha256, user_id, expires_at, last_used, scoped, template_run_id)
-                 VALUES ($1, $2, now() + make_interval(secs => $3), now(), true, $4)",
-                &[&digest.as_slice(), &user_id, &ttl_secs, &run_id],
-            )
-            .await?;
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute(
+        Op::Templates,
+        "INSERT INTO scitq_user_session
+                (token_sha256, user_id, expires_at, last_used, scoped, template_run_id)
+         VALUES ($1, $2, now() + make_interval(secs => $3), now(), true, $4)",
+        &[&digest.as_slice(), &user_id, &ttl_secs, &run_id],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Deletes a session; true if there was one.
 pub async fn delete_session(db: &Db, digest: &[u8; 32]) -> Result<bool> {
-    db.run(Op::Login, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "DELETE FROM scitq_user_session WHERE token_sha256 = $1",
-                    &[&digest.as_slice()],
-                )
-                .await?;
-            Ok(n > 0)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Login,
+            "DELETE FROM scitq_user_session WHERE token_sha256 = $1",
+            &[&digest.as_slice()],
+        )
+        .await?;
+    Ok(n > 0)
 }
 
 /// Sets a new password hash and deletes the user's sessions but `keep` (the caller's own, if it
@@ -198,33 +182,23 @@ pub async fn set_password_revoking_sessions(
 /// Replaces the password hash `old` by `new` (the same password, hashed with argon2id), unless the
 /// password changed in between.
 pub async fn replace_password_hash(db: &Db, user_id: i32, old: &str, new: &str) -> Result<()> {
-    db.run(Op::Users, |c| {
-        async move {
-            c.execute(
-                "UPDATE scitq_user SET password = $3 WHERE user_id = $1 AND password = $2",
-                &[&user_id, &old, &new],
-            )
-            .await?;
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute(
+        Op::Users,
+        "UPDATE scitq_user SET password = $3 WHERE user_id = $1 AND password = $2",
+        &[&user_id, &old, &new],
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn set_password(db: &Db, user_id: i32, hash: &str) -> Result<()> {
-    db.run(Op::Users, |c| {
-        async move {
-            c.execute(
-                "UPDATE scitq_user SET password = $2 WHERE user_id = $1",
-                &[&user_id, &hash],
-            )
-            .await?;
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute(
+        Op::Users,
+        "UPDATE scitq_user SET password = $2 WHERE user_id = $1",
+        &[&user_id, &hash],
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn create_user(
@@ -256,19 +230,12 @@ pub async fn create_user(
 }
 
 pub async fn list_users(db: &Db) -> Result<Vec<User>> {
-    db.run(Op::Users, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT user_id, username, email, is_admin FROM scitq_user
-                      ORDER BY user_id LIMIT $1",
-                    &[&limits::LIST_USERS.max],
-                )
-                .await?;
-            Ok(rows.iter().map(user_from_row).collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Users,
+        "SELECT user_id, username, email, is_admin FROM scitq_user ORDER BY user_id LIMIT $1",
+        &[&limits::LIST_USERS.max],
+        user_from_row,
+    )
     .await
 }
 

@@ -54,28 +54,19 @@ pub async fn list_workflows(
     limit: Option<i64>,
     offset: i64,
 ) -> Result<Vec<pb::Workflow>> {
-    db.run(Op::Workflows, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT workflow_id, workflow_name, run_strategy, maximum_workers FROM workflow
-                      WHERE ($1::text IS NULL OR workflow_name ILIKE $1)
-                      ORDER BY workflow_id DESC LIMIT $2 OFFSET $3",
-                    &[&name_like, &limit, &offset],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| pb::Workflow {
-                    workflow_id: r.get(0),
-                    name: r.get(1),
-                    run_strategy: r.get(2),
-                    maximum_workers: r.get(3),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Workflows,
+        "SELECT workflow_id, workflow_name, run_strategy, maximum_workers FROM workflow
+          WHERE ($1::text IS NULL OR workflow_name ILIKE $1)
+          ORDER BY workflow_id DESC LIMIT $2 OFFSET $3",
+        &[&name_like, &limit, &offset],
+        |r| pb::Workflow {
+            workflow_id: r.get(0),
+            name: r.get(1),
+            run_strategy: r.get(2),
+            maximum_workers: r.get(3),
+        },
+    )
     .await
 }
 
@@ -201,19 +192,17 @@ pub async fn list_steps(
 
 /// DeleteStep: its tasks and recruiters go with it; its workers stay, without step.
 pub async fn delete_step(db: &Db, step_id: i32) -> Result<()> {
-    db.run(Op::Workflows, |c| {
-        async move {
-            let n = c
-                .execute("DELETE FROM step WHERE step_id = $1", &[&step_id])
-                .await?;
-            if n == 0 {
-                return Err(Error::not_found(format!("step {step_id} not found")));
-            }
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Workflows,
+            "DELETE FROM step WHERE step_id = $1",
+            &[&step_id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::not_found(format!("step {step_id} not found")));
+    }
+    Ok(())
 }
 
 /// One aggregate over the tasks of the selected steps (the original's semantics):
