@@ -193,51 +193,32 @@ impl FlavorCache {
 }
 
 pub async fn list_providers(db: &Db) -> Result<Vec<Provider>> {
-    db.run(Op::Catalog, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT provider_id, provider_name, config_name FROM provider
-                      ORDER BY provider_id LIMIT $1",
-                    &[&limits::LIST_PROVIDERS.max],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Provider {
-                    provider_id: r.get(0),
-                    provider_name: r.get(1),
-                    config_name: r.get(2),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Catalog,
+        "SELECT provider_id, provider_name, config_name FROM provider ORDER BY provider_id LIMIT $1",
+        &[&limits::LIST_PROVIDERS.max],
+        |r| Provider {
+            provider_id: r.get(0),
+            provider_name: r.get(1),
+            config_name: r.get(2),
+        },
+    )
     .await
 }
 
 pub async fn list_regions(db: &Db) -> Result<Vec<Region>> {
-    db.run(Op::Catalog, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT region_id, provider_id, region_name, is_default FROM region
-                      ORDER BY region_id LIMIT $1",
-                    &[&limits::LIST_REGIONS.max],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Region {
-                    region_id: r.get(0),
-                    provider_id: r.get(1),
-                    region_name: r.get(2),
-                    is_default: r.get(3),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Catalog,
+        "SELECT region_id, provider_id, region_name, is_default FROM region
+          ORDER BY region_id LIMIT $1",
+        &[&limits::LIST_REGIONS.max],
+        |r| Region {
+            region_id: r.get(0),
+            provider_id: r.get(1),
+            region_name: r.get(2),
+            is_default: r.get(3),
+        },
+    )
     .await
 }
 

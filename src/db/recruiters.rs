@@ -177,21 +177,15 @@ pub async fn create(db: &Db, r: &Recruiter, owner: Owner) -> Result<()> {
 }
 
 pub async fn list(db: &Db, step_id: Option<i32>) -> Result<Vec<Recruiter>> {
-    db.run(Op::Recruiters, |c| {
-        async move {
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM recruiter WHERE $1::int4 IS NULL OR step_id = $1
-                          ORDER BY step_id, rank LIMIT $2"
-                    ),
-                    &[&step_id, &limits::LIST_RECRUITERS.max],
-                )
-                .await?;
-            Ok(rows.iter().map(from_row).collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Recruiters,
+        &format!(
+            "SELECT {COLUMNS} FROM recruiter WHERE $1::int4 IS NULL OR step_id = $1
+              ORDER BY step_id, rank LIMIT $2"
+        ),
+        &[&step_id, &limits::LIST_RECRUITERS.max],
+        from_row,
+    )
     .await
 }
 
@@ -243,19 +237,14 @@ pub async fn update(db: &Db, step_id: i32, rank: i32, changes: &RecruiterChanges
 
 /// Deletes a recruiter; false if there was none.
 pub async fn delete(db: &Db, step_id: i32, rank: i32) -> Result<bool> {
-    db.run(Op::Recruiters, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "DELETE FROM recruiter WHERE step_id = $1 AND rank = $2",
-                    &[&step_id, &rank],
-                )
-                .await?;
-            Ok(n == 1)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Recruiters,
+            "DELETE FROM recruiter WHERE step_id = $1 AND rank = $2",
+            &[&step_id, &rank],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// A recruiter with what a cycle needs to know about its step.
