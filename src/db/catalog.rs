@@ -130,7 +130,7 @@ pub async fn list_flavors(db: &Db, filter: &Filter, limit: i64) -> Result<Vec<Fl
 
 /// The same listing inside a transaction (recruiter candidates, cheapest first).
 pub async fn matching_flavors(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     filter: &Filter,
     limit: i64,
 ) -> Result<Vec<Flavor>> {
@@ -377,7 +377,7 @@ pub fn declared(
 /// Regions no longer configured are deleted only when no worker uses them (deleting would orphan
 /// workers); providers are never deleted (their flavors and jobs refer to them).
 pub async fn sync_from_config(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     config: &ProvidersConfig,
     offer_local: bool,
 ) -> Result<SyncReport> {
@@ -475,7 +475,7 @@ pub const FLAVOR_RETENTION: Duration = Duration::from_secs(72 * 3600);
 /// uses. Offers in regions the catalog does not know are ignored. Returns the number of flavors
 /// listed.
 pub async fn apply_catalog(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     provider: (&str, &str),
     flavors: &[CatalogFlavor],
 ) -> Result<usize> {

@@ -33,11 +33,7 @@ pub fn is_deposed(e: &Error) -> bool {
 
 /// Records `epoch` as the current term if it is newer than the recorded one. Returns false when a
 /// newer (or equal) epoch is already recorded: the caller is not the current leader.
-pub async fn take_office(
-    tx: &deadpool_postgres::Transaction<'_>,
-    epoch: i64,
-    holder: &str,
-) -> Result<bool> {
+pub async fn take_office(tx: &super::Tx<'_>, epoch: i64, holder: &str) -> Result<bool> {
     let n = tx
         .execute(
             "INSERT INTO cluster_leader (id, epoch, holder, since) VALUES (1, $1, $2, now())
@@ -52,7 +48,7 @@ pub async fn take_office(
 /// Fencing: fails with `FailedPrecondition` (source [`Deposed`]) unless `epoch` is the recorded
 /// term. Call it first in every leader-only transaction; the share lock it takes is held to the
 /// end of the transaction.
-pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -> Result<()> {
+pub async fn assert_epoch(tx: &super::Tx<'_>, epoch: i64) -> Result<()> {
     let stmt = tx
         .prepare_cached("SELECT epoch FROM cluster_leader WHERE id = 1 FOR SHARE")
         .await?;
@@ -74,10 +70,7 @@ pub async fn assert_epoch(tx: &deadpool_postgres::Transaction<'_>, epoch: i64) -
 /// after `limit`. A leader frozen mid-transaction (SIGSTOP, VM pause) would otherwise hold the
 /// share lock of [`assert_epoch`] forever and block its successor's [`take_office`]. Also gives the
 /// transaction the leader's statement timeout ([`super::LEADER_STATEMENT_TIMEOUT`]).
-pub async fn limit_idle_in_transaction(
-    tx: &deadpool_postgres::Transaction<'_>,
-    limit: Duration,
-) -> Result<()> {
+pub async fn limit_idle_in_transaction(tx: &super::Tx<'_>, limit: Duration) -> Result<()> {
     let millis = limit.as_millis().clamp(1, i32::MAX as u128).to_string();
     // The leader's sweeps get their own statement timeout, longer than a request's.
     let statement_millis = super::LEADER_STATEMENT_TIMEOUT.as_millis().to_string();

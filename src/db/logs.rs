@@ -67,7 +67,7 @@ const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// Appends `lines` (each stored followed by a newline; a line holding `\n` counts as several) as
 /// one batch, inside `tx`. Unknown task → `NotFound`.
 pub async fn append_lines(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     task_id: i32,
     stream: LogStream,
     lines: &[&str],
@@ -84,7 +84,7 @@ pub async fn append_lines(
 
 /// Appends one line written by the server itself (why a task was failed, retried …), inside `tx`.
 pub async fn append_system_line(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     task_id: i32,
     stream: LogStream,
     text: &str,
@@ -97,7 +97,7 @@ pub async fn append_system_line(
 /// Unknown task → `NotFound`; with `LogAccess::HeldTasks`, unknown or not held → `Unauthenticated`
 /// (nothing is inserted; the caller's transaction should roll back).
 pub async fn append_batches(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     task_id: i32,
     access: LogAccess,
     batches: &[(LogStream, PendingBatch)],
@@ -110,11 +110,7 @@ pub async fn append_batches(
 }
 
 /// Takes the task's log lock for an append (see `append_batches`).
-async fn lock_for_append(
-    tx: &deadpool_postgres::Transaction<'_>,
-    task_id: i32,
-    access: LogAccess,
-) -> Result<()> {
+async fn lock_for_append(tx: &super::Tx<'_>, task_id: i32, access: LogAccess) -> Result<()> {
     let locked = match access {
         LogAccess::AnyTask => {
             let lock = tx.prepare_cached(LOCK).await?;
@@ -134,7 +130,7 @@ async fn lock_for_append(
 
 /// Inserts the non-empty batches (the log lock held) and notifies followers once.
 async fn insert_batches(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::Tx<'_>,
     task_id: i32,
     batches: &[(LogStream, PendingBatch)],
 ) -> Result<()> {

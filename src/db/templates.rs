@@ -304,12 +304,7 @@ pub async fn finish_failure(db: &Db, run_id: i32, message: &str) -> Result<Optio
     .await
 }
 
-async fn set_status(
-    tx: &deadpool_postgres::Transaction<'_>,
-    run_id: i32,
-    status: &str,
-    message: &str,
-) -> Result<()> {
+async fn set_status(tx: &super::Tx<'_>, run_id: i32, status: &str, message: &str) -> Result<()> {
     let message = Some(message).filter(|m| !m.is_empty());
     tx.execute(
         "UPDATE template_run SET status = $2, error_message = $3 WHERE template_run_id = $1",

@@ -240,7 +240,7 @@ pub async fn list_users(db: &Db) -> Result<Vec<User>> {
 }
 
 /// Locks the admin set for the rest of the transaction and counts admins other than `user_id`.
-async fn other_admins(tx: &deadpool_postgres::Transaction<'_>, user_id: i32) -> Result<i64> {
+async fn other_admins(tx: &super::Tx<'_>, user_id: i32) -> Result<i64> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 1)", &[&NS_BOOTSTRAP])
         .await?;
     let row = tx

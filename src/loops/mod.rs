@@ -62,9 +62,7 @@ impl LeaderContext {
     /// half-way cannot block its successor for longer than that.
     pub async fn fenced_tx<'env, T, F>(&self, op: Op, mut f: F) -> Result<T>
     where
-        F: for<'a> FnMut(
-                &'a deadpool_postgres::Transaction<'a>,
-            ) -> ScopedBoxFuture<'env, 'a, Result<T>>
+        F: for<'a> FnMut(&'a crate::db::Tx<'a>) -> ScopedBoxFuture<'env, 'a, Result<T>>
             + Send
             + 'env,
         T: Send + 'env,
