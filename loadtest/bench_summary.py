@@ -138,10 +138,16 @@ def main(d):
         ratio_s = f"{ratio:.2f}×" if ratio is not None else "—"
         print(f"{measure:<{w}}  {num(ours, unit):>12}  {ref_label:<52} {num(ref, unit):>12}  {ratio_s:>7}  {target}{flag}")
 
-    if rate:
-        print(f"(offered ~2,000 pings/s: {rate['pings_per_s']:.0f} pings/s, p50 {rate['ping_ms']['p50']:.2f} ms, "
-              f"p99 {rate['ping_ms']['p99']:.2f} ms; queue wait p50 {rate['queue_wait_ms']['p50']:.0f} ms "
-              f"p99 {rate['queue_wait_ms']['p99']:.0f} ms)")
+    for key, label in (("rate", "direct"), ("rate_lb", "through haproxy")):
+        x = r.get(key)
+        if not x:
+            continue
+        by_s, upd = x.get("ping_p99_by_second", {}), x.get("update_ms", {})
+        print(f"(offered ~2,000 pings/s, {label}: {x['pings_per_s']:.0f} pings/s, p50 {x['ping_ms']['p50']:.2f} ms, "
+              f"p99 {x['ping_ms']['p99']:.2f} ms, worst second's p99 {by_s.get('worst_ms', 0):.1f} ms, "
+              f"{by_s.get('seconds_over_10ms', 0)} of {by_s.get('seconds', 0)} seconds with p99 > 10 ms; "
+              f"status updates p50 {upd.get('p50', 0):.2f} ms p99 {upd.get('p99', 0):.2f} ms; "
+              f"queue wait p50 {x['queue_wait_ms']['p50']:.0f} ms p99 {x['queue_wait_ms']['p99']:.0f} ms)")
     for k in ("peer_default", "peer_batched"):
         if r.get(k):
             p = r[k]

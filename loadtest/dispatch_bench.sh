@@ -25,7 +25,12 @@
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
 #        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
-#        pg_stat_statements of the idle and lifecycle phases), PROFILE_SECONDS, PROFILE_DIR)
+#        pg_stat_statements of the idle and lifecycle phases), PROFILE_SECONDS, PROFILE_DIR,
+#        RATE_JITTER (spread of the latency phases' task run times, default 0.5: 2.5–7.5 s),
+#        PHASES=all or a comma-separated list of raw, claim_fn, assign, idle, raw_idle (after idle),
+#        idle_empty, bare, life, peer, rate, rate_lb — e.g. PHASES=rate,rate_lb for the latency alone)
+# The latency phases write a per-second timeline (pings, p99, max, status updates, their p99) to
+# $PROFILE_DIR/rate-timeline.txt and rate_lb-timeline.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +44,9 @@ PEER=${PEER:-1}
 PEER_JOBS=${PEER_JOBS:-20000}
 PROFILE=${PROFILE:-0}
 PROFILE_DIR=${PROFILE_DIR:-target/bench-profile}
+RATE_JITTER=${RATE_JITTER:-0.5}
+PHASES=${PHASES:-all}
+want() { [ "$PHASES" = all ] || [[ ",$PHASES," == *",$1,"* ]]; }
 TOKEN=bench-worker-token
 
 ./scripts/setup.sh
@@ -167,6 +175,7 @@ results="$work/results"
 mkdir -p "$results"
 save() { printf '%s\n' "$2" >"$results/$1.json"; }  # save NAME JSON: for the summary
 
+if want raw; then
 echo "== raw limit: pgbench, 1 claim per transaction, $WORKERS clients, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
 # One claim per transaction from a random shard, so the claim walks the pending index (step, shard,
@@ -183,7 +192,9 @@ raw=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "
 cpu_raw=$(cpu_end)
 echo "raw claims/s: $raw; cpu $cpu_raw"
 save raw "{\"claims_per_s\": $raw, \"claims\": $(( (TASKS / WORKERS) * WORKERS )), \"cpu_s\": $cpu_raw}"
+fi
 
+if want claim_fn; then
 echo "== our claim alone: pgbench calling tq_claim_batch (1 task per call), $WORKERS clients, same queue"
 reset_tasks; load_tasks "$TASKS"
 psql_ -c "INSERT INTO worker (worker_name, status) SELECT 'claim-' || g, 'R' FROM generate_series(1, $WORKERS) g" >/dev/null
@@ -199,7 +210,9 @@ claim_fn=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared
 cpu_claim_fn=$(cpu_end)
 echo "tq_claim_batch calls/s: $claim_fn; cpu $cpu_claim_fn"
 save claim_fn "{\"calls_per_s\": $claim_fn, \"calls\": $(( (TASKS / WORKERS) * WORKERS )), \"cpu_s\": $cpu_claim_fn}"
+fi
 
+if want assign; then
 echo "== assigning pings: $WORKERS workers (concurrency 1), $REPLICAS replicas, draining $TASKS standing tasks"
 reset_tasks; load_tasks "$TASKS"
 cpu_begin "${rpids[@]}"
@@ -209,7 +222,9 @@ cpu_assign=$(cpu_end)
 echo "$assign"; echo "cpu $cpu_assign"
 save assign "$assign"; save cpu_assign "$cpu_assign"
 assigned_per_s=$(json "$assign" 'round(assigning_pings_per_s)')
+fi
 
+if want idle; then
 echo "== idle pings of full workers ($WORKERS workers each holding 1 task, ${PHASE}s)"
 reset_tasks; load_tasks "$WORKERS"
 profile_start "idle"
@@ -219,7 +234,9 @@ cpu_idle_full=$(cpu_end)
 profile_stop "idle"
 echo "$idle_full"; echo "cpu $cpu_idle_full"
 save idle_full "$idle_full"; save cpu_idle_full "$cpu_idle_full"
+fi
 
+if want raw_idle; then
 echo "== raw limit of an idle ping: pgbench running its two reads (worker snapshot, held tasks) per transaction, $WORKERS clients"
 read -r lo hi < <(psql_ -F ' ' -c "SELECT min(worker_id), max(worker_id) FROM worker")
 cat >"$work/idle.sql" <<'SQL'
@@ -239,7 +256,9 @@ raw_idle=$("$pgbin/pgbench" -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared
 cpu_raw_idle=$(cpu_end)
 echo "raw idle-ping reads/s: $raw_idle; cpu $cpu_raw_idle"
 save raw_idle "{\"per_s\": $raw_idle, \"seconds\": $((PHASE / 2)), \"cpu_s\": $cpu_raw_idle}"
+fi
 
+if want idle_empty; then
 echo "== idle pings with free capacity and an empty queue (${PHASE}s)"
 reset_tasks
 cpu_begin "${rpids[@]}"
@@ -247,7 +266,9 @@ idle_empty=$(sim --workers "$WORKERS" --concurrency 4 --lifecycle none --ping-in
 cpu_idle_empty=$(cpu_end)
 echo "$idle_empty"; echo "cpu $cpu_idle_empty"
 save idle_empty "$idle_empty"; save cpu_idle_empty "$cpu_idle_empty"
+fi
 
+if want bare; then
 echo "== bare tonic unary RPC: health Check on a server with nothing else, $WORKERS loops"
 bport=$(free_port)
 "$BIN/fleet-sim" --bare-server "127.0.0.1:$bport" >"$work/bare.log" 2>&1 &
@@ -261,7 +282,9 @@ cpu_bare=$(cpu_end)
 echo "$bare"; echo "cpu $cpu_bare"
 save bare "$bare"; save cpu_bare "$cpu_bare"
 kill "$bare_pid" 2>/dev/null || true
+fi
 
+if want life; then
 echo "== full lifecycle: $LIFE_WORKERS workers × 4, draining $TASKS standing tasks, each: a ping, C, O, R, U, S"
 reset_tasks; load_tasks "$TASKS"
 cpu_begin "${rpids[@]}"
@@ -288,8 +311,9 @@ import json, sys
 a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(", ".join(f"{k} {(v[0] - a.get(k, [0, 0])[0]) / max(1, v[1] - a.get(k, [0, 0])[1]):.1f} ({v[1] - a.get(k, [0, 0])[1]:.0f})" for k, v in sorted(b.items())))' "$sizes0" "$(batch_sizes)")"
 save life "$life"; save cpu_life "$cpu_life"
+fi
 
-if [ "$PEER" = 1 ]; then
+if [ "$PEER" = 1 ] && want peer; then
   echo "== peer: graphile-worker on the same PostgreSQL (database graphile), $PEER_JOBS no-op jobs, 16 concurrent"
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "node/npm missing (apt-get install nodejs npm): set PEER=0 to skip the peer" >&2; exit 1
@@ -308,13 +332,22 @@ if [ "$PEER" = 1 ]; then
   done
 fi
 
-echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, 2 tasks of 5 s each at a time"
+if want rate; then
+echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, 2 tasks of 5 s (± ${RATE_JITTER}×) each at a time"
+mkdir -p "$PROFILE_DIR"
 reset_tasks
+srv0=$(python3 loadtest/server_latency.py snap "${mports[@]}")
 rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
-           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r)
+           --task-duration-jitter "$RATE_JITTER" \
+           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r \
+           --timeline 2>"$PROFILE_DIR/rate-timeline.txt")
+srv1=$(python3 loadtest/server_latency.py snap "${mports[@]}")
 echo "$rate"
+echo "server side (bucket bounds): $(python3 loadtest/server_latency.py diff "$srv0" "$srv1")"
 save rate "$rate"
+fi
 
+if want rate_lb; then
 # The same offered load through a load balancer, as deploy/local runs it: haproxy, h2c in and out,
 # every RPC (HTTP/2 stream) balanced on its own over the replicas.
 echo "== the same, through haproxy (deploy/local's gRPC front) in front of the $REPLICAS replicas"
@@ -331,11 +364,17 @@ lb_port=$(free_port)
 pids+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$lb_port") 2>/dev/null && break; sleep 0.1; done
 reset_tasks
+srv0=$(python3 loadtest/server_latency.py snap "${mports[@]}")
 rate_lb=$("$BIN/fleet-sim" --targets "127.0.0.1:$lb_port" --token "$TOKEN" --json \
            --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
-           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix l)
+           --task-duration-jitter "$RATE_JITTER" \
+           --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix l \
+           --timeline 2>"$PROFILE_DIR/rate_lb-timeline.txt")
+srv1=$(python3 loadtest/server_latency.py snap "${mports[@]}")
 echo "$rate_lb"
+echo "server side (bucket bounds): $(python3 loadtest/server_latency.py diff "$srv0" "$srv1")"
 save rate_lb "$rate_lb"
+fi
 
 echo
 echo "== summary (same machine, same PostgreSQL)"

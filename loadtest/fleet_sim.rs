@@ -45,6 +45,15 @@ struct Args {
     /// Simulated run time of a task.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     task_duration: Duration,
+    /// Spread of the run times: each task runs `--task-duration` × a uniform factor in
+    /// [1 − J, 1 + J] (0 ≤ J < 1). With 0 (the default) every task runs exactly as long, and a fleet
+    /// started at once keeps finishing — and claiming — in waves one run time apart.
+    #[arg(long, default_value_t = 0.0)]
+    task_duration_jitter: f64,
+    /// Print one line per second to stderr (pings, their p99 and max, status updates and their
+    /// p99): where in a run the tail comes from.
+    #[arg(long)]
+    timeline: bool,
     /// Tasks to submit.
     #[arg(long, default_value_t = 0)]
     tasks: usize,
@@ -103,6 +112,10 @@ struct Stats {
     errors: AtomicU64,
     finished: AtomicU64,
     ping_latency: Mutex<Option<Histogram<u64>>>,
+    /// Ping latency of the current second (the timeline and the worst-second figure).
+    ping_second: Mutex<Option<Histogram<u64>>>,
+    update_latency: Mutex<Option<Histogram<u64>>>,
+    update_second: Mutex<Option<Histogram<u64>>>,
     queue_wait: Mutex<Option<Histogram<u64>>>,
     submitted_at: Mutex<HashMap<i32, Instant>>,
 }
@@ -211,6 +224,7 @@ async fn simulated_worker(
         let elapsed = start.elapsed();
         stats.pings.fetch_add(1, Ordering::Relaxed);
         record(&stats.ping_latency, elapsed.as_micros() as u64);
+        record(&stats.ping_second, elapsed.as_micros() as u64);
         let answer = match answer {
             Ok(a) => a.into_inner(),
             Err(_) => {
@@ -264,9 +278,16 @@ async fn run_task(args: &Args, pool: &Pool, stats: &Stats, task_id: i32) {
         "nominal" => &["C", "O", "R", "U", "S"],
         _ => &["C", "R", "S"],
     };
+    let jitter = args.task_duration_jitter.clamp(0.0, 0.99);
+    let run_time = if jitter > 0.0 {
+        args.task_duration
+            .mul_f64(rand::rng().random_range(1.0 - jitter..=1.0 + jitter))
+    } else {
+        args.task_duration
+    };
     for (i, status) in chain.iter().enumerate() {
-        if *status == "S" && !args.task_duration.is_zero() {
-            tokio::time::sleep(args.task_duration).await;
+        if *status == "S" && !run_time.is_zero() {
+            tokio::time::sleep(run_time).await;
         }
         let req = pb::TaskStatusUpdate {
             task_id,
@@ -277,8 +298,14 @@ async fn run_task(args: &Args, pool: &Pool, stats: &Stats, task_id: i32) {
         // As a real worker: an update that did not get through (a replica went away behind the
         // load balancer) is sent again, through another connection.
         for attempt in 0..UPDATE_ATTEMPTS {
+            let start = Instant::now();
             match pool.pick().update_task_status(req.clone()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    let micros = start.elapsed().as_micros() as u64;
+                    record(&stats.update_latency, micros);
+                    record(&stats.update_second, micros);
+                    break;
+                }
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     let transient = matches!(
@@ -327,11 +354,22 @@ async fn submit(args: Arc<Args>, pool: Arc<Pool>, stats: Arc<Stats>, count: usiz
         .await;
 }
 
+/// p50, p95, p99 and max in ms (zeros when nothing was recorded).
 fn quantiles(h: &Mutex<Option<Histogram<u64>>>) -> [f64; 4] {
-    match h.lock().unwrap().as_ref() {
-        Some(h) => [0.5, 0.95, 0.99, 1.0].map(|q| h.value_at_quantile(q) as f64 / 1000.0),
-        None => [0.0; 4],
-    }
+    h.lock().unwrap().as_ref().map_or([0.0; 4], ms_quantiles)
+}
+
+/// The same, starting the histogram afresh (the per-second figures).
+fn take_quantiles(h: &Mutex<Option<Histogram<u64>>>) -> [f64; 4] {
+    h.lock()
+        .unwrap()
+        .take()
+        .as_ref()
+        .map_or([0.0; 4], ms_quantiles)
+}
+
+fn ms_quantiles(h: &Histogram<u64>) -> [f64; 4] {
+    [0.5, 0.95, 0.99, 1.0].map(|q| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
 async fn bare_server(addr: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -458,12 +496,37 @@ async fn main() -> anyhow::Result<()> {
     // The measured window: from the end of the warm-up, with the counters as they were then.
     let mut window = (started, Counts::default(), own_cpu_s());
     let mut warming = !args.warmup.is_zero();
+    // Per second of the measured window: (ping p99, ping max, update p99), in ms.
+    let mut seconds: Vec<[f64; 3]> = Vec::new();
+    let mut second = (Instant::now(), stats.counts());
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if warming && started.elapsed() >= args.warmup {
             warming = false;
             stats.ping_latency.lock().unwrap().take();
+            stats.update_latency.lock().unwrap().take();
             window = (Instant::now(), stats.counts(), own_cpu_s());
+        }
+        if second.0.elapsed() >= Duration::from_secs(1) {
+            let [_, _, p99, max] = take_quantiles(&stats.ping_second);
+            let [_, _, u99, _] = take_quantiles(&stats.update_second);
+            let now = stats.counts();
+            if !warming {
+                seconds.push([p99, max, u99]);
+            }
+            if args.timeline {
+                eprintln!(
+                    "t={:5.1}s pings {:5} p99 {:7.2} ms max {:7.2} ms | updates {:5} p99 {:7.2} ms{}",
+                    started.elapsed().as_secs_f64(),
+                    now.pings - second.1.pings,
+                    p99,
+                    max,
+                    now.updates - second.1.updates,
+                    u99,
+                    if warming { " (warm-up)" } else { "" }
+                );
+            }
+            second = (Instant::now(), now);
         }
         let all_done =
             args.tasks > 0 && stats.finished.load(Ordering::Relaxed) as usize >= args.tasks;
@@ -498,6 +561,10 @@ async fn main() -> anyhow::Result<()> {
     let errors = stats.errors.load(Ordering::Relaxed) as f64;
     let [p50, p95, p99, max] = quantiles(&stats.ping_latency);
     let [w50, _, w99, _] = quantiles(&stats.queue_wait);
+    let [u50, _, u99, _] = quantiles(&stats.update_latency);
+    // The tail by second: the worst second's p99, and how many seconds had a p99 above 10 ms.
+    let worst_second_p99 = seconds.iter().map(|s| s[0]).fold(0.0, f64::max);
+    let seconds_over_10ms = seconds.iter().filter(|s| s[0] > 10.0).count();
     let report = serde_json::json!({
         "seconds": elapsed,
         "workers": args.workers,
@@ -505,6 +572,9 @@ async fn main() -> anyhow::Result<()> {
         "pings_per_s": pings / elapsed,
         "assigning_pings_per_s": assigning / elapsed,
         "ping_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
+        "ping_p99_by_second": {"worst_ms": worst_second_p99, "seconds": seconds.len(),
+                               "seconds_over_10ms": seconds_over_10ms},
+        "update_ms": {"p50": u50, "p99": u99},
         "tasks_assigned": assigned,
         "tasks_assigned_per_s": assigned / elapsed,
         "status_updates": updates,
@@ -521,7 +591,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         println!(
             "{:.0} s, {} workers: {:.0} pings/s (assigning {:.0}/s), ping p50 {:.2} ms p95 {:.2} ms p99 {:.2} ms max {:.1} ms; \
-             {:.0} tasks assigned/s; queue wait p50 {:.1} ms p99 {:.1} ms; {:.0} status updates/s; {} errors",
+             {:.0} tasks assigned/s; queue wait p50 {:.1} ms p99 {:.1} ms; {:.0} status updates/s (p99 {:.2} ms); \
+             worst second's ping p99 {:.1} ms; {} errors",
             elapsed,
             args.workers,
             pings / elapsed,
@@ -534,6 +605,8 @@ async fn main() -> anyhow::Result<()> {
             w50,
             w99,
             updates / elapsed,
+            u99,
+            worst_second_p99,
             errors
         );
     }

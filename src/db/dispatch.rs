@@ -8,7 +8,8 @@
 //! With group commit on (`--batch-loops` ≥ 1, the default; docs/architecture.md#group-commit) pings go through a
 //! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with two pipelined reads (the
 //! snapshots and held tasks of all its workers) and, for those that write or claim, one call of
-//! `tq_ping_batch` (schema/0009_ping_batch.sql) pipelined with a read of their held tasks.
+//! `tq_ping_batch` (schema/0012_claim_many.sql: one claim per step for the whole batch) pipelined
+//! with a read of their held tasks.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -114,7 +115,7 @@ static HELD_MANY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The write side of the pings of a batch that write or claim (schema/0009_ping_batch.sql).
+/// The write side of the pings of a batch that write or claim (schema/0012_claim_many.sql).
 const PING_BATCH: &str = "SELECT statuses, concurrencies, back_froms, claim_pings, waits
                             FROM tq_ping_batch($1, $2, $3, $4, $5, $6, $7, $8)";
 

@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cluster_settings",
         sql: include_str!("../../schema/0011_cluster_settings.sql"),
     },
+    Migration {
+        version: 12,
+        name: "claim_many",
+        sql: include_str!("../../schema/0012_claim_many.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

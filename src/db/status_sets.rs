@@ -41,6 +41,10 @@ const SCHEMA: &[(&str, &str)] = &[
         "0011_cluster_settings.sql",
         include_str!("../../schema/0011_cluster_settings.sql"),
     ),
+    (
+        "0012_claim_many.sql",
+        include_str!("../../schema/0012_claim_many.sql"),
+    ),
 ];
 
 /// What a status list of the schema stands for.
@@ -110,6 +114,11 @@ const EXPECTED: &[(&str, &str, Stands)] = &[
     ),
     (
         "0009_ping_batch.sql",
+        "tq_ping_batch",
+        Stands::Task(TaskStatus::HOLDING_CAPACITY),
+    ),
+    (
+        "0012_claim_many.sql",
         "tq_ping_batch",
         Stands::Task(TaskStatus::HOLDING_CAPACITY),
     ),
@@ -261,15 +270,17 @@ fn a_set_the_schema_does_not_follow_fails() {
     assert_eq!(mismatches(&only_ping, &[]).len(), 1);
 }
 
-/// The ping's "back online" mapping (O→R, Q→P, L→F) in `tq_ping` and `tq_ping_batch` is
+/// The ping's "back online" mapping (O→R, Q→P, L→F) in `tq_ping` and both `tq_ping_batch` is
 /// `WorkerStatus::back_online`.
 #[test]
 fn schema_back_online_is_the_domain_mapping() {
     let case = sql_case("v_status", WorkerStatus::ALL, WorkerStatus::back_online);
-    for (file, sql) in SCHEMA
-        .iter()
-        .filter(|(f, _)| *f == "0004_ping.sql" || *f == "0009_ping_batch.sql")
-    {
+    for (file, sql) in SCHEMA.iter().filter(|(f, _)| {
+        matches!(
+            *f,
+            "0004_ping.sql" | "0009_ping_batch.sql" | "0012_claim_many.sql"
+        )
+    }) {
         let found: Vec<&str> = sql
             .lines()
             .filter(|l| l.contains("v_back :="))
