@@ -116,16 +116,10 @@ pub async fn list_flavors(db: &Db, filter: &Filter, limit: i64) -> Result<Vec<Fl
         return Ok(Vec::new());
     }
     let (sql, params) = flavor_query(filter);
-    db.run(Op::Catalog, |c| {
-        async move {
-            let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
-            values.extend(params.iter().map(Param::as_sql));
-            let rows = c.query(sql.as_str(), &values).await?;
-            Ok(rows.iter().map(flavor_from_row).collect())
-        }
-        .scope_boxed()
-    })
-    .await
+    let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    values.extend(params.iter().map(Param::as_sql));
+    db.query(Op::Catalog, sql.as_str(), &values, flavor_from_row)
+        .await
 }
 
 /// The same listing inside a transaction (recruiter candidates, cheapest first).

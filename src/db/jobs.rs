@@ -426,70 +426,46 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Jobs, newest first.
 pub async fn list_jobs(db: &Db, limit: i64, offset: i64) -> Result<Vec<Job>> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT job_id, status, COALESCE(flavor_id, 0), retry, COALESCE(worker_id, 0),
-                            action, created_at, modified_at, progression, log
-                       FROM job ORDER BY job_id DESC LIMIT $1 OFFSET $2",
-                    &[&limit, &offset],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Job {
-                    job_id: r.get(0),
-                    status: r.get(1),
-                    flavor_id: r.get(2),
-                    retry: r.get(3),
-                    worker_id: r.get(4),
-                    action: r.get(5),
-                    created_at: rfc3339(r.get(6)),
-                    modified_at: rfc3339(r.get(7)),
-                    progression: i32::from(r.get::<_, i16>(8)),
-                    log: r.get(9),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Jobs,
+        "SELECT job_id, status, COALESCE(flavor_id, 0), retry, COALESCE(worker_id, 0),
+                action, created_at, modified_at, progression, log
+           FROM job ORDER BY job_id DESC LIMIT $1 OFFSET $2",
+        &[&limit, &offset],
+        |r| Job {
+            job_id: r.get(0),
+            status: r.get(1),
+            flavor_id: r.get(2),
+            retry: r.get(3),
+            worker_id: r.get(4),
+            action: r.get(5),
+            created_at: rfc3339(r.get(6)),
+            modified_at: rfc3339(r.get(7)),
+            progression: i32::from(r.get::<_, i16>(8)),
+            log: r.get(9),
+        },
+    )
     .await
 }
 
 /// Status and progression of each job that exists, by id.
 pub async fn job_statuses(db: &Db, ids: &[i32]) -> Result<Vec<(i32, String, i32)>> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT job_id, status, progression FROM job WHERE job_id = ANY($1)",
-                    &[&ids],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get(0), r.get(1), i32::from(r.get::<_, i16>(2))))
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Jobs,
+        "SELECT job_id, status, progression FROM job WHERE job_id = ANY($1)",
+        &[&ids],
+        |r| (r.get(0), r.get(1), i32::from(r.get::<_, i16>(2))),
+    )
     .await
 }
 
 /// Deletes a job row; false if there was none. A runner busy with it finds it gone and records
 /// nothing.
 pub async fn delete_job(db: &Db, job_id: i32) -> Result<bool> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let n = c
-                .execute("DELETE FROM job WHERE job_id = $1", &[&job_id])
-                .await?;
-            Ok(n == 1)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(Op::Jobs, "DELETE FROM job WHERE job_id = $1", &[&job_id])
+        .await?;
+    Ok(n == 1)
 }
 
 /// UpdateJob (an installing worker's progress report); false if the job does not exist.
@@ -501,26 +477,21 @@ pub async fn update_job(
     progression: Option<i16>,
 ) -> Result<bool> {
     let status = status.map(|s| s.letter());
-    db.run(Op::Jobs, |c| {
-        async move {
-            let n = c
-                .execute(
-                    &format!(
-                        "UPDATE job SET modified_at = now(),
-                                status = COALESCE($2, status),
-                                progression = COALESCE($3, progression),
-                                {}
-                          WHERE job_id = $1",
-                        log_append_optional(4)
-                    ),
-                    &[&job_id, &status, &progression, &append_log],
-                )
-                .await?;
-            Ok(n == 1)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Jobs,
+            &format!(
+                "UPDATE job SET modified_at = now(),
+                        status = COALESCE($2, status),
+                        progression = COALESCE($3, progression),
+                        {}
+                  WHERE job_id = $1",
+                log_append_optional(4)
+            ),
+            &[&job_id, &status, &progression, &append_log],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// Like [`log_append`], but leaves the log alone when `$n` is NULL.
@@ -534,19 +505,15 @@ fn log_append_optional(n: usize) -> String {
 /// When worker `worker_id` last registered or pinged (None: never, or no such worker). A create
 /// job waits for it to move (loops::jobs).
 pub async fn worker_last_ping(db: &Db, worker_id: i32) -> Result<Option<DateTime<Utc>>> {
-    db.run(Op::JobRunner, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT last_ping_at FROM worker WHERE worker_id = $1",
-                    &[&worker_id],
-                )
-                .await?;
-            Ok(row.and_then(|r| r.get(0)))
-        }
-        .scope_boxed()
-    })
-    .await
+    let last_ping = db
+        .query_opt(
+            Op::JobRunner,
+            "SELECT last_ping_at FROM worker WHERE worker_id = $1",
+            &[&worker_id],
+            |r| r.get(0),
+        )
+        .await?;
+    Ok(last_ping.flatten())
 }
 
 /// A job claimed by a runner, with what its provider call needs.

@@ -312,6 +312,21 @@ impl Db {
         .await
     }
 
+    /// One query on a pooled connection, measured as `op`: its one row, through `map` (no row, or
+    /// several, is an error, as `tokio_postgres::Client::query_one`).
+    pub async fn query_one<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T + Send,
+    ) -> Result<T> {
+        self.run(op, |c| {
+            async move { Ok(map(&c.query_one(sql, params).await?)) }.scope_boxed()
+        })
+        .await
+    }
+
     /// One query on a pooled connection, measured as `op`: its row if any, through `map`.
     pub async fn query_opt<T: Send>(
         &self,
