@@ -14,6 +14,7 @@ use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::db::status_batch::StatusUpdates;
 use crate::db::submit_batch::Submissions;
+use crate::domain::catalog::DeclaredProviders;
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
@@ -24,6 +25,8 @@ use crate::web::ws::WsHub;
 pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
+    /// The `providers:` section as a value (made once by the server from `config`).
+    pub declared_providers: Arc<DeclaredProviders>,
     pub auth: Arc<Authenticator>,
     /// Settings of ping-and-assign.
     pub dispatch: DispatchConfig,
@@ -58,6 +61,7 @@ impl AppState {
     pub fn new(
         db: Db,
         config: Arc<Config>,
+        declared_providers: Arc<DeclaredProviders>,
         worker_token: String,
         jwt: JwtKey,
         grpc_addr: SocketAddr,
@@ -100,6 +104,7 @@ impl AppState {
         AppState {
             db,
             config,
+            declared_providers,
             auth,
             dispatch,
             flavors: FlavorCache::default(),

@@ -17,9 +17,8 @@ use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_QUOTA;
 use super::{Db, Op};
-use crate::config::Providers as ProvidersConfig;
-use crate::domain::catalog::FlavorSpec;
-use crate::domain::quota::{self, Quota, Usage};
+use crate::domain::catalog::{DeclaredProviders, FlavorSpec};
+use crate::domain::quota::{self, Usage};
 use crate::domain::status::{JobAction, JobStatus, TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
@@ -65,20 +64,6 @@ pub enum QuotaRule {
     Recruiter,
 }
 
-/// The configured quota of a provider (`class.config`) in a region.
-pub fn configured_quota(
-    providers: &ProvidersConfig,
-    provider: (&str, &str),
-    region: &str,
-) -> Option<Quota> {
-    providers
-        .get(provider.0)?
-        .get(provider.1)?
-        .quotas
-        .get(region)
-        .map(|q| Quota::new(q.cpu, q.mem))
-}
-
 /// What the workers of a region use (computed from worker rows, never a counter).
 pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
     let row = tx
@@ -100,7 +85,7 @@ pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
 /// by the recruiter, inside their transaction.
 pub async fn insert_workers(
     tx: &Tx<'_>,
-    providers: &ProvidersConfig,
+    providers: &DeclaredProviders,
     server_name: &str,
     w: &NewWorkers,
     rule: QuotaRule,
@@ -150,7 +135,7 @@ pub async fn insert_workers(
     )
     .await?;
     let usage = region_usage(tx, w.region_id).await?;
-    let quota = configured_quota(providers, (&class, &config), &region_name);
+    let quota = providers.quota((&class, &config), &region_name);
     let count = i64::from(w.number);
     let checked = match rule {
         QuotaRule::Manual => quota::check_manual(quota.as_ref(), usage, count, i64::from(cpu), mem),
@@ -216,7 +201,7 @@ pub async fn insert_workers(
 /// CreateWorker: workers and their create jobs, in one transaction.
 pub async fn create_workers(
     db: &Db,
-    providers: &ProvidersConfig,
+    providers: &DeclaredProviders,
     server_name: &str,
     w: &NewWorkers,
 ) -> Result<Vec<CreatedWorker>> {

@@ -271,6 +271,7 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
     let idle_ctx = LeaderContext {
         db: ctx.db.clone(),
         config: Arc::new(idle),
+        declared_providers: ctx.declared_providers.clone(),
         epoch: ctx.epoch,
     };
     wait_until(

@@ -34,9 +34,11 @@ async fn web_side(replica: &Replica) -> (SocketAddr, Arc<AppState>) {
     let config = test_config(replica.database_url());
     let db = taskqueue::db::Db::connect(replica.database_url(), 5).unwrap();
     let jwt = taskqueue::server::jwt_key(&db, &config).await.unwrap();
+    let declared = Arc::new(taskqueue::server::declared_providers(&config));
     let state = Arc::new(AppState::new(
         db,
         Arc::new(config),
+        declared,
         WORKER_TOKEN.to_string(),
         jwt,
         replica.addr,
