@@ -20,7 +20,6 @@ use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
-use crate::web::ws::WsHub;
 
 pub struct AppState {
     pub db: Db,
@@ -53,8 +52,6 @@ pub struct AppState {
     pub status_updates: StatusUpdates,
     /// SubmitTask: the submission batcher (group commit) or one transaction each.
     pub submissions: Submissions,
-    /// The WebSocket fan-out of this replica (`/ws`).
-    pub ws: WsHub,
 }
 
 impl AppState {
@@ -83,7 +80,6 @@ impl AppState {
             max_log_bytes_per_task: config.max_log_bytes_per_task,
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
-        let ws = WsHub::start(db.clone(), logs.notifier(), auth.clone(), draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
@@ -118,7 +114,6 @@ impl AppState {
             pings,
             status_updates,
             submissions,
-            ws,
         }
     }
 }

@@ -163,6 +163,13 @@ async fn serve(
         jwt,
         grpc_addr,
     ));
+    // Every replica runs the WebSocket fan-out (it also prunes stored events), web listener or not.
+    let ws_hub = crate::web::ws::WsHub::start(
+        db.clone(),
+        state.logs.notifier(),
+        state.auth.clone(),
+        state.draining.clone(),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TaskQueueServer<Service>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -179,7 +186,7 @@ async fn serve(
 
     let web_task = match listeners.web {
         Some(listener) => {
-            let app = crate::web::router(state.clone(), service.clone());
+            let app = crate::web::router(state.clone(), ws_hub, service.clone());
             let tls = crate::web::tls_config(&config)?;
             Some(tokio::spawn(crate::web::serve(
                 listener,
