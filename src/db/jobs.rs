@@ -300,16 +300,7 @@ pub async fn schedule_worker_deletion(
             job_id: open.get(0),
         });
     }
-    tx.execute(
-        &format!(
-            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
-            log_append(2),
-            open = sql_list(JobStatus::OPEN),
-        ),
-        &[&worker_id, &"canceled: the worker is being deleted"],
-    )
-    .await?;
+    cancel_open_jobs(tx, worker_id, "canceled: the worker is being deleted").await?;
     let job_id: i32 = tx
         .query_one(
             "INSERT INTO job (worker_id, worker_name, action, flavor_id, region_id, retry)
@@ -325,6 +316,22 @@ pub async fn schedule_worker_deletion(
     .await?;
     release_tasks(tx, shards, worker_id, reason).await?;
     Ok(Deletion::Scheduled { job_id })
+}
+
+/// Cancels the open jobs of a worker but its delete job (`JobStatus::OPEN`), saying `why` in
+/// their log.
+async fn cancel_open_jobs(tx: &Tx<'_>, worker_id: i32, why: &str) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
+              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
+            log_append(2),
+            open = sql_list(JobStatus::OPEN),
+        ),
+        &[&worker_id, &why],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Removes a worker row whose machine is gone (DeleteWorker with `undeployed`, and the end of a
@@ -346,16 +353,7 @@ pub async fn remove_undeployed(
         return Ok(false);
     }
     release_tasks(tx, shards, worker_id, reason).await?;
-    tx.execute(
-        &format!(
-            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
-            log_append(2),
-            open = sql_list(JobStatus::OPEN),
-        ),
-        &[&worker_id, &"canceled: the worker was deleted"],
-    )
-    .await?;
+    cancel_open_jobs(tx, worker_id, "canceled: the worker was deleted").await?;
     tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&worker_id])
         .await?;
     Ok(true)
