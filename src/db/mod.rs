@@ -341,6 +341,49 @@ impl Db {
         .await
     }
 
+    /// [`Db::execute`] for a statement that must change a row: none changed is the error
+    /// `missing()`, counted as a failure of `op` like an error of the statement.
+    pub async fn execute_found(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        missing: impl FnOnce() -> Error + Send,
+    ) -> Result<u64> {
+        self.run(op, |c| {
+            async move {
+                match c.execute(sql, params).await? {
+                    0 => Err(missing()),
+                    n => Ok(n),
+                }
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+
+    /// [`Db::query_opt`] for a row that must exist: none is the error `missing()`, counted as a
+    /// failure of `op` like an error of the query.
+    pub async fn query_found<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T + Send,
+        missing: impl FnOnce() -> Error + Send,
+    ) -> Result<T> {
+        self.run(op, |c| {
+            async move {
+                match c.query_opt(sql, params).await? {
+                    Some(row) => Ok(map(&row)),
+                    None => Err(missing()),
+                }
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+
     /// Publishes the pool's state as gauges (called before each metrics scrape).
     pub fn record_pool_metrics(&self) {
         let status = self.pool.status();

@@ -102,23 +102,17 @@ pub async fn save(db: &Db, t: &NewTemplate<'_>, replace: bool) -> Result<i32> {
 
 /// The script and parameters of a template; NotFound when it does not exist.
 pub async fn stored(db: &Db, template_id: i32) -> Result<Stored> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT script, params_schema FROM workflow_template WHERE workflow_template_id = $1",
-                    &[&template_id],
-                )
-                .await?
-                .ok_or_else(|| Error::not_found(format!("template {template_id} not found")))?;
-            Ok(Stored {
-                template_id,
-                script: row.get(0),
-                params: row.get(1),
-            })
-        }
-        .scope_boxed()
-    })
+    db.query_found(
+        Op::Templates,
+        "SELECT script, params_schema FROM workflow_template WHERE workflow_template_id = $1",
+        &[&template_id],
+        |row| Stored {
+            template_id,
+            script: row.get(0),
+            params: row.get(1),
+        },
+        || Error::not_found(format!("template {template_id} not found")),
+    )
     .await
 }
 
@@ -369,20 +363,12 @@ pub async fn update_run(
 
 /// DeleteTemplateRun: NotFound when there is no such run. The workflow it created stays.
 pub async fn delete_run(db: &Db, run_id: i32) -> Result<()> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "DELETE FROM template_run WHERE template_run_id = $1",
-                    &[&run_id],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::not_found(format!("template run {run_id} not found")));
-            }
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute_found(
+        Op::Templates,
+        "DELETE FROM template_run WHERE template_run_id = $1",
+        &[&run_id],
+        || Error::not_found(format!("template run {run_id} not found")),
+    )
+    .await?;
+    Ok(())
 }

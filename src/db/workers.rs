@@ -330,24 +330,16 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
 pub async fn set_status(db: &Db, worker_id: i32, status: WorkerStatus) -> Result<()> {
     let letter = status.letter();
     let offline = status.is_offline();
-    db.run(Op::Workers, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "UPDATE worker SET status = $2,
-                            offline_since = CASE WHEN $3 THEN COALESCE(offline_since, now()) END
-                      WHERE worker_id = $1",
-                    &[&worker_id, &letter, &offline],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::not_found(format!("worker {worker_id} not found")));
-            }
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute_found(
+        Op::Workers,
+        "UPDATE worker SET status = $2,
+                offline_since = CASE WHEN $3 THEN COALESCE(offline_since, now()) END
+          WHERE worker_id = $1",
+        &[&worker_id, &letter, &offline],
+        || Error::not_found(format!("worker {worker_id} not found")),
+    )
+    .await?;
+    Ok(())
 }
 
 /// GetWorkerStatuses: one status per requested id, in request order; unknown ids → "unknown".
