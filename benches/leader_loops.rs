@@ -76,6 +76,7 @@ async fn setup(waiting: i32, workers: i32) -> (EmbeddedPostgres, LeaderContext) 
     let ctx = LeaderContext {
         db,
         config: Arc::new(config),
+        declared_providers: Arc::default(),
         epoch: 1,
     };
     (pg, ctx)

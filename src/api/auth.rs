@@ -27,6 +27,7 @@ use crate::domain::ownership::Actor;
 use crate::error::{Error, Result};
 use crate::rpcs::{self, Access};
 use crate::telemetry::metrics::CACHE_REQUESTS;
+use crate::templates::SessionCache;
 
 /// How long a token → user lookup is reused (the staleness documented above).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -203,6 +204,13 @@ impl Authenticator {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Template scripts' sessions are forgotten through the same cache as a Logout.
+impl SessionCache for Authenticator {
+    fn forget<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Authenticator::forget(self, token))
     }
 }
 

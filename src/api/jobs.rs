@@ -64,7 +64,7 @@ pub async fn create_worker(
     access::machines(state, actor, target).await?;
     let created = jobs::create_workers(
         &state.db,
-        &state.config.providers,
+        &state.declared_providers,
         &state.config.server_name,
         &new,
     )

@@ -14,16 +14,18 @@ use crate::db::catalog::FlavorCache;
 use crate::db::dispatch::{DispatchConfig, Pings};
 use crate::db::status_batch::StatusUpdates;
 use crate::db::submit_batch::Submissions;
+use crate::domain::catalog::DeclaredProviders;
 use crate::domain::jwt::JwtKey;
 use crate::logs::{LogLimits, LogService};
 use crate::providers::secrets::Secrets;
 use crate::storage::Storage;
 use crate::templates::Templates;
-use crate::web::ws::WsHub;
 
 pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
+    /// The `providers:` section as a value (made once by the server from `config`).
+    pub declared_providers: Arc<DeclaredProviders>,
     pub auth: Arc<Authenticator>,
     /// Settings of ping-and-assign.
     pub dispatch: DispatchConfig,
@@ -50,14 +52,13 @@ pub struct AppState {
     pub status_updates: StatusUpdates,
     /// SubmitTask: the submission batcher (group commit) or one transaction each.
     pub submissions: Submissions,
-    /// The WebSocket fan-out of this replica (`/ws`).
-    pub ws: WsHub,
 }
 
 impl AppState {
     pub fn new(
         db: Db,
         config: Arc<Config>,
+        declared_providers: Arc<DeclaredProviders>,
         worker_token: String,
         jwt: JwtKey,
         grpc_addr: SocketAddr,
@@ -79,7 +80,6 @@ impl AppState {
             max_log_bytes_per_task: config.max_log_bytes_per_task,
         };
         let logs = LogService::start(db.clone(), log_limits, draining.clone());
-        let ws = WsHub::start(db.clone(), logs.notifier(), auth.clone(), draining.clone());
         let secrets = Secrets::new(config.clone());
         let storage = Storage::with_policy(config.rclone.clone(), config.fetch_policy());
         let templates = Templates::new(&config, grpc_addr, auth.clone());
@@ -100,6 +100,7 @@ impl AppState {
         AppState {
             db,
             config,
+            declared_providers,
             auth,
             dispatch,
             flavors: FlavorCache::default(),
@@ -113,7 +114,6 @@ impl AppState {
             pings,
             status_updates,
             submissions,
-            ws,
         }
     }
 }

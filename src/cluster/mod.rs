@@ -26,6 +26,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::Config;
 use crate::db::{Db, Op};
+use crate::domain::catalog::DeclaredProviders;
 use crate::loops::{LeaderContext, LeaderLoop};
 
 pub use lease::{LeaseClock, safety_margin};
@@ -71,6 +72,8 @@ trait Election: Send {
 pub struct Membership {
     pub db: Db,
     pub config: Arc<Config>,
+    /// The `providers:` section as a value, handed to each term's loops.
+    pub declared_providers: Arc<DeclaredProviders>,
     /// The loops a term runs (`loops::leader_loops` in a server).
     pub loops: Vec<LeaderLoop>,
 }
@@ -165,7 +168,12 @@ async fn run<E: Election>(
     stop: CancellationToken,
     stop_deadline: Arc<OnceLock<Instant>>,
 ) {
-    let Membership { db, config, loops } = membership;
+    let Membership {
+        db,
+        config,
+        declared_providers,
+        loops,
+    } = membership;
     let replica = config.replica_name.clone();
     let mode = election.mode();
     if !config.leader_eligible {
@@ -235,6 +243,7 @@ async fn run<E: Election>(
         let ctx = LeaderContext {
             db: db.clone(),
             config: config.clone(),
+            declared_providers: declared_providers.clone(),
             epoch,
         };
         role = Role::lead(ctx, &loops);

@@ -16,8 +16,7 @@ use tokio_postgres::types::ToSql;
 
 use super::locks::NS_CATALOG;
 use super::{Db, Op, pg_error};
-use crate::config::Providers as ProvidersConfig;
-use crate::domain::catalog::{CatalogFlavor, LOCAL_PROVIDER, LOCAL_REGION};
+use crate::domain::catalog::{CatalogFlavor, DeclaredProviders, LOCAL_PROVIDER, LOCAL_REGION};
 use crate::domain::limits;
 use crate::domain::protofilter::Filter;
 use crate::error::{Error, Result};
@@ -116,16 +115,10 @@ pub async fn list_flavors(db: &Db, filter: &Filter, limit: i64) -> Result<Vec<Fl
         return Ok(Vec::new());
     }
     let (sql, params) = flavor_query(filter);
-    db.run(Op::Catalog, |c| {
-        async move {
-            let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
-            values.extend(params.iter().map(Param::as_sql));
-            let rows = c.query(sql.as_str(), &values).await?;
-            Ok(rows.iter().map(flavor_from_row).collect())
-        }
-        .scope_boxed()
-    })
-    .await
+    let mut values: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    values.extend(params.iter().map(Param::as_sql));
+    db.query(Op::Catalog, sql.as_str(), &values, flavor_from_row)
+        .await
 }
 
 /// The same listing inside a transaction (recruiter candidates, cheapest first).
@@ -333,33 +326,32 @@ pub struct SyncReport {
 /// `offer_local`; without it, not even a configured `local` section), with each provider's
 /// default region.
 pub fn declared(
-    config: &ProvidersConfig,
+    config: &DeclaredProviders,
     offer_local: bool,
 ) -> Vec<(String, String, Vec<String>, Option<String>)> {
     let mut out = Vec::new();
     let mut has_local = !offer_local;
-    for (class, configs) in config {
-        for (name, cfg) in configs {
-            if class == LOCAL_PROVIDER.0 && !offer_local {
-                continue;
-            }
-            let mut regions: Vec<String> = cfg.effective_regions();
-            let mut default = cfg.default_region.clone();
-            if (class.as_str(), name.as_str()) == LOCAL_PROVIDER {
-                has_local = true;
-                if !regions.iter().any(|r| r == LOCAL_REGION) {
-                    regions.push(LOCAL_REGION.to_string());
-                }
-                default.get_or_insert_with(|| LOCAL_REGION.to_string());
-            }
-            let unique: BTreeSet<String> = regions.into_iter().collect();
-            out.push((
-                class.clone(),
-                name.clone(),
-                unique.into_iter().collect(),
-                default,
-            ));
+    for p in &config.0 {
+        let (class, name) = (&p.class, &p.name);
+        if class == LOCAL_PROVIDER.0 && !offer_local {
+            continue;
         }
+        let mut regions: Vec<String> = p.regions.clone();
+        let mut default = p.default_region.clone();
+        if (class.as_str(), name.as_str()) == LOCAL_PROVIDER {
+            has_local = true;
+            if !regions.iter().any(|r| r == LOCAL_REGION) {
+                regions.push(LOCAL_REGION.to_string());
+            }
+            default.get_or_insert_with(|| LOCAL_REGION.to_string());
+        }
+        let unique: BTreeSet<String> = regions.into_iter().collect();
+        out.push((
+            class.clone(),
+            name.clone(),
+            unique.into_iter().collect(),
+            default,
+        ));
     }
     if !has_local {
         out.push((
@@ -378,7 +370,7 @@ pub fn declared(
 /// workers); providers are never deleted (their flavors and jobs refer to them).
 pub async fn sync_from_config(
     tx: &super::Tx<'_>,
-    config: &ProvidersConfig,
+    config: &DeclaredProviders,
     offer_local: bool,
 ) -> Result<SyncReport> {
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&NS_CATALOG])

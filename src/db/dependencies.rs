@@ -23,27 +23,10 @@ use crate::error::Result;
 
 use super::Tx;
 
-// Per waiting task: are all its prerequisites S (true as well when it has none left), and the
-// lowest prerequisite failed for good, if any. Only tasks with something to do are returned.
-const CLASSIFY_ALL: &str = "
-    SELECT task_id, cause FROM (
-        SELECT t.task_id,
-               COALESCE(bool_and(p.status = 'S'), true) AS ready,
-               min(p.task_id) FILTER (WHERE p.status = 'F' AND NOT p.hidden
-                                        AND COALESCE(p.retry, 0) = 0) AS cause
-          FROM task t
-          LEFT JOIN task_dependencies d ON d.dependent_task_id = t.task_id
-          LEFT JOIN task p ON p.task_id = d.prerequisite_task_id
-         WHERE t.status = 'W' AND NOT t.hidden
-         GROUP BY t.task_id
-    ) v
-     WHERE v.ready OR v.cause IS NOT NULL
-     ORDER BY task_id
-     LIMIT $1::bigint";
-
-// The same, for the waiting dependents of prerequisites that settled (S, or F not hidden) at or
-// after $2 (`TaskStatus::SETTLED`, through `task_settled_idx`).
-static CLASSIFY_SINCE: LazyLock<String> = LazyLock::new(|| {
+// Per waiting task (`t`, narrowed by `scope`): are all its prerequisites S (true as well when it
+// has none left), and the lowest prerequisite failed for good, if any. Only tasks with something
+// to do are returned.
+fn classify(scope: &str) -> String {
     format!(
         "
     SELECT task_id, cause FROM (
@@ -54,17 +37,28 @@ static CLASSIFY_SINCE: LazyLock<String> = LazyLock::new(|| {
           FROM task t
           LEFT JOIN task_dependencies d ON d.dependent_task_id = t.task_id
           LEFT JOIN task p ON p.task_id = d.prerequisite_task_id
-         WHERE t.task_id IN (SELECT e.dependent_task_id
-                               FROM task s JOIN task_dependencies e ON e.prerequisite_task_id = s.task_id
-                              WHERE s.status IN ({settled}) AND NOT s.hidden AND s.modified_at >= $2)
-           AND t.status = 'W' AND NOT t.hidden
+         WHERE {scope}t.status = 'W' AND NOT t.hidden
          GROUP BY t.task_id
     ) v
      WHERE v.ready OR v.cause IS NOT NULL
      ORDER BY task_id
-     LIMIT $1::bigint",
-        settled = sql_list(TaskStatus::SETTLED),
+     LIMIT $1::bigint"
     )
+}
+
+// Every waiting task.
+static CLASSIFY_ALL: LazyLock<String> = LazyLock::new(|| classify(""));
+
+// The waiting dependents of prerequisites that settled (S, or F not hidden) at or after $2
+// (`TaskStatus::SETTLED`, through `task_settled_idx`).
+static CLASSIFY_SINCE: LazyLock<String> = LazyLock::new(|| {
+    classify(&format!(
+        "t.task_id IN (SELECT e.dependent_task_id
+                               FROM task s JOIN task_dependencies e ON e.prerequisite_task_id = s.task_id
+                              WHERE s.status IN ({settled}) AND NOT s.hidden AND s.modified_at >= $2)
+           AND ",
+        settled = sql_list(TaskStatus::SETTLED),
+    ))
 });
 
 /// Which waiting tasks a round looks at.
@@ -136,7 +130,7 @@ pub struct Round {
 pub async fn sweep_round(tx: &Tx<'_>, scope: Scope, limit: i64) -> Result<Round> {
     let rows = match scope {
         Scope::All => {
-            let stmt = tx.prepare_cached(CLASSIFY_ALL).await?;
+            let stmt = tx.prepare_cached(&CLASSIFY_ALL).await?;
             tx.query(&stmt, &[&limit]).await
         }
         Scope::SettledSince(since) => {

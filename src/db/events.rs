@@ -131,16 +131,14 @@ pub async fn list(db: &Db, filter: &ListFilter) -> Result<Vec<EventRecord>> {
 
 /// Deletes one event; returns whether it existed.
 pub async fn delete(db: &Db, event_id: i64) -> Result<bool> {
-    db.run(Op::Events, |c| {
-        async move {
-            let n = c
-                .execute("DELETE FROM worker_event WHERE event_id = $1", &[&event_id])
-                .await?;
-            Ok(n > 0)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Events,
+            "DELETE FROM worker_event WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await?;
+    Ok(n > 0)
 }
 
 const PRUNE_WHERE: &str = "
@@ -158,27 +156,23 @@ pub struct Pruned {
 
 /// Counts (dry run) or deletes the events matching `filter`.
 pub async fn prune(db: &Db, filter: &PruneFilter) -> Result<Pruned> {
-    db.run(Op::Events, |c| {
-        async move {
-            let level = filter.level.map(EventLevel::letter);
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&filter.before, &level, &filter.class, &filter.worker_id];
-            if filter.dry_run {
-                let sql = format!("SELECT count(*) FROM worker_event {PRUNE_WHERE}");
-                let n: i64 = c.query_one(&sql, &params).await?.get(0);
-                return Ok(Pruned {
-                    matched: n as u64,
-                    deleted: 0,
-                });
-            }
-            let sql = format!("DELETE FROM worker_event {PRUNE_WHERE}");
-            let n = c.execute(&sql, &params).await?;
-            Ok(Pruned {
-                matched: n,
-                deleted: n,
-            })
-        }
-        .scope_boxed()
+    let level = filter.level.map(EventLevel::letter);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&filter.before, &level, &filter.class, &filter.worker_id];
+    if filter.dry_run {
+        let sql = format!("SELECT count(*) FROM worker_event {PRUNE_WHERE}");
+        let n: i64 = db
+            .query_one(Op::Events, &sql, &params, |r| r.get(0))
+            .await?;
+        return Ok(Pruned {
+            matched: n as u64,
+            deleted: 0,
+        });
+    }
+    let sql = format!("DELETE FROM worker_event {PRUNE_WHERE}");
+    let n = db.execute(Op::Events, &sql, &params).await?;
+    Ok(Pruned {
+        matched: n,
+        deleted: n,
     })
-    .await
 }

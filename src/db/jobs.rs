@@ -17,9 +17,8 @@ use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_QUOTA;
 use super::{Db, Op};
-use crate::config::Providers as ProvidersConfig;
-use crate::domain::catalog::FlavorSpec;
-use crate::domain::quota::{self, Quota, Usage};
+use crate::domain::catalog::{DeclaredProviders, FlavorSpec};
+use crate::domain::quota::{self, Usage};
 use crate::domain::status::{JobAction, JobStatus, TaskStatus, WorkerStatus, sql_list};
 use crate::error::{Code, Error, Result};
 
@@ -65,20 +64,6 @@ pub enum QuotaRule {
     Recruiter,
 }
 
-/// The configured quota of a provider (`class.config`) in a region.
-pub fn configured_quota(
-    providers: &ProvidersConfig,
-    provider: (&str, &str),
-    region: &str,
-) -> Option<Quota> {
-    providers
-        .get(provider.0)?
-        .get(provider.1)?
-        .quotas
-        .get(region)
-        .map(|q| Quota::new(q.cpu, q.mem))
-}
-
 /// What the workers of a region use (computed from worker rows, never a counter).
 pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
     let row = tx
@@ -100,7 +85,7 @@ pub async fn region_usage(tx: &Tx<'_>, region_id: i32) -> Result<Usage> {
 /// by the recruiter, inside their transaction.
 pub async fn insert_workers(
     tx: &Tx<'_>,
-    providers: &ProvidersConfig,
+    providers: &DeclaredProviders,
     server_name: &str,
     w: &NewWorkers,
     rule: QuotaRule,
@@ -150,7 +135,7 @@ pub async fn insert_workers(
     )
     .await?;
     let usage = region_usage(tx, w.region_id).await?;
-    let quota = configured_quota(providers, (&class, &config), &region_name);
+    let quota = providers.quota((&class, &config), &region_name);
     let count = i64::from(w.number);
     let checked = match rule {
         QuotaRule::Manual => quota::check_manual(quota.as_ref(), usage, count, i64::from(cpu), mem),
@@ -216,7 +201,7 @@ pub async fn insert_workers(
 /// CreateWorker: workers and their create jobs, in one transaction.
 pub async fn create_workers(
     db: &Db,
-    providers: &ProvidersConfig,
+    providers: &DeclaredProviders,
     server_name: &str,
     w: &NewWorkers,
 ) -> Result<Vec<CreatedWorker>> {
@@ -315,16 +300,7 @@ pub async fn schedule_worker_deletion(
             job_id: open.get(0),
         });
     }
-    tx.execute(
-        &format!(
-            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
-            log_append(2),
-            open = sql_list(JobStatus::OPEN),
-        ),
-        &[&worker_id, &"canceled: the worker is being deleted"],
-    )
-    .await?;
+    cancel_open_jobs(tx, worker_id, "canceled: the worker is being deleted").await?;
     let job_id: i32 = tx
         .query_one(
             "INSERT INTO job (worker_id, worker_name, action, flavor_id, region_id, retry)
@@ -340,6 +316,22 @@ pub async fn schedule_worker_deletion(
     .await?;
     release_tasks(tx, shards, worker_id, reason).await?;
     Ok(Deletion::Scheduled { job_id })
+}
+
+/// Cancels the open jobs of a worker but its delete job (`JobStatus::OPEN`), saying `why` in
+/// their log.
+async fn cancel_open_jobs(tx: &Tx<'_>, worker_id: i32, why: &str) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
+              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
+            log_append(2),
+            open = sql_list(JobStatus::OPEN),
+        ),
+        &[&worker_id, &why],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Removes a worker row whose machine is gone (DeleteWorker with `undeployed`, and the end of a
@@ -361,16 +353,7 @@ pub async fn remove_undeployed(
         return Ok(false);
     }
     release_tasks(tx, shards, worker_id, reason).await?;
-    tx.execute(
-        &format!(
-            "UPDATE job SET status = 'X', lease_until = NULL, modified_at = now(), {}
-              WHERE worker_id = $1 AND action <> 'D' AND status IN ({open})",
-            log_append(2),
-            open = sql_list(JobStatus::OPEN),
-        ),
-        &[&worker_id, &"canceled: the worker was deleted"],
-    )
-    .await?;
+    cancel_open_jobs(tx, worker_id, "canceled: the worker was deleted").await?;
     tx.execute("DELETE FROM worker WHERE worker_id = $1", &[&worker_id])
         .await?;
     Ok(true)
@@ -426,70 +409,46 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Jobs, newest first.
 pub async fn list_jobs(db: &Db, limit: i64, offset: i64) -> Result<Vec<Job>> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT job_id, status, COALESCE(flavor_id, 0), retry, COALESCE(worker_id, 0),
-                            action, created_at, modified_at, progression, log
-                       FROM job ORDER BY job_id DESC LIMIT $1 OFFSET $2",
-                    &[&limit, &offset],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Job {
-                    job_id: r.get(0),
-                    status: r.get(1),
-                    flavor_id: r.get(2),
-                    retry: r.get(3),
-                    worker_id: r.get(4),
-                    action: r.get(5),
-                    created_at: rfc3339(r.get(6)),
-                    modified_at: rfc3339(r.get(7)),
-                    progression: i32::from(r.get::<_, i16>(8)),
-                    log: r.get(9),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Jobs,
+        "SELECT job_id, status, COALESCE(flavor_id, 0), retry, COALESCE(worker_id, 0),
+                action, created_at, modified_at, progression, log
+           FROM job ORDER BY job_id DESC LIMIT $1 OFFSET $2",
+        &[&limit, &offset],
+        |r| Job {
+            job_id: r.get(0),
+            status: r.get(1),
+            flavor_id: r.get(2),
+            retry: r.get(3),
+            worker_id: r.get(4),
+            action: r.get(5),
+            created_at: rfc3339(r.get(6)),
+            modified_at: rfc3339(r.get(7)),
+            progression: i32::from(r.get::<_, i16>(8)),
+            log: r.get(9),
+        },
+    )
     .await
 }
 
 /// Status and progression of each job that exists, by id.
 pub async fn job_statuses(db: &Db, ids: &[i32]) -> Result<Vec<(i32, String, i32)>> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT job_id, status, progression FROM job WHERE job_id = ANY($1)",
-                    &[&ids],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get(0), r.get(1), i32::from(r.get::<_, i16>(2))))
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Jobs,
+        "SELECT job_id, status, progression FROM job WHERE job_id = ANY($1)",
+        &[&ids],
+        |r| (r.get(0), r.get(1), i32::from(r.get::<_, i16>(2))),
+    )
     .await
 }
 
 /// Deletes a job row; false if there was none. A runner busy with it finds it gone and records
 /// nothing.
 pub async fn delete_job(db: &Db, job_id: i32) -> Result<bool> {
-    db.run(Op::Jobs, |c| {
-        async move {
-            let n = c
-                .execute("DELETE FROM job WHERE job_id = $1", &[&job_id])
-                .await?;
-            Ok(n == 1)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(Op::Jobs, "DELETE FROM job WHERE job_id = $1", &[&job_id])
+        .await?;
+    Ok(n == 1)
 }
 
 /// UpdateJob (an installing worker's progress report); false if the job does not exist.
@@ -501,26 +460,21 @@ pub async fn update_job(
     progression: Option<i16>,
 ) -> Result<bool> {
     let status = status.map(|s| s.letter());
-    db.run(Op::Jobs, |c| {
-        async move {
-            let n = c
-                .execute(
-                    &format!(
-                        "UPDATE job SET modified_at = now(),
-                                status = COALESCE($2, status),
-                                progression = COALESCE($3, progression),
-                                {}
-                          WHERE job_id = $1",
-                        log_append_optional(4)
-                    ),
-                    &[&job_id, &status, &progression, &append_log],
-                )
-                .await?;
-            Ok(n == 1)
-        }
-        .scope_boxed()
-    })
-    .await
+    let n = db
+        .execute(
+            Op::Jobs,
+            &format!(
+                "UPDATE job SET modified_at = now(),
+                        status = COALESCE($2, status),
+                        progression = COALESCE($3, progression),
+                        {}
+                  WHERE job_id = $1",
+                log_append_optional(4)
+            ),
+            &[&job_id, &status, &progression, &append_log],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// Like [`log_append`], but leaves the log alone when `$n` is NULL.
@@ -534,19 +488,15 @@ fn log_append_optional(n: usize) -> String {
 /// When worker `worker_id` last registered or pinged (None: never, or no such worker). A create
 /// job waits for it to move (loops::jobs).
 pub async fn worker_last_ping(db: &Db, worker_id: i32) -> Result<Option<DateTime<Utc>>> {
-    db.run(Op::JobRunner, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT last_ping_at FROM worker WHERE worker_id = $1",
-                    &[&worker_id],
-                )
-                .await?;
-            Ok(row.and_then(|r| r.get(0)))
-        }
-        .scope_boxed()
-    })
-    .await
+    let last_ping = db
+        .query_opt(
+            Op::JobRunner,
+            "SELECT last_ping_at FROM worker WHERE worker_id = $1",
+            &[&worker_id],
+            |r| r.get(0),
+        )
+        .await?;
+    Ok(last_ping.flatten())
 }
 
 /// A job claimed by a runner, with what its provider call needs.

@@ -9,7 +9,6 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scoped_futures::ScopedFutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -87,20 +86,14 @@ pub async fn limit_idle_in_transaction(tx: &super::Tx<'_>, limit: Duration) -> R
 /// A new epoch for the Postgres-lock mode, newer than any recorded term (even one recorded by an
 /// etcd-mode cluster on the same database). Call it only while holding the leadership lock.
 pub async fn next_local_epoch(db: &Db) -> Result<i64> {
-    db.run(Op::Leader, |c| {
-        async move {
-            let row = c
-                .query_one(
-                    "SELECT setval('cluster_epoch_seq', greatest(
-                         nextval('cluster_epoch_seq'),
-                         coalesce((SELECT epoch + 1 FROM cluster_leader WHERE id = 1), 1)))",
-                    &[],
-                )
-                .await?;
-            Ok(row.get::<_, i64>(0))
-        }
-        .scope_boxed()
-    })
+    db.query_one(
+        Op::Leader,
+        "SELECT setval('cluster_epoch_seq', greatest(
+             nextval('cluster_epoch_seq'),
+             coalesce((SELECT epoch + 1 FROM cluster_leader WHERE id = 1), 1)))",
+        &[],
+        |r| r.get::<_, i64>(0),
+    )
     .await
 }
 
@@ -114,22 +107,16 @@ pub struct Office {
 
 /// Reads the recorded term, if any leader ever took office.
 pub async fn current(db: &Db) -> Result<Option<Office>> {
-    db.run(Op::Leader, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT epoch, holder, since FROM cluster_leader WHERE id = 1",
-                    &[],
-                )
-                .await?;
-            Ok(row.map(|r| Office {
-                epoch: r.get(0),
-                holder: r.get(1),
-                since: r.get(2),
-            }))
-        }
-        .scope_boxed()
-    })
+    db.query_opt(
+        Op::Leader,
+        "SELECT epoch, holder, since FROM cluster_leader WHERE id = 1",
+        &[],
+        |r| Office {
+            epoch: r.get(0),
+            holder: r.get(1),
+            since: r.get(2),
+        },
+    )
     .await
 }
 

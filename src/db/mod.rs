@@ -312,6 +312,21 @@ impl Db {
         .await
     }
 
+    /// One query on a pooled connection, measured as `op`: its one row, through `map` (no row, or
+    /// several, is an error, as `tokio_postgres::Client::query_one`).
+    pub async fn query_one<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T + Send,
+    ) -> Result<T> {
+        self.run(op, |c| {
+            async move { Ok(map(&c.query_one(sql, params).await?)) }.scope_boxed()
+        })
+        .await
+    }
+
     /// One query on a pooled connection, measured as `op`: its row if any, through `map`.
     pub async fn query_opt<T: Send>(
         &self,
@@ -322,6 +337,49 @@ impl Db {
     ) -> Result<Option<T>> {
         self.run(op, |c| {
             async move { Ok(c.query_opt(sql, params).await?.as_ref().map(map)) }.scope_boxed()
+        })
+        .await
+    }
+
+    /// [`Db::execute`] for a statement that must change a row: none changed is the error
+    /// `missing()`, counted as a failure of `op` like an error of the statement.
+    pub async fn execute_found(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        missing: impl FnOnce() -> Error + Send,
+    ) -> Result<u64> {
+        self.run(op, |c| {
+            async move {
+                match c.execute(sql, params).await? {
+                    0 => Err(missing()),
+                    n => Ok(n),
+                }
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+
+    /// [`Db::query_opt`] for a row that must exist: none is the error `missing()`, counted as a
+    /// failure of `op` like an error of the query.
+    pub async fn query_found<T: Send>(
+        &self,
+        op: Op,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T + Send,
+        missing: impl FnOnce() -> Error + Send,
+    ) -> Result<T> {
+        self.run(op, |c| {
+            async move {
+                match c.query_opt(sql, params).await? {
+                    Some(row) => Ok(map(&row)),
+                    None => Err(missing()),
+                }
+            }
+            .scope_boxed()
         })
         .await
     }

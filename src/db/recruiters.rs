@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use scoped_futures::ScopedFutureExt as _;
 
 use super::locks::NS_WORKER;
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::limits;
 use crate::domain::recruitment::{Candidate, Recycle, Resources, Sizing, validate_settings};
 use crate::domain::status::{RecyclableScope, TaskStatus, sql_list};
@@ -137,43 +137,41 @@ fn from_row(r: &tokio_postgres::Row) -> Recruiter {
 
 /// Stores a recruiter owned by `owner` (who, with admins, may change it).
 pub async fn create(db: &Db, r: &Recruiter, owner: Owner) -> Result<()> {
-    db.run(Op::Recruiters, |c| {
-        async move {
-            c.execute(
-                &format!("INSERT INTO recruiter ({COLUMNS}, owner_id, owner_worker_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
-                &[
-                    &r.step_id,
-                    &r.rank,
-                    &r.protofilter,
-                    &r.concurrency,
-                    &r.prefetch,
-                    &r.max_workers,
-                    &r.rounds,
-                    &r.timeout,
-                    &r.cpu_per_task,
-                    &r.memory_per_task,
-                    &r.disk_per_task,
-                    &r.prefetch_percent,
-                    &r.concurrency_min,
-                    &r.concurrency_max,
-                    &owner.user_id,
-                    &owner.worker_token,
-                ],
-            )
-            .await
-            .map_err(|e| match pg_error(e) {
-                e if e.code == Code::AlreadyExists => Error::already_exists(format!(
-                    "step {} already has a recruiter of rank {}",
-                    r.step_id, r.rank
-                )),
-                e if e.code == Code::NotFound => Error::not_found(format!("step {} not found", r.step_id)),
-                e => e,
-            })?;
-            Ok(())
-        }
-        .scope_boxed()
-    })
+    db.execute(
+        Op::Recruiters,
+        &format!(
+            "INSERT INTO recruiter ({COLUMNS}, owner_id, owner_worker_token)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ),
+        &[
+            &r.step_id,
+            &r.rank,
+            &r.protofilter,
+            &r.concurrency,
+            &r.prefetch,
+            &r.max_workers,
+            &r.rounds,
+            &r.timeout,
+            &r.cpu_per_task,
+            &r.memory_per_task,
+            &r.disk_per_task,
+            &r.prefetch_percent,
+            &r.concurrency_min,
+            &r.concurrency_max,
+            &owner.user_id,
+            &owner.worker_token,
+        ],
+    )
     .await
+    .map_err(|e| match e {
+        e if e.code == Code::AlreadyExists => Error::already_exists(format!(
+            "step {} already has a recruiter of rank {}",
+            r.step_id, r.rank
+        )),
+        e if e.code == Code::NotFound => Error::not_found(format!("step {} not found", r.step_id)),
+        e => e,
+    })?;
+    Ok(())
 }
 
 pub async fn list(db: &Db, step_id: Option<i32>) -> Result<Vec<Recruiter>> {

@@ -73,59 +73,46 @@ pub async fn save(db: &Db, t: &NewTemplate<'_>, replace: bool) -> Result<i32> {
     } else {
         INSERT_TEMPLATE
     };
-    db.run(Op::Templates, |c| {
-        async move {
-            let row = c
-                .query_one(
-                    sql,
-                    &[
-                        &t.name,
-                        &t.version,
-                        &t.description,
-                        &t.script,
-                        &t.params,
-                        &t.uploaded_by,
-                        &t.owner_worker_token,
-                    ],
-                )
-                .await
-                .map_err(|e| {
-                    let err = pg_error(e);
-                    if err.code == crate::error::Code::AlreadyExists {
-                        Error::already_exists(format!(
-                            "template {} version {} already exists (upload with force to replace it)",
-                            t.name, t.version
-                        ))
-                    } else {
-                        err
-                    }
-                })?;
-            Ok(row.get(0))
-        }
-        .scope_boxed()
-    })
+    db.query_one(
+        Op::Templates,
+        sql,
+        &[
+            &t.name,
+            &t.version,
+            &t.description,
+            &t.script,
+            &t.params,
+            &t.uploaded_by,
+            &t.owner_worker_token,
+        ],
+        |r| r.get(0),
+    )
     .await
+    .map_err(|err| {
+        if err.code == crate::error::Code::AlreadyExists {
+            Error::already_exists(format!(
+                "template {} version {} already exists (upload with force to replace it)",
+                t.name, t.version
+            ))
+        } else {
+            err
+        }
+    })
 }
 
 /// The script and parameters of a template; NotFound when it does not exist.
 pub async fn stored(db: &Db, template_id: i32) -> Result<Stored> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT script, params_schema FROM workflow_template WHERE workflow_template_id = $1",
-                    &[&template_id],
-                )
-                .await?
-                .ok_or_else(|| Error::not_found(format!("template {template_id} not found")))?;
-            Ok(Stored {
-                template_id,
-                script: row.get(0),
-                params: row.get(1),
-            })
-        }
-        .scope_boxed()
-    })
+    db.query_found(
+        Op::Templates,
+        "SELECT script, params_schema FROM workflow_template WHERE workflow_template_id = $1",
+        &[&template_id],
+        |row| Stored {
+            template_id,
+            script: row.get(0),
+            params: row.get(1),
+        },
+        || Error::not_found(format!("template {template_id} not found")),
+    )
     .await
 }
 
@@ -165,32 +152,23 @@ pub async fn list(
 ) -> Result<Vec<(pb::Template, Value)>> {
     let latest = version.is_some_and(|v| v.eq_ignore_ascii_case("latest"));
     let version = version.filter(|_| !latest);
-    db.run(Op::Templates, |c| {
-        async move {
-            let rows = c
-                .query(
-                    LIST_TEMPLATES,
-                    &[&id, &name, &version, &latest, &limits::LIST_TEMPLATES.max],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let t = pb::Template {
-                        workflow_template_id: r.get(0),
-                        name: r.get(1),
-                        version: r.get(2),
-                        description: r.get(3),
-                        param_json: String::new(),
-                        uploaded_at: rfc3339(r.get(5)),
-                        uploaded_by: r.get(6),
-                    };
-                    (t, r.get::<_, Value>(4))
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Templates,
+        LIST_TEMPLATES,
+        &[&id, &name, &version, &latest, &limits::LIST_TEMPLATES.max],
+        |r| {
+            let t = pb::Template {
+                workflow_template_id: r.get(0),
+                name: r.get(1),
+                version: r.get(2),
+                description: r.get(3),
+                param_json: String::new(),
+                uploaded_at: rfc3339(r.get(5)),
+                uploaded_by: r.get(6),
+            };
+            (t, r.get::<_, Value>(4))
+        },
+    )
     .await
 }
 
@@ -226,20 +204,13 @@ pub async fn abandon_stale_runs(db: &Db, older_than_secs: f64) -> Result<u64> {
 /// Records a new run in status P; returns its id.
 pub async fn create_run(db: &Db, template_id: i32, values: &Value, owner: Owner) -> Result<i32> {
     let (run_by, worker_token) = (owner.user_id, owner.worker_token);
-    db.run(Op::Templates, |c| {
-        async move {
-            let row = c
-                .query_one(
-                    "INSERT INTO template_run (workflow_template_id, param_values, run_by,
-                                               owner_worker_token)
-                     VALUES ($1, $2, $3, $4) RETURNING template_run_id",
-                    &[&template_id, &values, &run_by, &worker_token],
-                )
-                .await?;
-            Ok(row.get(0))
-        }
-        .scope_boxed()
-    })
+    db.query_one(
+        Op::Templates,
+        "INSERT INTO template_run (workflow_template_id, param_values, run_by, owner_worker_token)
+         VALUES ($1, $2, $3, $4) RETURNING template_run_id",
+        &[&template_id, &values, &run_by, &worker_token],
+        |r| r.get(0),
+    )
     .await
 }
 
@@ -332,34 +303,25 @@ pub async fn list_runs(
     template_id: Option<i32>,
     run_id: Option<i32>,
 ) -> Result<Vec<pb::TemplateRun>> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let rows = c
-                .query(
-                    LIST_RUNS,
-                    &[&template_id, &run_id, &limits::LIST_TEMPLATE_RUNS.max],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| pb::TemplateRun {
-                    template_run_id: r.get(0),
-                    workflow_template_id: r.get(1),
-                    template_name: r.get(2),
-                    template_version: r.get(3),
-                    workflow_name: r.get(4),
-                    run_by: r.get(5),
-                    status: r.get(6),
-                    workflow_id: r.get(7),
-                    created_at: rfc3339(r.get(8)),
-                    param_values_json: r.get(9),
-                    error_message: r.get(10),
-                    run_by_username: r.get(11),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Templates,
+        LIST_RUNS,
+        &[&template_id, &run_id, &limits::LIST_TEMPLATE_RUNS.max],
+        |r| pb::TemplateRun {
+            template_run_id: r.get(0),
+            workflow_template_id: r.get(1),
+            template_name: r.get(2),
+            template_version: r.get(3),
+            workflow_name: r.get(4),
+            run_by: r.get(5),
+            status: r.get(6),
+            workflow_id: r.get(7),
+            created_at: rfc3339(r.get(8)),
+            param_values_json: r.get(9),
+            error_message: r.get(10),
+            run_by_username: r.get(11),
+        },
+    )
     .await
 }
 
@@ -401,20 +363,12 @@ pub async fn update_run(
 
 /// DeleteTemplateRun: NotFound when there is no such run. The workflow it created stays.
 pub async fn delete_run(db: &Db, run_id: i32) -> Result<()> {
-    db.run(Op::Templates, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "DELETE FROM template_run WHERE template_run_id = $1",
-                    &[&run_id],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::not_found(format!("template run {run_id} not found")));
-            }
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute_found(
+        Op::Templates,
+        "DELETE FROM template_run WHERE template_run_id = $1",
+        &[&run_id],
+        || Error::not_found(format!("template run {run_id} not found")),
+    )
+    .await?;
+    Ok(())
 }

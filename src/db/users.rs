@@ -208,25 +208,20 @@ pub async fn create_user(
     email: Option<&str>,
     is_admin: bool,
 ) -> Result<i32> {
-    db.run(Op::Users, |c| {
-        async move {
-            let row = c
-                .query_one(
-                    "INSERT INTO scitq_user (username, password, email, is_admin) VALUES ($1, $2, $3, $4)
-                     RETURNING user_id",
-                    &[&username, &hash, &email, &is_admin],
-                )
-                .await
-                .map_err(|e| match pg_error(e) {
-                    err if err.code == Code::AlreadyExists => {
-                        Error::already_exists(format!("user {username:?} already exists"))
-                    }
-                    err => err,
-                })?;
-            Ok(row.get(0))
-        }.scope_boxed()
-    })
+    db.query_one(
+        Op::Users,
+        "INSERT INTO scitq_user (username, password, email, is_admin) VALUES ($1, $2, $3, $4)
+         RETURNING user_id",
+        &[&username, &hash, &email, &is_admin],
+        |r| r.get(0),
+    )
     .await
+    .map_err(|err| match err {
+        err if err.code == Code::AlreadyExists => {
+            Error::already_exists(format!("user {username:?} already exists"))
+        }
+        err => err,
+    })
 }
 
 pub async fn list_users(db: &Db) -> Result<Vec<User>> {
@@ -352,12 +347,13 @@ pub async fn ensure_initial_admin(
 
 /// Whether the user table is empty (decides whether an initial admin password must be generated).
 pub async fn no_users(db: &Db) -> Result<bool> {
-    db.run(Op::Bootstrap, |c| {
-        async move {
-            let row = c.query_opt("SELECT 1 FROM scitq_user LIMIT 1", &[]).await?;
-            Ok(row.is_none())
-        }
-        .scope_boxed()
-    })
-    .await
+    let row = db
+        .query_opt(
+            Op::Bootstrap,
+            "SELECT 1 FROM scitq_user LIMIT 1",
+            &[],
+            |_| (),
+        )
+        .await?;
+    Ok(row.is_none())
 }

@@ -209,35 +209,29 @@ const LIST_WORKERS: &str = "
 /// ListWorkers: all workers (at most `LIST_WORKERS.max`), or those whose step belongs to
 /// `workflow_id`.
 pub async fn list(db: &Db, workflow_id: Option<i32>) -> Result<Vec<pb::Worker>> {
-    db.run(Op::Workers, |c| {
-        async move {
-            let rows = c
-                .query(LIST_WORKERS, &[&workflow_id, &limits::LIST_WORKERS.max])
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| pb::Worker {
-                    worker_id: r.get("worker_id"),
-                    name: r.get("worker_name"),
-                    concurrency: r.get("concurrency"),
-                    prefetch: r.get("prefetch"),
-                    status: r.get("status"),
-                    ipv4: r.get("ipv4"),
-                    ipv6: r.get("ipv6"),
-                    flavor: r.get("flavor"),
-                    provider: r.get("provider"),
-                    region: r.get("region"),
-                    step_id: r.get("step_id"),
-                    step_name: r.get("step_name"),
-                    is_permanent: r.get("is_permanent"),
-                    recyclable_scope: r.get("recyclable_scope"),
-                    workflow_id: r.get("workflow_id"),
-                    workflow_name: r.get("workflow_name"),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
+    db.query(
+        Op::Workers,
+        LIST_WORKERS,
+        &[&workflow_id, &limits::LIST_WORKERS.max],
+        |r| pb::Worker {
+            worker_id: r.get("worker_id"),
+            name: r.get("worker_name"),
+            concurrency: r.get("concurrency"),
+            prefetch: r.get("prefetch"),
+            status: r.get("status"),
+            ipv4: r.get("ipv4"),
+            ipv6: r.get("ipv6"),
+            flavor: r.get("flavor"),
+            provider: r.get("provider"),
+            region: r.get("region"),
+            step_id: r.get("step_id"),
+            step_name: r.get("step_name"),
+            is_permanent: r.get("is_permanent"),
+            recyclable_scope: r.get("recyclable_scope"),
+            workflow_id: r.get("workflow_id"),
+            workflow_name: r.get("workflow_name"),
+        },
+    )
     .await
 }
 
@@ -336,67 +330,55 @@ pub async fn update(db: &Db, worker_id: i32, ch: &WorkerChanges) -> Result<()> {
 pub async fn set_status(db: &Db, worker_id: i32, status: WorkerStatus) -> Result<()> {
     let letter = status.letter();
     let offline = status.is_offline();
-    db.run(Op::Workers, |c| {
-        async move {
-            let n = c
-                .execute(
-                    "UPDATE worker SET status = $2,
-                            offline_since = CASE WHEN $3 THEN COALESCE(offline_since, now()) END
-                      WHERE worker_id = $1",
-                    &[&worker_id, &letter, &offline],
-                )
-                .await?;
-            if n == 0 {
-                return Err(Error::not_found(format!("worker {worker_id} not found")));
-            }
-            Ok(())
-        }
-        .scope_boxed()
-    })
-    .await
+    db.execute_found(
+        Op::Workers,
+        "UPDATE worker SET status = $2,
+                offline_since = CASE WHEN $3 THEN COALESCE(offline_since, now()) END
+          WHERE worker_id = $1",
+        &[&worker_id, &letter, &offline],
+        || Error::not_found(format!("worker {worker_id} not found")),
+    )
+    .await?;
+    Ok(())
 }
 
 /// GetWorkerStatuses: one status per requested id, in request order; unknown ids → "unknown".
 pub async fn statuses(db: &Db, ids: &[i32]) -> Result<Vec<pb::WorkerStatus>> {
-    db.run(Op::Workers, |c| {
-        async move {
-            let rows = c
-                .query(
-                    "SELECT worker_id, status FROM worker WHERE worker_id = ANY($1)",
-                    &[&ids],
-                )
-                .await?;
-            let known: std::collections::HashMap<i32, String> =
-                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            Ok(ids
-                .iter()
-                .map(|id| pb::WorkerStatus {
-                    worker_id: *id,
-                    status: known.get(id).cloned().unwrap_or_else(|| "unknown".into()),
-                })
-                .collect())
-        }
-        .scope_boxed()
-    })
-    .await
+    let known: std::collections::HashMap<i32, String> = db
+        .query(
+            Op::Workers,
+            "SELECT worker_id, status FROM worker WHERE worker_id = ANY($1)",
+            &[&ids],
+            |r| (r.get(0), r.get(1)),
+        )
+        .await?
+        .into_iter()
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| pb::WorkerStatus {
+            worker_id: *id,
+            status: known.get(id).cloned().unwrap_or_else(|| "unknown".into()),
+        })
+        .collect())
 }
 
 /// GetWorkerStats: the latest stats stored from pings; ids without stats are omitted.
 pub async fn stats(db: &Db, ids: &[i32]) -> Result<Vec<(i32, pb::WorkerStats)>> {
-    db.run(Op::Workers, |c| {
-        async move {
-            let rows = c.query("SELECT worker_id, stats FROM worker_stats WHERE worker_id = ANY($1)", &[&ids]).await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                let bytes: Vec<u8> = r.get(1);
-                match pb::WorkerStats::decode(bytes.as_slice()) {
-                    Ok(s) => out.push((r.get(0), s)),
-                    Err(e) => tracing::warn!(worker_id = r.get::<_, i32>(0), error = %e, "unreadable stored worker stats"),
-                }
-            }
-            Ok(out)
+    let rows: Vec<(i32, Vec<u8>)> = db
+        .query(
+            Op::Workers,
+            "SELECT worker_id, stats FROM worker_stats WHERE worker_id = ANY($1)",
+            &[&ids],
+            |r| (r.get(0), r.get(1)),
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (worker_id, bytes) in rows {
+        match pb::WorkerStats::decode(bytes.as_slice()) {
+            Ok(s) => out.push((worker_id, s)),
+            Err(e) => tracing::warn!(worker_id, error = %e, "unreadable stored worker stats"),
         }
-        .scope_boxed()
-    })
-    .await
+    }
+    Ok(out)
 }

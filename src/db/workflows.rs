@@ -23,27 +23,21 @@ pub async fn create_workflow(
 ) -> Result<i32> {
     let letter = strategy.letter();
     let (owner_id, owner_worker_token) = (owner.user_id, owner.worker_token);
-    db.run(Op::Workflows, |c| {
-        async move {
-            let row = c
-                .query_one(
-                    "INSERT INTO workflow (workflow_name, run_strategy, maximum_workers, owner_id,
-                                           owner_worker_token)
-                     VALUES ($1, $2, $3, $4, $5)
-                     RETURNING workflow_id",
-                    &[
-                        &name,
-                        &letter,
-                        &maximum_workers,
-                        &owner_id,
-                        &owner_worker_token,
-                    ],
-                )
-                .await?;
-            Ok(row.get(0))
-        }
-        .scope_boxed()
-    })
+    db.query_one(
+        Op::Workflows,
+        "INSERT INTO workflow (workflow_name, run_strategy, maximum_workers, owner_id,
+                               owner_worker_token)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING workflow_id",
+        &[
+            &name,
+            &letter,
+            &maximum_workers,
+            &owner_id,
+            &owner_worker_token,
+        ],
+        |r| r.get(0),
+    )
     .await
 }
 

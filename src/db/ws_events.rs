@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use scoped_futures::ScopedFutureExt as _;
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use super::{Db, Op, pg_error};
+use super::{Db, Op};
 use crate::domain::ws::Audience;
 use crate::error::Result;
 
@@ -61,34 +60,22 @@ pub async fn publish<C: GenericClient + Sync>(client: &C, event: &Event) -> Resu
 
 /// The body of a stored event (`None`: pruned or never committed).
 pub async fn fetch(db: &Db, event_id: i64) -> Result<Option<String>> {
-    db.run(Op::WsEvents, |c| {
-        async move {
-            let row = c
-                .query_opt(
-                    "SELECT body FROM ws_event WHERE event_id = $1",
-                    &[&event_id],
-                )
-                .await?;
-            Ok(row.map(|r| r.get(0)))
-        }
-        .scope_boxed()
-    })
+    db.query_opt(
+        Op::WsEvents,
+        "SELECT body FROM ws_event WHERE event_id = $1",
+        &[&event_id],
+        |r| r.get(0),
+    )
     .await
 }
 
 /// Deletes stored bodies older than `KEEP`; returns how many. Any replica may run it.
 pub async fn prune(db: &Db) -> Result<u64> {
     let keep = KEEP.as_secs_f64();
-    db.run(Op::WsEvents, |c| {
-        async move {
-            c.execute(
-                "DELETE FROM ws_event WHERE created_at < now() - make_interval(secs => $1)",
-                &[&keep],
-            )
-            .await
-            .map_err(pg_error)
-        }
-        .scope_boxed()
-    })
+    db.execute(
+        Op::WsEvents,
+        "DELETE FROM ws_event WHERE created_at < now() - make_interval(secs => $1)",
+        &[&keep],
+    )
     .await
 }

@@ -21,10 +21,10 @@ pub const CATALOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Synchronises providers and regions with the configuration (idempotent, serialised across
 /// replicas, fenced).
 pub async fn take_office(ctx: &LeaderContext) -> Result<SyncReport> {
-    let config = ctx.config.clone();
+    let (declared, offer_local) = (ctx.declared_providers.clone(), ctx.config.local_provider);
     let report = ctx
         .fenced_tx(Op::Catalog, |tx| {
-            let (providers, offer_local) = (&config.providers, config.local_provider);
+            let providers = &*declared;
             async move { catalog::sync_from_config(tx, providers, offer_local).await }.scope_boxed()
         })
         .await?;

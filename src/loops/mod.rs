@@ -31,6 +31,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::db::{Db, Op};
+use crate::domain::catalog::DeclaredProviders;
 use crate::error::{Error, Result};
 use crate::providers::Providers;
 use crate::telemetry::metrics as m;
@@ -47,11 +48,14 @@ pub fn leader_loops(config: &Config, providers: Providers) -> Vec<LeaderLoop> {
     ]
 }
 
-/// What a leader loop gets: the pool, the configuration, and the epoch of the term it runs in.
+/// What a leader loop gets: the pool, the configuration (and its `providers:` section as a value),
+/// and the epoch of the term it runs in.
 #[derive(Clone)]
 pub struct LeaderContext {
     pub db: Db,
     pub config: Arc<Config>,
+    /// The `providers:` section as a value (made once by the server from `config`).
+    pub declared_providers: Arc<DeclaredProviders>,
     pub epoch: i64,
 }
 
@@ -284,6 +288,7 @@ mod tests {
         LeaderContext {
             db: Db::connect("postgres://nobody@127.0.0.1:1/none", 2).unwrap(),
             config: Arc::new(config),
+            declared_providers: Arc::default(),
             epoch: 7,
         }
     }

@@ -19,6 +19,7 @@ use crate::db::Op;
 use crate::db::catalog;
 use crate::db::jobs::{self, CreatedWorker, NewWorkers, QuotaRule};
 use crate::db::recruiters;
+use crate::domain::catalog::DeclaredProviders;
 use crate::domain::protofilter;
 use crate::domain::recruitment::{self, ActiveRecruiter, Offer, Resources, Snapshot};
 use crate::error::{Code, Result};
@@ -68,11 +69,12 @@ impl Recruiter {
     /// One recruitment cycle.
     pub async fn run_once(&self, ctx: &LeaderContext) -> Result<CycleReport> {
         let config = ctx.config.clone();
+        let declared = ctx.declared_providers.clone();
         let (report, counts) = ctx
             .fenced_tx(Op::RecruiterCycle, |tx| {
-                let config = &*config;
+                let (config, declared) = (&*config, &*declared);
                 async move {
-                    let report = cycle(tx, config).await?;
+                    let report = cycle(tx, config, declared).await?;
                     let counts = recruiters::worker_counts(tx).await?;
                     let queue = recruiters::queue_counts(tx).await?;
                     Ok((report, (counts, queue)))
@@ -129,7 +131,7 @@ fn key(r: &recruiters::Recruiter) -> (i32, i32) {
 }
 
 /// Reads, plans and applies one cycle inside `tx`.
-async fn cycle(tx: &Tx<'_>, config: &Config) -> Result<CycleReport> {
+async fn cycle(tx: &Tx<'_>, config: &Config, declared: &DeclaredProviders) -> Result<CycleReport> {
     let mut report = CycleReport::default();
     let mut inactive = Vec::new();
     let mut active: Vec<ActiveRecruiter> = Vec::new();
@@ -193,7 +195,7 @@ async fn cycle(tx: &Tx<'_>, config: &Config) -> Result<CycleReport> {
 
     let mut attempted = Vec::new();
     if !active.is_empty() {
-        let snapshot = snapshot(tx, config, active, &regions).await?;
+        let snapshot = snapshot(tx, declared, active, &regions).await?;
         let plan = recruitment::plan(&snapshot);
         attempted = plan.attempted.clone();
         let mut recycles = plan.recycles.clone();
@@ -210,7 +212,7 @@ async fn cycle(tx: &Tx<'_>, config: &Config) -> Result<CycleReport> {
                 report.recycled.push((r.worker_id, r.to_step));
             }
         }
-        deploy(tx, config, &plan.deployments, &mut report).await?;
+        deploy(tx, config, declared, &plan.deployments, &mut report).await?;
     }
     recruiters::set_timers(tx, &report.active, &inactive, &attempted).await?;
     Ok(report)
@@ -219,7 +221,7 @@ async fn cycle(tx: &Tx<'_>, config: &Config) -> Result<CycleReport> {
 /// Completes the active recruiters with recyclable workers, quotas and workflow counters.
 async fn snapshot(
     tx: &Tx<'_>,
-    config: &Config,
+    declared: &DeclaredProviders,
     recruiters_: Vec<ActiveRecruiter>,
     regions: &HashMap<i32, (String, String, String)>,
 ) -> Result<Snapshot> {
@@ -238,7 +240,7 @@ async fn snapshot(
     let pending_by_step = recruiters::pending_by_step(tx, &steps).await?;
     let mut quotas = HashMap::new();
     for (region_id, (class, name, region)) in regions {
-        if let Some(q) = jobs::configured_quota(&config.providers, (class, name), region) {
+        if let Some(q) = declared.quota((class, name), region) {
             quotas.insert(*region_id, (q, jobs::region_usage(tx, *region_id).await?));
         }
     }
@@ -263,6 +265,7 @@ async fn snapshot(
 async fn deploy(
     tx: &Tx<'_>,
     config: &Config,
+    declared: &DeclaredProviders,
     deployments: &[recruitment::Deploy],
     report: &mut CycleReport,
 ) -> Result<()> {
@@ -282,7 +285,7 @@ async fn deploy(
         };
         match jobs::insert_workers(
             tx,
-            &config.providers,
+            declared,
             &config.server_name,
             &new,
             QuotaRule::Recruiter,

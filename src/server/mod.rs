@@ -22,8 +22,10 @@ use crate::api::{Service, auth};
 use crate::config::Config;
 use crate::db::embedded::{EmbeddedPostgres, Options as EmbeddedOptions};
 use crate::db::{self, Db};
+use crate::domain::catalog::{DeclaredProvider, DeclaredProviders};
 use crate::domain::credentials;
 use crate::domain::jwt::JwtKey;
+use crate::domain::quota::Quota;
 use crate::proto::task_queue_server::TaskQueueServer;
 use crate::telemetry::grpc::GrpcMetricsLayer;
 use crate::telemetry::metrics as m;
@@ -60,6 +62,25 @@ impl Listeners {
         };
         Ok(Listeners { grpc, metrics, web })
     }
+}
+
+/// The `providers:` section of `config` as the value `db` reads, built once here at the edge and
+/// shared by the handlers and the leader loops (docs/architecture.md#layers).
+pub fn declared_providers(config: &Config) -> DeclaredProviders {
+    let providers = config.providers.iter().flat_map(|(class, configs)| {
+        configs.iter().map(move |(name, cfg)| DeclaredProvider {
+            class: class.clone(),
+            name: name.clone(),
+            regions: cfg.effective_regions(),
+            default_region: cfg.default_region.clone(),
+            quotas: cfg
+                .quotas
+                .iter()
+                .map(|(region, q)| (region.clone(), Quota::new(q.cpu, q.mem)))
+                .collect(),
+        })
+    });
+    DeclaredProviders(providers.collect())
 }
 
 /// The application database of the embedded cluster.
@@ -132,14 +153,23 @@ async fn serve(
         &crate::providers::Environment::for_replica(&config, grpc_addr, &worker_token),
     )
     .context("invalid provider configuration")?;
+    let declared = Arc::new(declared_providers(&config));
 
     let state = Arc::new(AppState::new(
         db.clone(),
         config.clone(),
+        declared.clone(),
         worker_token,
         jwt,
         grpc_addr,
     ));
+    // Every replica runs the WebSocket fan-out (it also prunes stored events), web listener or not.
+    let ws_hub = crate::web::ws::WsHub::start(
+        db.clone(),
+        state.logs.notifier(),
+        state.auth.clone(),
+        state.draining.clone(),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TaskQueueServer<Service>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -156,7 +186,7 @@ async fn serve(
 
     let web_task = match listeners.web {
         Some(listener) => {
-            let app = crate::web::router(state.clone(), service.clone());
+            let app = crate::web::router(state.clone(), ws_hub, service.clone());
             let tls = crate::web::tls_config(&config)?;
             Some(tokio::spawn(crate::web::serve(
                 listener,
@@ -229,6 +259,7 @@ async fn serve(
         crate::cluster::Membership {
             db: db.clone(),
             config: config.clone(),
+            declared_providers: declared,
             loops: crate::loops::leader_loops(&config, providers),
         },
         database_url,

@@ -29,9 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::api::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::domain::credentials::{new_session_token, token_digest};
@@ -59,12 +59,20 @@ pub struct CallerCredentials {
     pub actor: Actor,
 }
 
+/// This replica's cache of sessions, as templates need it: a script's session, once revoked, is
+/// forgotten at once (the api's `Authenticator` implements it; templates sit below api, see
+/// docs/architecture.md#layers).
+pub trait SessionCache: Send + Sync {
+    /// Forgets the session of `token` on this replica.
+    fn forget<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()>;
+}
+
 /// Template upload and run, with how scripts reach this server back.
 #[derive(Clone)]
 pub struct Templates {
     runner: Runner,
     /// Forgets a script's session on this replica the moment it is revoked.
-    auth: Arc<Authenticator>,
+    auth: Arc<dyn SessionCache>,
     timeout: Duration,
     /// `host:port` (SCITQ_SERVER, the original's form).
     server: String,
@@ -77,7 +85,7 @@ pub struct Templates {
 }
 
 impl Templates {
-    pub fn new(config: &Config, grpc_addr: SocketAddr, auth: Arc<Authenticator>) -> Templates {
+    pub fn new(config: &Config, grpc_addr: SocketAddr, auth: Arc<dyn SessionCache>) -> Templates {
         // The original gives scripts `<server_fqdn or localhost>:<port>`: the
         // name a certificate is issued for (its embedded one names only localhost), never the
         // listen IP. We differ only for a server bound to one non-loopback address without

@@ -68,11 +68,11 @@ const CORS_MAX_AGE: Duration = Duration::from_secs(600);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The router of the web listener, `grpc` being the service of the gRPC port (shared, not copied).
-pub fn router(state: Arc<AppState>, grpc: TaskQueueServer<Service>) -> Router {
+pub fn router(state: Arc<AppState>, hub: ws::WsHub, grpc: TaskQueueServer<Service>) -> Router {
     let config = state.config.clone();
     let mut app: Router<Arc<AppState>> = Router::new()
         .merge(rest::routes())
-        .merge(ws::routes())
+        .merge(ws::routes(hub))
         .route("/scitq-client", axum::routing::get(client_download));
     if !config.disable_grpcweb {
         let grpc_web = tower::ServiceBuilder::new()

@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use axum::{Extension, Router};
 use futures::{SinkExt as _, StreamExt as _};
 use metrics::{counter, gauge};
 use tokio::sync::{broadcast, mpsc};
@@ -74,14 +74,17 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// The session cookie the UI's `/login` sets.
 pub const SESSION_COOKIE: &str = "session_token";
 
-/// The `/ws` route.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The `/ws` route, its sockets registered with `hub`.
+pub fn routes(hub: WsHub) -> Router<Arc<AppState>> {
     // `any`: HTTP/1.1 upgrades are GETs, HTTP/2 ones (RFC 8441) are CONNECTs.
-    Router::new().route("/ws", any(upgrade))
+    Router::new()
+        .route("/ws", any(upgrade))
+        .layer(Extension(hub))
 }
 
 async fn upgrade(
     State(state): State<Arc<AppState>>,
+    Extension(hub): Extension<WsHub>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -96,7 +99,7 @@ async fn upgrade(
         Ok(viewer) => viewer,
         Err(refusal) => return refusal.into_response(),
     };
-    let slot = match state.ws.register(viewer, token_digest(&token)) {
+    let slot = match hub.register(viewer, token_digest(&token)) {
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };

@@ -51,6 +51,7 @@ pub async fn fixture_on(url: &str, config: Config) -> Fixture {
         pg: postgres().await.connect(url).await,
         ctx: LeaderContext {
             db,
+            declared_providers: Arc::new(taskqueue::server::declared_providers(&config)),
             config: Arc::new(config),
             epoch: 1,
         },

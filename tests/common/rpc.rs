@@ -1,5 +1,6 @@
 //! Short forms of the RPCs most tests make: a task request, submit, a workflow with a step, a
-//! registered worker, a ping, a status update, the task list, a task's status.
+//! registered worker, a ping, a status update, the task list, a task's status, a flavor, a
+//! region's id.
 
 use taskqueue::client::Client;
 use taskqueue::proto as pb;
@@ -125,4 +126,28 @@ pub async fn status_of(client: &mut Client, task_id: i32) -> String {
         .find(|t| t.task_id == task_id)
         .map(|t| t.status)
         .unwrap_or_default()
+}
+
+/// Creates a flavor, panicking on error; returns its id.
+pub async fn create_flavor(client: &mut Client, request: pb::FlavorCreateRequest) -> i32 {
+    client
+        .create_flavor(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .flavor_id
+}
+
+/// The id of the region named `name` (panics when there is none).
+pub async fn region_id(client: &mut Client, name: &str) -> i32 {
+    client
+        .list_regions(())
+        .await
+        .unwrap()
+        .into_inner()
+        .regions
+        .into_iter()
+        .find(|r| r.region_name == name)
+        .unwrap()
+        .region_id
 }

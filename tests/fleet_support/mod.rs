@@ -40,6 +40,7 @@ pub async fn leader(config: &Config, epoch: i64) -> LeaderContext {
     LeaderContext {
         db,
         config: Arc::new(config.clone()),
+        declared_providers: Arc::new(taskqueue::server::declared_providers(config)),
         epoch,
     }
 }

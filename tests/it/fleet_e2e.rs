@@ -271,6 +271,7 @@ async fn recruiters_deploy_within_limits_simulated_workers_run_everything_and_id
     let idle_ctx = LeaderContext {
         db: ctx.db.clone(),
         config: Arc::new(idle),
+        declared_providers: ctx.declared_providers.clone(),
         epoch: ctx.epoch,
     };
     wait_until(
@@ -308,8 +309,9 @@ async fn a_thousand_simulated_machines_deploy_register_and_ping() {
     );
     let (r, ctx) = fleet_support::fleet_replica_with(&yaml, |c| c.db_pool_size = 20).await;
     let mut admin = r.admin().await;
-    let flavor_id = admin
-        .create_flavor(pb::FlavorCreateRequest {
+    let flavor_id = common::create_flavor(
+        &mut admin,
+        pb::FlavorCreateRequest {
             provider_name: "fake".into(),
             config_name: "scale".into(),
             flavor_name: "tiny".into(),
@@ -317,21 +319,10 @@ async fn a_thousand_simulated_machines_deploy_register_and_ping() {
             memory: 1.0,
             region_names: vec!["r1".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .flavor_id;
-    let region_id = admin
-        .list_regions(())
-        .await
-        .unwrap()
-        .into_inner()
-        .regions
-        .into_iter()
-        .find(|r| r.region_name == "r1")
-        .unwrap()
-        .region_id;
+        },
+    )
+    .await;
+    let region_id = common::region_id(&mut admin, "r1").await;
     let started = std::time::Instant::now();
     let created = admin
         .create_worker(pb::WorkerRequest {

@@ -850,8 +850,9 @@ async fn the_elected_leader_runs_catalog_sync_and_provider_jobs_by_itself() {
     )
     .await;
     let r1 = region(&admin).await.unwrap();
-    let flavor_id = admin
-        .create_flavor(pb::FlavorCreateRequest {
+    let flavor_id = common::create_flavor(
+        &mut admin,
+        pb::FlavorCreateRequest {
             provider_name: "fake".into(),
             config_name: "test".into(),
             flavor_name: "small".into(),
@@ -860,11 +861,9 @@ async fn the_elected_leader_runs_catalog_sync_and_provider_jobs_by_itself() {
             disk: 20.0,
             region_names: vec!["r1".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .flavor_id;
+        },
+    )
+    .await;
     let created = create(&mut admin, flavor_id, r1, 1).await;
     let watcher = admin.clone();
     let status_of_job = move |job_id: i32| {

@@ -55,8 +55,9 @@ async fn local_worker(
     );
     let (r, ctx) = fleet_replica_with(&yaml, |_| {}).await;
     let mut admin = r.admin().await;
-    let flavor_id = admin
-        .create_flavor(pb::FlavorCreateRequest {
+    let flavor_id = common::create_flavor(
+        &mut admin,
+        pb::FlavorCreateRequest {
             provider_name: "local".into(),
             config_name: "local".into(),
             flavor_name: "host".into(),
@@ -64,11 +65,9 @@ async fn local_worker(
             memory: 2.0,
             region_names: vec!["local".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .flavor_id;
+        },
+    )
+    .await;
     let region_id = admin.list_regions(()).await.unwrap().into_inner().regions[0].region_id;
     let created = admin
         .create_worker(pb::WorkerRequest {

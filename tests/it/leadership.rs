@@ -243,6 +243,7 @@ async fn a_deposed_leaders_pending_write_is_refused_and_it_steps_down() {
         Membership {
             db: Db::connect(&url, 4).unwrap(),
             config: config("a"),
+            declared_providers: Arc::default(),
             loops: vec![probe],
         },
         &url,
@@ -267,6 +268,7 @@ async fn a_deposed_leaders_pending_write_is_refused_and_it_steps_down() {
         Membership {
             db: Db::connect(&url, 4).unwrap(),
             config: config("b"),
+            declared_providers: Arc::default(),
             loops: vec![],
         },
         &url,

@@ -250,8 +250,9 @@ async fn a_replica_exports_every_metric_the_dashboard_and_alerts_use() {
     .await;
 
     // A provider job: one machine created through CreateWorker, run by the leader's job runner.
-    let flavor = admin
-        .create_flavor(pb::FlavorCreateRequest {
+    let flavor = common::create_flavor(
+        &mut admin,
+        pb::FlavorCreateRequest {
             provider_name: "fake".into(),
             config_name: "test".into(),
             flavor_name: "small".into(),
@@ -260,18 +261,15 @@ async fn a_replica_exports_every_metric_the_dashboard_and_alerts_use() {
             disk: 20.0,
             region_names: vec!["r1".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .flavor_id;
-    let regions = admin.list_regions(()).await.unwrap().into_inner().regions;
-    let region = regions.iter().find(|r| r.region_name == "r1").unwrap();
+        },
+    )
+    .await;
+    let region_id = common::region_id(&mut admin, "r1").await;
     admin
         .create_worker(pb::WorkerRequest {
             provider_id: 0,
             flavor_id: flavor,
-            region_id: region.region_id,
+            region_id,
             number: 1,
             concurrency: 1,
             prefetch: 0,

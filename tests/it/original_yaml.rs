@@ -517,8 +517,9 @@ async fn serve_an_original_yaml_then_a_worker_and_the_cli_over_tls() {
     let admin_token = login_with(&target, "e2e-tls-password").await;
     let mut admin =
         taskqueue::client::with_token(target.channel().unwrap(), Some(&admin_token)).unwrap();
-    let flavor_id = admin
-        .create_flavor(pb::FlavorCreateRequest {
+    let flavor_id = common::create_flavor(
+        &mut admin,
+        pb::FlavorCreateRequest {
             provider_name: "local".into(),
             config_name: "local".into(),
             flavor_name: "host".into(),
@@ -526,21 +527,10 @@ async fn serve_an_original_yaml_then_a_worker_and_the_cli_over_tls() {
             memory: 1.0,
             region_names: vec!["local".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .flavor_id;
-    let region_id = admin
-        .list_regions(())
-        .await
-        .unwrap()
-        .into_inner()
-        .regions
-        .into_iter()
-        .find(|r| r.region_name == "local")
-        .unwrap()
-        .region_id;
+        },
+    )
+    .await;
+    let region_id = common::region_id(&mut admin, "local").await;
     let created = admin
         .create_worker(pb::WorkerRequest {
             flavor_id,

@@ -4,7 +4,7 @@
 //! slow-reader rule, and events over 8 kB sent by reference.
 //!
 //! Replica A is a full replica (gRPC). Replica B's web side is an `AppState` of its own on the
-//! same database (its own pool, LISTEN session and fan-out) serving `web::ws::routes()` on a
+//! same database (its own pool, LISTEN session and fan-out) serving `web::ws::routes(hub)` on a
 //! listener bound here.
 
 use crate::common;
@@ -18,6 +18,7 @@ use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use taskqueue::api::state::AppState;
 use taskqueue::proto as pb;
+use taskqueue::web::ws::WsHub;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,21 +30,29 @@ type RawSocket = WebSocketStream<TcpStream>;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Replica B's web side on `replica`'s database; returns its address and state.
-async fn web_side(replica: &Replica) -> (SocketAddr, Arc<AppState>) {
+/// Replica B's web side on `replica`'s database; returns its address and its WebSocket hub.
+async fn web_side(replica: &Replica) -> (SocketAddr, WsHub) {
     let config = test_config(replica.database_url());
     let db = taskqueue::db::Db::connect(replica.database_url(), 5).unwrap();
     let jwt = taskqueue::server::jwt_key(&db, &config).await.unwrap();
+    let declared = Arc::new(taskqueue::server::declared_providers(&config));
     let state = Arc::new(AppState::new(
         db,
         Arc::new(config),
+        declared,
         WORKER_TOKEN.to_string(),
         jwt,
         replica.addr,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = taskqueue::web::ws::routes().with_state(state.clone());
+    let hub = WsHub::start(
+        state.db.clone(),
+        state.logs.notifier(),
+        state.auth.clone(),
+        state.draining.clone(),
+    );
+    let app = taskqueue::web::ws::routes(hub.clone()).with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let s = state.clone();
     wait_until(WAIT, "replica B listens for events", move || {
@@ -51,7 +60,7 @@ async fn web_side(replica: &Replica) -> (SocketAddr, Arc<AppState>) {
         async move { s.logs.is_listening() }
     })
     .await;
-    (addr, state)
+    (addr, hub)
 }
 
 fn request(addr: SocketAddr, token: Option<&str>) -> tungstenite::handshake::client::Request {
@@ -391,7 +400,7 @@ async fn logout_closes_the_socket() {
     assert!(sync(&mut other).await.is_empty(), "the other socket stays");
     wait_until(WAIT, "the closed socket is unregistered", || {
         let b = b.clone();
-        async move { b.ws.sockets() == 1 }
+        async move { b.sockets() == 1 }
     })
     .await;
     assert_eq!(refused_status(request(web, Some(&alice))).await, 401);
@@ -457,7 +466,7 @@ async fn a_slow_reader_is_disconnected_and_the_others_keep_receiving() {
     let mut fast = reader.await.unwrap();
     wait_until(WAIT, "the slow reader is dropped", || {
         let b = b.clone();
-        async move { b.ws.sockets() == 1 }
+        async move { b.sockets() == 1 }
     })
     .await;
     assert!(sync(&mut fast).await.is_empty(), "the fast reader stays");
