@@ -25,7 +25,9 @@
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
 #        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
-#        pg_stat_statements of the idle and lifecycle phases), PROFILE_SECONDS, PROFILE_DIR,
+#        pg_stat_statements of the idle and lifecycle phases; PostgreSQL's log kept as
+#        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PG_OPTIONS (more server flags, e.g.
+#        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded),
 #        RATE_JITTER (spread of the latency phases' task run times, default 0.5: 2.5–7.5 s),
 #        PHASES=all or a comma-separated list of raw, claim_fn, assign, idle, raw_idle (after idle),
 #        idle_empty, bare, life, peer, rate, rate_lb — e.g. PHASES=rate,rate_lb for the latency alone)
@@ -59,6 +61,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$PROFILE" = 1 ] && [ -e "$work/pg.log" ]; then mkdir -p "$PROFILE_DIR" && cp "$work/pg.log" "$PROFILE_DIR/pg.log"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -86,7 +89,7 @@ pg_profile=()
 if [ "$PROFILE" = 1 ]; then pg_profile=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all); fi
 "${as_pg[@]}" "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust --no-locale -E UTF8 >/dev/null
 "${as_pg[@]}" "$pgbin/postgres" -D "$work/pg" -k "$work/pg" -p "$pgport" -c listen_addresses=127.0.0.1 \
-  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off "${pg_profile[@]}" >"$work/pg.log" 2>&1 &
+  -c max_connections=400 -c shared_buffers=512MB -c synchronous_commit=off "${pg_profile[@]}" ${PG_OPTIONS:-} >"$work/pg.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do "$pgbin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
 "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres taskqueue

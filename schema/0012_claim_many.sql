@@ -31,8 +31,13 @@ CREATE FUNCTION tq_claim_many(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_key     integer := COALESCE(p_step, 0);
-    v_slots   integer[];   -- per slot, the position (in p_pings) of the ping it is for
-    v_total   integer;
+    v_slots   integer[] := '{}'; -- per slot, the position (in p_pings) of the ping it is for
+    v_total   integer := 0;
+    v_cap     integer;
+    v_active  integer[] := '{}';
+    v_next    integer[];
+    k         integer;
+    r         integer;
     v_used    integer := 0; -- slots handed out (or passed over) so far
     v_shard   integer;
     v_cursor  integer;
@@ -45,11 +50,29 @@ DECLARE
 BEGIN
     claim_pings := '{}';
     waits := '{}';
-    v_slots := ARRAY(
-        SELECT k FROM generate_subscripts(p_wants, 1) k,
-                      generate_series(1, GREATEST(p_wants[k], 0)) r
-         ORDER BY r, k);
-    v_total := cardinality(v_slots);
+    -- The slots, round after round over the pings that still want one; at most 4,096 in one call
+    -- or one per ping when the batch is larger (every ping's first slot is always in), the rest
+    -- at the worker's next ping. Built in plpgsql: linear in the slots.
+    FOR k IN 1 .. COALESCE(cardinality(p_wants), 0) LOOP
+        IF p_wants[k] > 0 THEN
+            v_active := v_active || k;
+        END IF;
+    END LOOP;
+    v_cap := GREATEST(4096, cardinality(v_active));
+    r := 1;
+    WHILE cardinality(v_active) > 0 AND v_total < v_cap LOOP
+        v_next := '{}';
+        FOREACH k IN ARRAY v_active LOOP
+            EXIT WHEN v_total >= v_cap;
+            v_slots := v_slots || k;
+            v_total := v_total + 1;
+            IF p_wants[k] > r THEN
+                v_next := v_next || k;
+            END IF;
+        END LOOP;
+        v_active := v_next;
+        r := r + 1;
+    END LOOP;
     IF v_total = 0 THEN
         RETURN;
     END IF;

@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "claim_many",
         sql: include_str!("../../schema/0012_claim_many.sql"),
     },
+    Migration {
+        version: 13,
+        name: "activity_clock",
+        sql: include_str!("../../schema/0013_activity_clock.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

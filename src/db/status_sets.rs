@@ -45,6 +45,10 @@ const SCHEMA: &[(&str, &str)] = &[
         "0012_claim_many.sql",
         include_str!("../../schema/0012_claim_many.sql"),
     ),
+    (
+        "0013_activity_clock.sql",
+        include_str!("../../schema/0013_activity_clock.sql"),
+    ),
 ];
 
 /// What a status list of the schema stands for.

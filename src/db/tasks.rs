@@ -249,6 +249,13 @@ pub async fn rewind_cursors(tx: &Tx<'_>, tasks: &[(Option<i32>, i16, i32)]) -> R
 
 const LOCK_TASK: &str = "SELECT status, hidden, retry, worker_id, step_id, shard FROM task WHERE task_id = $1 FOR UPDATE";
 
+/// The worker's idle clock restarts when it accepted or finished a task, at most once a second
+/// (its row is then neither locked nor written: see schema/0013_activity_clock.sql, which the
+/// status batch follows too).
+const ACTIVITY: &str = "UPDATE worker SET last_activity_at = now()
+                         WHERE worker_id = $1
+                           AND (last_activity_at IS NULL OR last_activity_at < now() - interval '1 second')";
+
 const UPDATE_STATUS: &str = "
     UPDATE task
        SET status = $2,
@@ -329,9 +336,7 @@ pub async fn apply_status(
     if change.worker_activity
         && let Some(w) = worker_id
     {
-        let stmt = tx
-            .prepare_cached("UPDATE worker SET last_activity_at = now() WHERE worker_id = $1")
-            .await?;
+        let stmt = tx.prepare_cached(ACTIVITY).await?;
         tx.execute(&stmt, &[&w]).await?;
     }
     if change.becomes_pending {
