@@ -521,3 +521,39 @@ async fn claims_spread_fairly_across_a_batch() {
     assert_eq!(got.iter().sum::<usize>(), 8, "{got:?}");
     assert!(got.iter().all(|&n| (1..=4).contains(&n)), "{got:?}");
 }
+
+/// One batch claims at most 4,096 tasks per step (tq_claim_many's cap: its slots are built in
+/// memory); a worker with more room gets the rest at its next pings, and never more than its room.
+#[tokio::test]
+async fn a_big_worker_fills_over_several_pings() {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let mut config = test_config(&url);
+    config.leader_eligible = false;
+    let cfg = DispatchConfig {
+        shards: config.assign_shards,
+        last_ping_write_interval: config.last_ping_write_interval(),
+    };
+    let r = spawn_replica(config).await;
+    let db = pg.connect(&url).await;
+    let mut c = r.worker();
+    let id = register_worker(&mut c, "big", 5000, 0, None).await;
+    standing_queue(&db, 6000, cfg.shards).await;
+    let client = Db::connect(&url, 2).unwrap().client().await.unwrap();
+    let req = [PingRequest {
+        worker_id: id,
+        stats: None,
+    }];
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let answers = ping_batch(&client, &cfg, &req).await.unwrap();
+        got.push(answers[0].as_ref().unwrap().claimed_waits.len());
+    }
+    assert_eq!(got, vec![4096, 904, 0], "claims per ping");
+    let held: i64 = db
+        .query_one("SELECT count(*) FROM task WHERE worker_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 5000);
+}

@@ -374,3 +374,57 @@ fn metric(text: &str, series: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A worker's idle clock (`last_activity_at`) restarts when it accepts or finishes a task, but at
+/// most once a second: a second acceptance right after the first neither locks nor rewrites the
+/// worker's row (schema/0013_activity_clock.sql), through the batch path and the one-by-one path.
+#[tokio::test]
+async fn the_idle_clock_restarts_at_most_once_a_second() {
+    let pg = postgres().await;
+    for batch_loops in [2, 0] {
+        let url = pg.fresh_db().await;
+        let mut config = common::test_config(&url);
+        config.batch_loops = batch_loops;
+        let r = common::spawn_replica(config).await;
+        let db = pg.connect(&url).await;
+        let mut c = r.worker();
+        let worker = common::register_worker(&mut c, "clock", 4, 0, None).await;
+        let a = submit(&mut c, task("a")).await;
+        let b = submit(&mut c, task("b")).await;
+        assert_eq!(common::ping(&mut c, worker).await.tasks.len(), 2);
+        let clock = async |db: &tokio_postgres::Client| -> Option<std::time::SystemTime> {
+            db.query_one(
+                "SELECT last_activity_at FROM worker WHERE worker_id = $1",
+                &[&worker],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        };
+        db.execute(
+            "UPDATE worker SET last_activity_at = now() - interval '10 seconds' WHERE worker_id = $1",
+            &[&worker],
+        )
+        .await
+        .unwrap();
+        let old = clock(&db).await;
+        common::set_status(&mut c, a, "C").await;
+        let restarted = clock(&db).await;
+        assert!(
+            restarted > old,
+            "loops {batch_loops}: the clock restarts on C"
+        );
+        common::set_status(&mut c, b, "C").await;
+        assert_eq!(
+            clock(&db).await,
+            restarted,
+            "loops {batch_loops}: not again within a second"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        common::set_status(&mut c, a, "S").await;
+        assert!(
+            clock(&db).await > restarted,
+            "loops {batch_loops}: again a second later, on S"
+        );
+    }
+}
