@@ -300,6 +300,32 @@ async fn standing_queue(db: &tokio_postgres::Client, n: i32, shards: u16) {
     .unwrap();
 }
 
+/// What the batch-path tests share: the dispatch settings of a replica with no leader loops (no
+/// watchdog changing statuses under the test) on a fresh database, the replica, a direct
+/// connection for checks, a worker client for registrations and a pooled connection to call
+/// `ping_batch` on.
+async fn batch_fixture() -> (
+    DispatchConfig,
+    common::Replica,
+    tokio_postgres::Client,
+    taskqueue::client::Client,
+    taskqueue::db::Client,
+) {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let mut config = test_config(&url);
+    config.leader_eligible = false;
+    let cfg = DispatchConfig {
+        shards: config.assign_shards,
+        last_ping_write_interval: config.last_ping_write_interval(),
+    };
+    let replica = spawn_replica(config).await;
+    let worker = replica.worker();
+    let db = pg.connect(&url).await;
+    let pooled = Db::connect(&url, 2).unwrap().client().await.unwrap();
+    (cfg, replica, db, worker, pooled)
+}
+
 /// A batch: random workers, then extra pings (worker index, position, with stats) that make some
 /// of them ping twice in one batch.
 fn batch() -> impl Strategy<Value = (Vec<Case>, Vec<(usize, usize, bool)>, bool)> {
@@ -316,20 +342,8 @@ fn batch() -> impl Strategy<Value = (Vec<Case>, Vec<(usize, usize, bool)>, bool)
 /// in order, each seeing what the previous ones of its worker wrote.
 #[tokio::test]
 async fn every_batch_does_what_the_reference_model_says() {
-    let pg = postgres().await;
-    let url = pg.fresh_db().await;
-    let mut config = test_config(&url);
-    config.leader_eligible = false; // no watchdog changing statuses under the test
-    let interval = config.last_ping_write_interval();
-    let cfg = DispatchConfig {
-        shards: config.assign_shards,
-        last_ping_write_interval: interval,
-    };
-    let r = spawn_replica(config).await;
-    let db = pg.connect(&url).await;
-    let mut c = r.worker();
-    let pool = Db::connect(&url, 2).unwrap();
-    let client = pool.client().await.unwrap();
+    let (cfg, _replica, db, mut c, client) = batch_fixture().await;
+    let interval = cfg.last_ping_write_interval;
     // Larger than every claim together (at most 5 per worker).
     standing_queue(&db, 2000, cfg.shards).await;
 
@@ -489,23 +503,12 @@ async fn every_batch_does_what_the_reference_model_says() {
 /// and nobody goes above its capacity.
 #[tokio::test]
 async fn claims_spread_fairly_across_a_batch() {
-    let pg = postgres().await;
-    let url = pg.fresh_db().await;
-    let mut config = test_config(&url);
-    config.leader_eligible = false;
-    let cfg = DispatchConfig {
-        shards: config.assign_shards,
-        last_ping_write_interval: config.last_ping_write_interval(),
-    };
-    let r = spawn_replica(config).await;
-    let db = pg.connect(&url).await;
-    let mut c = r.worker();
+    let (cfg, _replica, db, mut c, client) = batch_fixture().await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(register_worker(&mut c, &format!("fair-{i}"), 4, 0, None).await);
     }
     standing_queue(&db, 8, cfg.shards).await;
-    let client = Db::connect(&url, 2).unwrap().client().await.unwrap();
     let reqs: Vec<PingRequest> = ids
         .iter()
         .map(|&worker_id| PingRequest {
@@ -526,20 +529,9 @@ async fn claims_spread_fairly_across_a_batch() {
 /// memory); a worker with more room gets the rest at its next pings, and never more than its room.
 #[tokio::test]
 async fn a_big_worker_fills_over_several_pings() {
-    let pg = postgres().await;
-    let url = pg.fresh_db().await;
-    let mut config = test_config(&url);
-    config.leader_eligible = false;
-    let cfg = DispatchConfig {
-        shards: config.assign_shards,
-        last_ping_write_interval: config.last_ping_write_interval(),
-    };
-    let r = spawn_replica(config).await;
-    let db = pg.connect(&url).await;
-    let mut c = r.worker();
+    let (cfg, _replica, db, mut c, client) = batch_fixture().await;
     let id = register_worker(&mut c, "big", 5000, 0, None).await;
     standing_queue(&db, 6000, cfg.shards).await;
-    let client = Db::connect(&url, 2).unwrap().client().await.unwrap();
     let req = [PingRequest {
         worker_id: id,
         stats: None,
