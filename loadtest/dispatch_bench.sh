@@ -27,7 +27,8 @@
 #        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
 #        pg_stat_statements of the idle and lifecycle phases; PostgreSQL's log kept as
 #        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PG_OPTIONS (more server flags, e.g.
-#        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded),
+#        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded), REPLICA_ARGS (more
+#        `taskqueue serve` flags for every replica),
 #        RATE_JITTER (spread of the latency phases' task run times, default 0.5: 2.5–7.5 s),
 #        PHASES=all or a comma-separated list of raw, claim_fn, assign, idle, raw_idle (after idle),
 #        idle_empty, bare, life, peer, rate, rate_lb — e.g. PHASES=rate,rate_lb for the latency alone)
@@ -107,7 +108,7 @@ for i in $(seq "$REPLICAS"); do
   mport=$(free_port)
   mports+=("$mport")
   TASKQUEUE_LOG=warn "$BIN/taskqueue" serve --database-url "$DB" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
-    --worker-token "$TOKEN" --admin-password bench --data-dir "$work/r$i" --db-pool-size 24 >"$work/r$i.log" 2>&1 &
+    --worker-token "$TOKEN" --admin-password bench --data-dir "$work/r$i" --db-pool-size 24 ${REPLICA_ARGS:-} >"$work/r$i.log" 2>&1 &
   pids+=($!)
   rpids+=($!)
   targets+=("127.0.0.1:$port")
