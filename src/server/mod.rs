@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::state::AppState;
 use crate::api::{Service, auth};
@@ -249,7 +248,12 @@ async fn serve(
         }
         None => tracing::info!(addr = %grpc_addr, tls = false, "serving taskqueue.TaskQueue"),
     }
-    let incoming = TcpListenerStream::new(listeners.grpc);
+    // TCP_NODELAY on every accepted connection: the builder's `tcp_nodelay` applies only to
+    // listeners tonic binds itself, not to ours. Without it, a reply written in two pieces (the
+    // message, then the trailers) waits for the client's delayed ACK: 40 ms stalls, measured as a
+    // p99 of 20–30 ms for idle pings at 2,000/s.
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let server = router.serve_with_incoming_shutdown(incoming, stop_signal);
     tokio::pin!(server);
 
