@@ -6,8 +6,8 @@
 //! writes are `tq_ping` (schema/0004_ping.sql).
 //!
 //! With group commit on (`--batch-loops` ≥ 1, the default; docs/architecture.md#group-commit) pings go through a
-//! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with one read (the
-//! snapshots and held tasks of all its workers, one statement) and, for those that write or claim, one call of
+//! [`Batcher`] instead: [`ping_batch`] serves every ping of a batch with two pipelined reads (the
+//! snapshots and held tasks of all its workers) and, for those that write or claim, one call of
 //! `tq_ping_batch` (schema/0012_claim_many.sql: one claim per step for the whole batch) pipelined
 //! with a read of their held tasks.
 
@@ -98,27 +98,11 @@ static SNAPSHOT: LazyLock<String> = LazyLock::new(|| {
 const PING: &str = "SELECT status, concurrency, back_from, claimed, waits
                       FROM tq_ping($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// The first round trip of a batch, ONE statement: SNAPSHOT for every worker of the batch
-/// (`= ANY($1)`, the worker's status as `worker_status`, its id as `ping_worker`) joined with the
-/// tasks it holds (HELD's columns; NULL ones for a worker that holds none), ordered by worker then
-/// task. One statement rather than two pipelined reads: each statement of an idle batch is a
-/// transaction of its own, and PostgreSQL's cost per statement (snapshot, executor start, commit)
-/// was most of its CPU per idle ping.
-static SNAPSHOTS_AND_HELD: LazyLock<String> = LazyLock::new(|| {
-    let snapshots = SNAPSHOT
-        .replace(
-            "SELECT w.status,",
-            "SELECT held.*, w.worker_id AS ping_worker, w.status AS worker_status,",
-        )
-        .replace("WHERE w.worker_id = $1", "");
-    format!(
-        "{snapshots}
-     LEFT JOIN LATERAL (SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
-                         WHERE t.worker_id = w.worker_id AND t.status IN ({reported})) held ON true
-     WHERE w.worker_id = ANY($1)
-     ORDER BY w.worker_id, held.task_id",
-        reported = sql_list(dispatch::REPORTED),
-    )
+/// SNAPSHOT for every worker of a batch (`= ANY($1)`), one row each, with its id.
+static SNAPSHOTS: LazyLock<String> = LazyLock::new(|| {
+    SNAPSHOT
+        .replace("SELECT w.status,", "SELECT w.worker_id, w.status,")
+        .replace("WHERE w.worker_id = $1", "WHERE w.worker_id = ANY($1)")
 });
 
 /// HELD for every worker of a batch, grouped by worker.
@@ -135,14 +119,9 @@ static HELD_MANY: LazyLock<String> = LazyLock::new(|| {
 const PING_BATCH: &str = "SELECT statuses, concurrencies, back_froms, claim_pings, waits
                             FROM tq_ping_batch($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// The snapshot in `row` (the worker's status in column `status_column`).
-fn snapshot_from(
-    row: Option<&Row>,
-    status_column: &str,
-    worker_id: i32,
-) -> Result<(WorkerSnapshot, Option<bool>)> {
+fn snapshot_from(row: Option<Row>, worker_id: i32) -> Result<(WorkerSnapshot, Option<bool>)> {
     let row = row.ok_or_else(|| not_registered(worker_id))?;
-    let status: String = row.get(status_column);
+    let status: String = row.get("status");
     let status = WorkerStatus::parse(status.trim())
         .map_err(|e| Error::internal(format!("stored worker status: {e}")))?;
     let secs = |v: Option<f64>| {
@@ -221,7 +200,7 @@ pub async fn ping(
                     c.query(&held_stmt, &[&worker_id]),
                 )
                 .await?;
-                let (snapshot, maybe_pending) = snapshot_from(snap.as_ref(), "status", worker_id)?;
+                let (snapshot, maybe_pending) = snapshot_from(snap, worker_id)?;
                 let plan = dispatch::plan_ping(&snapshot, has_stats, cfg.last_ping_write_interval);
                 let idle = plan.is_idle(maybe_pending);
                 Ok(idle.then(|| answer(snapshot.concurrency, &held, Vec::new())))
@@ -351,31 +330,25 @@ impl BatchFn<PingRequest, Result<PingAnswer>> for PingBatch {
     }
 }
 
-/// Runs of consecutive rows with the same value in `column` (rows come ordered by it).
-fn groups<'r>(rows: &'r [Row], column: &str) -> Vec<(Option<i32>, &'r [Row])> {
-    let mut out = Vec::new();
+/// Task rows grouped by worker (rows come ordered by worker).
+fn by_worker(rows: &[Row]) -> HashMap<i32, &[Row]> {
+    let mut out = HashMap::new();
     let mut start = 0;
     for i in 1..=rows.len() {
-        let key: Option<i32> = rows[start].get(column);
-        if i == rows.len() || rows[i].get::<_, Option<i32>>(column) != key {
-            out.push((key, &rows[start..i]));
+        let w: Option<i32> = rows[start].get("worker_id");
+        if i == rows.len() || rows[i].get::<_, Option<i32>>("worker_id") != w {
+            if let Some(w) = w {
+                out.insert(w, &rows[start..i]);
+            }
             start = i;
         }
     }
     out
 }
 
-/// Task rows grouped by worker (rows come ordered by worker).
-fn by_worker(rows: &[Row]) -> HashMap<i32, &[Row]> {
-    groups(rows, "worker_id")
-        .into_iter()
-        .filter_map(|(w, rows)| Some((w?, rows)))
-        .collect()
-}
-
 /// Serves a batch of pings, one answer per ping in order (a ping of an unknown worker gets its own
 /// NOT_FOUND). First round trip: the snapshots (with the queue probe) and the held tasks of every
-/// worker of the batch, one statement — read after every ping of the batch arrived, so an
+/// worker of the batch, two reads pipelined — read after every ping of the batch arrived, so an
 /// idle ping (`dispatch::plan_ping` finds nothing to write and the probe nothing to claim) is
 /// answered from them. Second round trip, only when some ping writes or claims: `tq_ping_batch`
 /// for those pings (in arrival order; it decides again under the workers' locks, as `tq_ping`)
@@ -390,23 +363,18 @@ pub async fn ping_batch(
     let mut ids: Vec<i32> = reqs.iter().map(|r| r.worker_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let stmt = c.prepare_cached(&SNAPSHOTS_AND_HELD).await?;
-    let rows = c.query(&stmt, &[&ids]).await?;
+    let (snap_stmt, held_stmt) =
+        try_join(c.prepare_cached(&SNAPSHOTS), c.prepare_cached(&HELD_MANY)).await?;
+    let (snaps, held) =
+        try_join(c.query(&snap_stmt, &[&ids]), c.query(&held_stmt, &[&ids])).await?;
     record_statement(PING_BATCH_KIND, ids.len());
-    // Per worker: its snapshot (from its first row) and its held tasks (none when that row's task
-    // columns are NULL).
-    let mut snapshots = HashMap::with_capacity(ids.len());
-    let mut held: HashMap<i32, &[Row]> = HashMap::with_capacity(ids.len());
-    for (worker_id, group) in groups(&rows, "ping_worker") {
-        let Some(worker_id) = worker_id else { continue };
-        snapshots.insert(
-            worker_id,
-            snapshot_from(group.first(), "worker_status", worker_id)?,
-        );
-        if group[0].get::<_, Option<i32>>("task_id").is_some() {
-            held.insert(worker_id, group);
-        }
+    record_statement(PING_BATCH_KIND, ids.len());
+    let mut snapshots = HashMap::with_capacity(snaps.len());
+    for row in snaps {
+        let worker_id: i32 = row.get("worker_id");
+        snapshots.insert(worker_id, snapshot_from(Some(row), worker_id)?);
     }
+    let held = by_worker(&held);
 
     let mut out: Vec<Option<Result<PingAnswer>>> = (0..reqs.len()).map(|_| None).collect();
     let mut writes = Vec::new();
