@@ -28,7 +28,8 @@
 #        pg_stat_statements of the idle and lifecycle phases; PostgreSQL's log kept as
 #        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PG_OPTIONS (more server flags, e.g.
 #        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded), REPLICA_ARGS (more
-#        `taskqueue serve` flags for every replica),
+#        `taskqueue serve` flags for every replica), BENCH_SQL (SQL run once on the migrated database,
+#        for experiments),
 #        RATE_JITTER (spread of the latency phases' task run times, default 0.5: 2.5–7.5 s),
 #        PHASES=all or a comma-separated list of raw, claim_fn, assign, idle, raw_idle (after idle),
 #        idle_empty, bare, life, peer, rate, rate_lb — e.g. PHASES=rate,rate_lb for the latency alone)
@@ -98,6 +99,8 @@ pgpid=$(head -1 "$work/pg/postmaster.pid")  # the postmaster: its children are t
 DB="postgresql://postgres@127.0.0.1:$pgport/taskqueue"
 psql_() { "$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d taskqueue -qAt "$@"; }
 "$BIN/taskqueue" migrate --database-url "$DB" >/dev/null
+# BENCH_SQL: SQL run once on the migrated database, for experiments (e.g. a trigger disabled).
+if [ -n "${BENCH_SQL:-}" ]; then psql_ -c "$BENCH_SQL"; fi
 
 # --- replicas ----------------------------------------------------------------------------------
 targets=()
@@ -139,6 +142,7 @@ cpu_end() {
 # (the cluster's CPU by process kind: client backends, autovacuum, walwriter, …) and
 # NAME-pg-statements.txt (pg_stat_statements: by total execution time, nested statements of
 # plpgsql functions included). perf runs from 2 s in for $PROFILE_SECONDS (a sixth of a phase).
+# Profiled phases: idle, life and rate (the direct latency phase).
 profile_start() {
   [ "$PROFILE" = 1 ] || return 0
   mkdir -p "$PROFILE_DIR"
@@ -341,10 +345,12 @@ echo "== latency at ~2,000 pings/s: $RATE_WORKERS workers pinging every 200 ms, 
 mkdir -p "$PROFILE_DIR"
 reset_tasks
 srv0=$(python3 loadtest/server_latency.py snap "${mports[@]}")
+profile_start "rate"
 rate=$(sim --workers "$RATE_WORKERS" --concurrency 2 --lifecycle full --ping-interval 200ms --task-duration 5s \
            --task-duration-jitter "$RATE_JITTER" \
            --tasks "$((RATE_WORKERS * 2 * (PHASE / 5 + 4)))" --preload --submitters 8 --warmup 5s --duration "$((PHASE + 5))s" --prefix r \
            --timeline 2>"$PROFILE_DIR/rate-timeline.txt")
+profile_stop "rate"
 srv1=$(python3 loadtest/server_latency.py snap "${mports[@]}")
 echo "$rate"
 echo "server side (bucket bounds): $(python3 loadtest/server_latency.py diff "$srv0" "$srv1")"
@@ -359,7 +365,7 @@ haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
 lb_port=$(free_port)
 {
   printf 'global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n'
-  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n'
+  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n  option http-no-delay\n'
   printf 'frontend grpc\n  bind 127.0.0.1:%s proto h2\n  default_backend replicas\n' "$lb_port"
   printf 'backend replicas\n  balance roundrobin\n'
   for i in "${!targets[@]}"; do printf '  server r%s %s proto h2\n' "$i" "${targets[$i]}"; done

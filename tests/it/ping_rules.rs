@@ -549,3 +549,66 @@ async fn a_big_worker_fills_over_several_pings() {
         .get(0);
     assert_eq!(held, 5000);
 }
+
+/// The queue probe in a batch's first read stays a per-worker index probe that stops at the first
+/// pending task, under the batch loop's generic plan and with statistics that predate the queue
+/// (ANALYZE on an empty task table, then 3,000 pending tasks): PostgreSQL would otherwise plan the
+/// EXISTS as a hashed subplan that reads every pending task once per batch. No node of the plan
+/// may read more than a handful of rows.
+#[tokio::test]
+async fn a_batch_read_probes_the_queue_without_reading_it() {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let db = pg.connect(&url).await;
+    db.batch_execute(
+        "ANALYZE task;
+         INSERT INTO worker (worker_name, concurrency, status, is_permanent, last_ping_at)
+              VALUES ('probe', 2, 'R', false, now());
+         INSERT INTO task (command, container, status, shard, pending_since)
+              SELECT 'echo', 'c', 'P', g % 16, now() FROM generate_series(1, 3000) g;
+         SET plan_cache_mode = force_generic_plan;",
+    )
+    .await
+    .unwrap();
+    let id: i32 = db
+        .query_one(
+            "SELECT worker_id FROM worker WHERE worker_name = 'probe'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!(
+        "PREPARE snapshots(int[]) AS {}",
+        taskqueue::db::dispatch::batch_snapshot_sql()
+    ))
+    .await
+    .unwrap();
+    let plan: Vec<String> = db
+        .query(
+            &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE snapshots('{{{id}}}')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("task_pending_idx"),
+        "the probe uses the queue's index:\n{plan}"
+    );
+    let most = plan
+        .split("actual rows=")
+        .skip(1)
+        .filter_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "a node read {most} rows:\n{plan}");
+}
