@@ -365,7 +365,7 @@ haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
 lb_port=$(free_port)
 {
   printf 'global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n'
-  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n  option http-no-delay\n'
+  printf '  timeout server 1h\n  retries 2\n  option redispatch\n  retry-on conn-failure\n'
   printf 'frontend grpc\n  bind 127.0.0.1:%s proto h2\n  default_backend replicas\n' "$lb_port"
   printf 'backend replicas\n  balance roundrobin\n'
   for i in "${!targets[@]}"; do printf '  server r%s %s proto h2\n' "$i" "${targets[$i]}"; done
