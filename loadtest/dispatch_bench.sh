@@ -25,7 +25,7 @@
 # Everything runs on this machine (loopback only). Figures vary with the machine: compare ratios.
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
 #        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
-#        pg_stat_statements of the idle and lifecycle phases; PostgreSQL's log kept as
+#        pg_stat_statements of the idle, lifecycle and rate phases; PostgreSQL's log kept as
 #        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PG_OPTIONS (more server flags, e.g.
 #        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded), REPLICA_ARGS (more
 #        `taskqueue serve` flags for every replica), BENCH_SQL (SQL run once on the migrated database,

@@ -562,8 +562,6 @@ async fn a_batch_read_probes_the_queue_without_reading_it() {
     let db = pg.connect(&url).await;
     db.batch_execute(
         "ANALYZE task;
-         INSERT INTO worker (worker_name, concurrency, status, is_permanent, last_ping_at)
-              VALUES ('probe', 2, 'R', false, now());
          INSERT INTO task (command, container, status, shard, pending_since)
               SELECT 'echo', 'c', 'P', g % 16, now() FROM generate_series(1, 3000) g;
          SET plan_cache_mode = force_generic_plan;",
@@ -572,7 +570,8 @@ async fn a_batch_read_probes_the_queue_without_reading_it() {
     .unwrap();
     let id: i32 = db
         .query_one(
-            "SELECT worker_id FROM worker WHERE worker_name = 'probe'",
+            "INSERT INTO worker (worker_name, concurrency, status, is_permanent, last_ping_at)
+             VALUES ('probe', 2, 'R', false, now()) RETURNING worker_id",
             &[],
         )
         .await
