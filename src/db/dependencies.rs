@@ -76,10 +76,13 @@ pub async fn now(tx: &Tx<'_>) -> Result<DateTime<Utc>> {
     Ok(row.get(0))
 }
 
-const PROMOTE: &str = "
+// The waiting tasks are reached by primary key only, as in db::tasks (see LOCK_WAITING_DEPENDENTS
+// there): `(…) IS TRUE` keeps the status test out of index conditions.
+#[doc(hidden)]
+pub const PROMOTE: &str = "
     WITH locked AS (
         SELECT t.task_id FROM task t
-         WHERE t.task_id = ANY($1) AND t.status = 'W' AND NOT t.hidden
+         WHERE t.task_id = ANY($1) AND (t.status = 'W' AND NOT t.hidden) IS TRUE
          ORDER BY t.task_id
            FOR UPDATE OF t SKIP LOCKED
     )
@@ -91,12 +94,13 @@ const PROMOTE: &str = "
                         WHERE d.dependent_task_id = t.task_id AND p.status <> 'S')
     RETURNING t.task_id, t.step_id, t.shard";
 
-const FAIL: &str = "
+#[doc(hidden)]
+pub const FAIL: &str = "
     WITH doomed AS (
         SELECT * FROM unnest($1::integer[], $2::integer[]) AS x(task_id, cause)
     ), locked AS (
         SELECT t.task_id, doomed.cause FROM task t JOIN doomed ON doomed.task_id = t.task_id
-         WHERE t.status = 'W' AND NOT t.hidden
+         WHERE t.task_id = ANY($1) AND (t.status = 'W' AND NOT t.hidden) IS TRUE
          ORDER BY t.task_id
            FOR UPDATE OF t SKIP LOCKED
     )

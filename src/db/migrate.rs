@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "activity_clock",
         sql: include_str!("../../schema/0013_activity_clock.sql"),
     },
+    Migration {
+        version: 14,
+        name: "dependents_by_key",
+        sql: include_str!("../../schema/0014_dependents_by_key.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

@@ -49,6 +49,10 @@ const SCHEMA: &[(&str, &str)] = &[
         "0013_activity_clock.sql",
         include_str!("../../schema/0013_activity_clock.sql"),
     ),
+    (
+        "0014_dependents_by_key.sql",
+        include_str!("../../schema/0014_dependents_by_key.sql"),
+    ),
 ];
 
 /// What a status list of the schema stands for.

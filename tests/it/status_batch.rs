@@ -428,3 +428,149 @@ async fn the_idle_clock_restarts_at_most_once_a_second() {
         );
     }
 }
+
+/// A direct connection whose notices (auto_explain's plans, at `log_level = notice`) are kept.
+async fn explained_connection(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use futures::StreamExt;
+    let (client, mut conn) = url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// The most rows any node of an `EXPLAIN ANALYZE` text read.
+fn most_rows(plan: &str) -> u64 {
+    plan.split("actual rows=")
+        .skip(1)
+        .filter_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every statement that reaches a few waiting tasks by id (the promotion of a success's
+/// dependents in `tq_status_batch` and in `db::tasks::promote_dependents`, the dependency sweep's
+/// PROMOTE and FAIL) reads them by primary key, whatever the statistics say: with the task table
+/// analyzed while empty and 20,000 W tasks inserted since, under a generic plan (the batch loops'
+/// mode) and a custom one, no node of any plan (auto_explain, nested statements included) reads
+/// more than a few rows. A status test written plainly let PostgreSQL AND `task_pkey` with
+/// `task_status_idx` and read every W task (schema/0014_dependents_by_key.sql).
+#[tokio::test]
+async fn waiting_dependents_are_reached_by_primary_key() {
+    let pg = postgres().await;
+    let url = pg.fresh_db().await;
+    let (db, mut notices) = explained_connection(&url).await;
+    db.batch_execute(
+        "ALTER TABLE task SET (autovacuum_enabled = false);
+         ALTER TABLE task_dependencies SET (autovacuum_enabled = false);
+         ANALYZE task; ANALYZE task_dependencies;
+         INSERT INTO task (command, container, status, shard)
+              SELECT 'echo', 'c', 'W', g % 4 FROM generate_series(1, 20000) g;
+         -- 30001–30003 run; 30004 failed for good. 1–4 wait for one of them each.
+         INSERT INTO task (task_id, command, container, status, retry) VALUES
+              (30001, 'echo', 'c', 'R', 0), (30002, 'echo', 'c', 'S', 0),
+              (30003, 'echo', 'c', 'S', 0), (30004, 'echo', 'c', 'F', 0);
+         INSERT INTO task_dependencies (dependent_task_id, prerequisite_task_id)
+              VALUES (1, 30001), (2, 30002), (3, 30003), (4, 30004);",
+    )
+    .await
+    .unwrap();
+    let statements = [
+        (
+            "tq_status_batch",
+            "SELECT tq_status_batch(ARRAY[30001], ARRAY[1], ARRAY['S'], ARRAY[NULL::text],
+                                    ARRAY[0], ARRAY[false], ARRAY[false], ARRAY[false],
+                                    ARRAY[false], ARRAY[true])"
+                .to_string(),
+            "SELECT status FROM task WHERE task_id = 1",
+            "P",
+        ),
+        (
+            "LOCK_WAITING_DEPENDENTS + PROMOTE_READY",
+            format!(
+                "PREPARE lock_waiting(int) AS {};
+                 PREPARE promote_ready(int[]) AS {};
+                 EXECUTE lock_waiting(30002);
+                 EXECUTE promote_ready('{{2}}');",
+                taskqueue::db::tasks::LOCK_WAITING_DEPENDENTS,
+                taskqueue::db::tasks::PROMOTE_READY
+            ),
+            "SELECT status FROM task WHERE task_id = 2",
+            "P",
+        ),
+        (
+            "sweep PROMOTE",
+            format!(
+                "PREPARE sweep_promote(int[]) AS {};
+                 EXECUTE sweep_promote('{{3}}');",
+                taskqueue::db::dependencies::PROMOTE
+            ),
+            "SELECT status FROM task WHERE task_id = 3",
+            "P",
+        ),
+        (
+            "sweep FAIL",
+            format!(
+                "PREPARE sweep_fail(int[], int[]) AS {};
+                 EXECUTE sweep_fail('{{4}}', '{{30004}}');",
+                taskqueue::db::dependencies::FAIL
+            ),
+            "SELECT status FROM task WHERE task_id = 4",
+            "F",
+        ),
+    ];
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        for (name, sql, check, want) in &statements {
+            db.batch_execute(&format!(
+                "BEGIN;
+                 LOAD 'auto_explain';
+                 SET LOCAL auto_explain.log_min_duration = 0;
+                 SET LOCAL auto_explain.log_nested_statements = on;
+                 SET LOCAL auto_explain.log_analyze = on;
+                 SET LOCAL auto_explain.log_timing = off;
+                 SET LOCAL auto_explain.log_level = notice;
+                 SET LOCAL plan_cache_mode = {mode};"
+            ))
+            .await
+            .unwrap();
+            while notices.try_recv().is_ok() {}
+            db.batch_execute(sql).await.unwrap();
+            let plans: Vec<String> = std::iter::from_fn(|| notices.try_recv().ok()).collect();
+            let status: String = db.query_one(*check, &[]).await.unwrap().get(0);
+            db.batch_execute("ROLLBACK; DEALLOCATE ALL;").await.unwrap();
+            assert_eq!(status, *want, "{mode}, {name}: the statement did its work");
+            assert!(
+                plans.iter().any(|p| p.contains("task_pkey")),
+                "{mode}, {name}: auto_explain showed the plans: {plans:#?}"
+            );
+            for plan in &plans {
+                assert!(
+                    most_rows(plan) <= 4,
+                    "{mode}, {name}: a node read {} rows:\n{plan}",
+                    most_rows(plan)
+                );
+            }
+        }
+    }
+}
