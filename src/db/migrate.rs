@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dependents_by_key",
         sql: include_str!("../../schema/0014_dependents_by_key.sql"),
     },
+    Migration {
+        version: 15,
+        name: "watch",
+        sql: include_str!("../../schema/0015_watch.sql"),
+    },
 ];
 
 /// What one call to `migrate` did.

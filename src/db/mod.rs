@@ -32,6 +32,7 @@ pub mod submit_batch;
 pub mod tasks;
 pub mod templates;
 pub mod users;
+pub mod watch;
 pub mod watchdog;
 pub mod workers;
 pub mod workflows;

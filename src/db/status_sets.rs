@@ -53,6 +53,10 @@ const SCHEMA: &[(&str, &str)] = &[
         "0014_dependents_by_key.sql",
         include_str!("../../schema/0014_dependents_by_key.sql"),
     ),
+    (
+        "0015_watch.sql",
+        include_str!("../../schema/0015_watch.sql"),
+    ),
 ];
 
 /// What a status list of the schema stands for.

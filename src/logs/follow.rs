@@ -26,6 +26,7 @@ use super::{
 use crate::db;
 use crate::db::logs::{FollowPage, NOTIFY_CHANNEL};
 use crate::db::notify::Subscription;
+use crate::db::watch::WatchGuard;
 use crate::domain::logs::{LogStream, body_lines};
 use crate::error::{Code, Error, Result};
 use crate::telemetry::metrics as m;
@@ -67,7 +68,9 @@ impl LogService {
                 ),
             )
         })?;
-        // Subscribe before the first read, so no wake-up can fall between the two.
+        // Watched before the first read, so the task's end is announced (db::watch), and
+        // subscribed before it, so no wake-up can fall between the two.
+        let watching = self.log_watch.enter().await?;
         let subscription = self.notifier.subscribe(NOTIFY_CHANNEL, task_id.to_string());
         if db::logs::follow_ended(&self.db, task_id).await?.is_none() {
             return Err(Error::not_found(format!("task {task_id} not found")));
@@ -77,6 +80,7 @@ impl LogService {
             task_id,
             stream,
             subscription,
+            _watching: watching,
         };
         Ok(follower.lines(slot, user_slot).boxed())
     }
@@ -124,6 +128,7 @@ struct Follower {
     task_id: i32,
     stream: LogStream,
     subscription: Subscription,
+    _watching: WatchGuard,
 }
 
 impl Follower {
@@ -138,8 +143,10 @@ impl Follower {
             task_id,
             stream,
             mut subscription,
+            _watching,
         } = self;
         async_stream::try_stream! {
+            let _watching = _watching;
             let _slot = slot;
             let _user_slot = user_slot;
             let _open = OpenStream::new("follow");

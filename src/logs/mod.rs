@@ -31,6 +31,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::db::Db;
 use crate::db::logs::NOTIFY_CHANNEL;
 use crate::db::notify::Notifier;
+use crate::db::watch::Watch;
 use crate::telemetry::metrics as m;
 
 pub use ingest::LogLine;
@@ -72,6 +73,10 @@ pub struct LogService {
     /// Log bytes one task may store.
     max_log_bytes_per_task: u64,
     draining: CancellationToken,
+    /// Task-end wake-ups are sent while this replica has followers (schema/0015_watch.sql).
+    log_watch: Watch,
+    /// Web events are built and sent while this replica has web sockets (held by `web::ws`).
+    ws_watch: Watch,
     _stop_notifier: Arc<DropGuard>,
 }
 
@@ -86,6 +91,8 @@ impl LogService {
             stop.clone(),
         );
         let pool = db.max_size().max(2);
+        let log_watch = Watch::start(db.clone(), NOTIFY_CHANNEL, stop.clone());
+        let ws_watch = Watch::start(db.clone(), crate::db::ws_events::CHANNEL, stop.clone());
         LogService {
             db,
             notifier,
@@ -97,8 +104,15 @@ impl LogService {
             user_follows: UserFollows::new(limits.max_followers_per_user),
             max_log_bytes_per_task: limits.max_log_bytes_per_task,
             draining,
+            log_watch,
+            ws_watch,
             _stop_notifier: Arc::new(stop.drop_guard()),
         }
+    }
+
+    /// The watch of web events (`tq_ws`), entered by every web socket (`web::ws`).
+    pub fn ws_watch(&self) -> &Watch {
+        &self.ws_watch
     }
 
     /// The replica's LISTEN session, shared with the WebSocket fan-out (`web::ws`).

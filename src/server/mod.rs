@@ -166,6 +166,7 @@ async fn serve(
     let ws_hub = crate::web::ws::WsHub::start(
         db.clone(),
         state.logs.notifier(),
+        state.logs.ws_watch().clone(),
         state.auth.clone(),
         state.draining.clone(),
     );

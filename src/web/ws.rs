@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::{Authenticator, Caller};
 use crate::api::state::AppState;
 use crate::db::notify::{Message as Notification, Notifier};
+use crate::db::watch::Watch;
 use crate::db::{Db, ws_events};
 use crate::domain::credentials::token_digest;
 use crate::domain::ws::{self as rules, Audience, Body, Inbound, Notice, Subscriptions, Viewer};
@@ -103,9 +104,25 @@ async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => return refusal.into_response(),
     };
+    // Watched before the upgrade completes, so every event of a change the UI can read after it
+    // reaches this socket (db::watch).
+    let watching = match hub.hub.watch.enter().await {
+        Ok(watching) => watching,
+        Err(e) => {
+            tracing::warn!(error = %e, "web socket refused: its watch could not be entered");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is unavailable: try again in a moment",
+            );
+        }
+    };
     ws.max_message_size(MAX_INBOUND)
         .max_frame_size(MAX_INBOUND)
-        .on_upgrade(move |socket| serve(state, socket, slot, token))
+        .on_upgrade(move |socket| async move {
+            let _watching = watching;
+            serve(state, socket, slot, token).await
+        })
 }
 
 /// The session token of a request: the `session_token` cookie, else a bearer token.
@@ -265,6 +282,8 @@ struct Clients {
 
 struct Hub {
     db: Db,
+    /// Entered by every socket: web events are published while one is (db::watch).
+    watch: Watch,
     /// Told of sessions revoked through other replicas, so its cache forgets them at once.
     auth: Arc<Authenticator>,
     clients: Mutex<Clients>,
@@ -310,11 +329,13 @@ impl WsHub {
     pub fn start(
         db: Db,
         notifier: &Notifier,
+        watch: Watch,
         auth: Arc<Authenticator>,
         stop: CancellationToken,
     ) -> WsHub {
         let hub = Arc::new(Hub {
             db,
+            watch,
             auth,
             clients: Mutex::default(),
             next_id: AtomicU64::new(1),

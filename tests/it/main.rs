@@ -41,6 +41,7 @@ mod status_batch;
 mod submit_batch;
 mod tasks;
 mod templates;
+mod watch;
 mod watchdog;
 mod web_http;
 mod web_rest;

@@ -49,6 +49,7 @@ async fn web_side(replica: &Replica) -> (SocketAddr, WsHub) {
     let hub = WsHub::start(
         state.db.clone(),
         state.logs.notifier(),
+        state.logs.ws_watch().clone(),
         state.auth.clone(),
         state.draining.clone(),
     );
@@ -551,6 +552,12 @@ async fn trigger_cost() {
     // A replica always listens (and reads at once).
     let listener = postgres().await.connect(&url).await;
     listener.batch_execute("LISTEN tq_ws").await.unwrap();
+    // Somebody watches (db::watch): the triggers publish.
+    pg.batch_execute(
+        "INSERT INTO tq_watch (replica, channel, until) VALUES ('measure', 'tq_ws', now() + interval '1 hour')",
+    )
+    .await
+    .unwrap();
     pg.batch_execute(
         "INSERT INTO workflow (workflow_name) VALUES ('bench');
          INSERT INTO step (step_name, workflow_id) SELECT 's', workflow_id FROM workflow;",
@@ -635,6 +642,12 @@ async fn trigger_cost_single() {
     let pg = postgres().await.connect(&url).await;
     let listener = postgres().await.connect(&url).await;
     listener.batch_execute("LISTEN tq_ws").await.unwrap();
+    // Somebody watches (db::watch): the triggers publish.
+    pg.batch_execute(
+        "INSERT INTO tq_watch (replica, channel, until) VALUES ('measure', 'tq_ws', now() + interval '1 hour')",
+    )
+    .await
+    .unwrap();
     pg.batch_execute(
         "INSERT INTO workflow (workflow_name) VALUES ('bench');
          INSERT INTO step (step_name, workflow_id) SELECT 's', workflow_id FROM workflow;
