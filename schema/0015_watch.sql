@@ -14,7 +14,8 @@
 -- watcher could see is lost.
 --
 -- Only the hot publishers are gated: the task insert and update triggers of schema/0008_ws.sql
--- and the task-end wake-up of the log followers (schema/0001_init.sql). Other events (workers,
+-- and the task-end wake-up of the log followers (schema/0001_init.sql); db::logs sends its
+-- log-batch wake-ups under the same test. Other events (workers,
 -- workflows, sessions: `session/revoked` closes sessions on every replica) are rare and stay
 -- as they were.
 CREATE TABLE tq_watch (

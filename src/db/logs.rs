@@ -62,7 +62,8 @@ const APPEND: &str = "
              ORDER BY seq DESC
              LIMIT 1) last ON true";
 
-const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+// Sent only while some replica has a log follower (db::watch, schema/0015_watch.sql).
+const NOTIFY: &str = "SELECT pg_notify($1::text, $2) WHERE tq_watched($1::text)";
 
 /// Appends `lines` (each stored followed by a newline; a line holding `\n` counts as several) as
 /// one batch, inside `tx`. Unknown task → `NotFound`.

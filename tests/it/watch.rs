@@ -37,22 +37,29 @@ async fn listener(url: &str) -> (tokio_postgres::Client, UnboundedReceiver<(Stri
     (client, rx)
 }
 
-/// Every notification up to a sentinel sent now (notifications arrive in commit order).
+/// Every notification up to a sentinel sent now (notifications arrive in commit order), other
+/// listeners' sentinels left out.
 async fn received(
     db: &tokio_postgres::Client,
     rx: &mut UnboundedReceiver<(String, String)>,
 ) -> Vec<(String, String)> {
-    db.batch_execute("NOTIFY tq_ws, 'sentinel'").await.unwrap();
+    let sentinel = format!("sentinel {}", rand::random::<u64>());
+    db.batch_execute(&format!("NOTIFY tq_ws, '{sentinel}'"))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("the sentinel arrives")
             .unwrap();
-        if m.1 == "sentinel" {
+        if m.1 == sentinel {
             return got;
         }
-        got.push(m);
+        // Another listener's sentinel.
+        if !m.1.starts_with("sentinel ") {
+            got.push(m);
+        }
     }
 }
 
@@ -75,6 +82,49 @@ async fn task_life(db: &tokio_postgres::Client) -> i32 {
         .unwrap();
     }
     id
+}
+
+/// Appends one log line to `task_id` (db::logs), and counts the `task_log` wake-ups for it that
+/// arrive on a listener of its own.
+async fn log_lines(pool: &Db, task_id: i32) -> usize {
+    use scoped_futures::ScopedFutureExt;
+    let url = pool.session_config("t");
+    let (listening, mut rx) = {
+        let (client, mut conn) = url.connect(tokio_postgres::NoTls).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(m)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                    let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+                }
+            }
+        });
+        client
+            .batch_execute("LISTEN task_log; LISTEN tq_ws;")
+            .await
+            .unwrap();
+        (client, rx)
+    };
+    pool.tx(taskqueue::db::Op::Logs, |tx| {
+        async move {
+            taskqueue::db::logs::append_lines(
+                tx,
+                task_id,
+                taskqueue::domain::logs::LogStream::Stdout,
+                &["a line"],
+            )
+            .await
+        }
+        .scope_boxed()
+    })
+    .await
+    .unwrap();
+    received(&listening, &mut rx)
+        .await
+        .iter()
+        .filter(|m| *m == &("task_log".to_string(), task_id.to_string()))
+        .count()
 }
 
 #[tokio::test]
@@ -116,13 +166,23 @@ async fn task_events_are_published_only_while_somebody_watches() {
         .collect();
     assert_eq!(statuses, ["P", "C", "R", "S"], "{got:?}");
 
-    // A follower's watch too: the task's end wakes its followers.
+    // A follower's watch too: a new log batch and the task's end wake its followers.
+    assert_eq!(
+        log_lines(&pool, id).await,
+        0,
+        "nobody follows: no log wake-up"
+    );
     let follower = log.enter().await.unwrap();
     let id = task_life(&db).await;
     let got = received(&db, &mut rx).await;
     assert!(
         got.contains(&("task_log".to_string(), id.to_string())),
         "{got:?}"
+    );
+    assert_eq!(
+        log_lines(&pool, id).await,
+        1,
+        "a follower: the batch wakes it"
     );
     assert_eq!(ws.holders(), 1);
     drop((socket, follower));
