@@ -136,15 +136,7 @@ impl Watch {
             .await?;
         *self.inner.live_until.lock().expect("watch lock") = Some(started + TTL - MARGIN);
         if !was_live {
-            let horizon: i64 = client.query_one(HORIZON_SQL, &[]).await?.get(0);
-            let deadline = Instant::now() + SETTLE_LIMIT;
-            while Instant::now() < deadline {
-                let settled: bool = client.query_one(SETTLED_SQL, &[&horizon]).await?.get(0);
-                if settled {
-                    break;
-                }
-                tokio::time::sleep(SETTLE_POLL).await;
-            }
+            wait_for_running(&client).await?;
         }
         Ok(())
     }
@@ -171,4 +163,18 @@ impl Watch {
             }
         }
     }
+}
+
+/// Waits until every transaction running now has ended, for at most `SETTLE_LIMIT`.
+async fn wait_for_running(client: &tokio_postgres::Client) -> Result<()> {
+    let horizon: i64 = client.query_one(HORIZON_SQL, &[]).await?.get(0);
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let settled: bool = client.query_one(SETTLED_SQL, &[&horizon]).await?.get(0);
+        if settled {
+            break;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+    Ok(())
 }

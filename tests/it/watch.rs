@@ -14,13 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::common::postgres;
 
 /// A connection LISTENing on both channels, and the notifications it receives: (channel, payload).
-async fn listener(url: &str) -> (tokio_postgres::Client, UnboundedReceiver<(String, String)>) {
-    let (client, mut conn) = url
-        .parse::<tokio_postgres::Config>()
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
+async fn listener(
+    config: &tokio_postgres::Config,
+) -> (tokio_postgres::Client, UnboundedReceiver<(String, String)>) {
+    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -88,24 +85,7 @@ async fn task_life(db: &tokio_postgres::Client) -> i32 {
 /// arrive on a listener of its own.
 async fn log_lines(pool: &Db, task_id: i32) -> usize {
     use scoped_futures::ScopedFutureExt;
-    let url = pool.session_config("t");
-    let (listening, mut rx) = {
-        let (client, mut conn) = url.connect(tokio_postgres::NoTls).await.unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(Ok(m)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                    let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-                }
-            }
-        });
-        client
-            .batch_execute("LISTEN task_log; LISTEN tq_ws;")
-            .await
-            .unwrap();
-        (client, rx)
-    };
+    let (listening, mut rx) = listener(&pool.session_config("t")).await;
     pool.tx(taskqueue::db::Op::Logs, |tx| {
         async move {
             taskqueue::db::logs::append_lines(
@@ -132,7 +112,7 @@ async fn task_events_are_published_only_while_somebody_watches() {
     let pg = postgres().await;
     let url = pg.fresh_db().await;
     let db = pg.connect(&url).await;
-    let (_listening, mut rx) = listener(&url).await;
+    let (_listening, mut rx) = listener(&url.parse().unwrap()).await;
 
     // Nobody watches: nothing is built or sent.
     task_life(&db).await;
