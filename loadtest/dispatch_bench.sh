@@ -26,7 +26,8 @@
 # Usage: loadtest/dispatch_bench.sh   (env: WORKERS, TASKS, REPLICAS, SECONDS_PER_PHASE, RATE_WORKERS,
 #        LIFE_WORKERS, PEER=0|1, PEER_JOBS, PEER_POOL_SIZE, PROFILE=1 (perf, CPU by process kind and
 #        pg_stat_statements of the idle, lifecycle and rate phases; PostgreSQL's log kept as
-#        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PG_OPTIONS (more server flags, e.g.
+#        $PROFILE_DIR/pg.log), PROFILE_SECONDS, PROFILE_DIR, PERF_FREQ (Hz, default 499), PERF_CG
+#        (perf call graphs: fp, the default, or dwarf: Rust frames resolved), PG_OPTIONS (more server flags, e.g.
 #        "-c auto_explain.log_min_duration=1ms" with auto_explain preloaded), REPLICA_ARGS (more
 #        `taskqueue serve` flags for every replica), BENCH_SQL (SQL run once on the migrated database,
 #        for experiments),
@@ -147,7 +148,7 @@ profile_start() {
   [ "$PROFILE" = 1 ] || return 0
   mkdir -p "$PROFILE_DIR"
   local secs=${PROFILE_SECONDS:-$((PHASE / 6 + 1))} children
-  (sleep 2; perf record -g -F 499 -p "${rpids[0]}" -o "$PROFILE_DIR/$1-replica.perf.data" -- sleep "$secs" \
+  (sleep 2; perf record --call-graph "${PERF_CG:-fp}" -F "${PERF_FREQ:-499}" -p "${rpids[0]}" -o "$PROFILE_DIR/$1-replica.perf.data" -- sleep "$secs" \
      >"$PROFILE_DIR/$1-perf-record.log" 2>&1) &
   perf_job=$!
   children=$(pgrep -d, -P "$pgpid" || true)

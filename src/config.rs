@@ -84,8 +84,8 @@ pub mod defaults {
     /// Password hashes waiting for a free hashing slot; more logins at once are refused with
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub const LOGIN_QUEUE: usize = 64;
-    /// Ping batch loops per replica (docs/architecture.md#group-commit), each on its own pooled
-    /// connection: two keep one batch forming while the other is in flight.
+    /// Batch loops per replica and kind (docs/architecture.md#group-commit), each on its own
+    /// pooled connection: one runs the batch, the other steps in only when that batch is slow.
     pub const BATCH_LOOPS: usize = 2;
     /// Most pings in one batch: large enough that one statement serves a burst of a big fleet,
     /// small enough that one batch stays a short transaction.

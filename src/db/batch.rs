@@ -5,6 +5,14 @@
 //! There is no timer: a lone request goes at once; under load, batches form by themselves while the
 //! previous ones are in flight.
 //!
+//! One batch in flight at a time, normally: a loop that finds a request while another loop's batch
+//! is in flight waits for that batch to end and then takes everything queued, as that loop would
+//! have; only when the batch in flight is slow (`spare_after`, e.g. a claim waiting on a lock) does
+//! it go meanwhile. Two loops running side by side split the requests into batches of half the
+//! size, and every batch pays the same fixed cost in PostgreSQL: measured on the 2-core bench,
+//! one batch at a time gave +35 % idle pings, +45 % assigning pings and a lower p99 than two
+//! loops taking batches freely, and the spare keeps one stuck batch from stalling the replica.
+//!
 //! What it guarantees: each request is answered exactly once, with its own answer or with the
 //! batch's error (a failed batch fails every request in it; a conflict or deadlock runs the whole
 //! batch again first, as `Db::tx` does); a request that finds the queue full waits up to
@@ -15,12 +23,13 @@
 //! batch is shared; their answers are dropped).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use metrics::{counter, histogram};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +66,9 @@ pub struct BatchConfig {
     /// conditions are literals, so the generic plan uses the same (partial) indexes. The
     /// connection then never returns to the pool: it is closed when the loop ends.
     pub generic_plans: bool,
+    /// How long a loop that has requests waits for another loop's batch in flight to end before
+    /// it goes anyway (see the module doc).
+    pub spare_after: Duration,
 }
 
 impl BatchConfig {
@@ -70,9 +82,14 @@ impl BatchConfig {
             max,
             queue_wait: super::POOL_WAIT,
             generic_plans: true,
+            spare_after: SPARE_AFTER,
         }
     }
 }
+
+/// A batch in flight longer than this is slow: a waiting loop goes meanwhile. Above the time of a
+/// busy batch (a few ms on the bench's saturated 2 cores), below the p99 a ping may take (10 ms).
+pub const SPARE_AFTER: Duration = Duration::from_millis(8);
 
 /// What the loop's connection runs first when `generic_plans` is set.
 const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan";
@@ -84,6 +101,30 @@ struct Job<Req, Resp> {
 }
 
 type Queue<Req, Resp> = Arc<tokio::sync::Mutex<mpsc::Receiver<Job<Req, Resp>>>>;
+
+/// The batches in flight of one batcher's loops, and a signal when one ends.
+#[derive(Default)]
+struct InFlight {
+    running: AtomicUsize,
+    ended: Notify,
+}
+
+/// One batch in flight: counted from before its loop lets go of the queue until it answered.
+struct Running<'a>(&'a InFlight);
+
+impl<'a> Running<'a> {
+    fn start(f: &'a InFlight) -> Running<'a> {
+        f.running.fetch_add(1, Ordering::SeqCst);
+        Running(f)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.notify_waiters();
+    }
+}
 
 /// A group-commit queue and its loops (see the module doc). Dropping it ends the loops once the
 /// queue is empty; [`Batcher::shutdown`] does the same and waits for them.
@@ -107,6 +148,7 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         let queue: Queue<Req, Resp> = Arc::new(tokio::sync::Mutex::new(rx));
         let f: Arc<dyn BatchFn<Req, Resp>> = Arc::new(f);
         let closing = CancellationToken::new();
+        let in_flight = Arc::new(InFlight::default());
         let loops = (0..cfg.loops)
             .map(|_| {
                 tokio::spawn(run_loop(
@@ -114,6 +156,7 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     cfg,
                     f.clone(),
                     queue.clone(),
+                    in_flight.clone(),
                     closing.clone(),
                 ))
             })
@@ -190,12 +233,13 @@ async fn run_loop<Req: Send + Sync + 'static, Resp: Send + 'static>(
     cfg: BatchConfig,
     f: Arc<dyn BatchFn<Req, Resp>>,
     queue: Queue<Req, Resp>,
+    in_flight: Arc<InFlight>,
     closing: CancellationToken,
 ) {
     let mut client: Option<Client> = None;
     let mut jobs = Vec::with_capacity(cfg.max);
     loop {
-        {
+        let running = {
             // One loop waits on the queue at a time; the others run their batches meanwhile.
             let mut rx = queue.lock().await;
             let n = tokio::select! {
@@ -214,7 +258,19 @@ async fn run_loop<Req: Send + Sync + 'static, Resp: Send + 'static>(
                 }
                 return;
             }
-        }
+            if n < cfg.max {
+                // Another loop's batch in flight: wait for it (then take what queued meanwhile)
+                // unless it is slow. Registered before the check, so its end is not missed.
+                let ended = in_flight.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if in_flight.running.load(Ordering::SeqCst) > 0 && !closing.is_cancelled() {
+                    let _ = tokio::time::timeout(cfg.spare_after, ended).await;
+                    let _ = rx.recv_many(&mut jobs, cfg.max - n).now_or_never();
+                }
+            }
+            Running::start(&in_flight)
+        };
         run_batch(
             &db,
             &cfg,
@@ -223,6 +279,7 @@ async fn run_loop<Req: Send + Sync + 'static, Resp: Send + 'static>(
             std::mem::take(&mut jobs),
         )
         .await;
+        drop(running);
     }
 }
 

@@ -73,6 +73,7 @@ fn config(loops: usize, max: usize) -> BatchConfig {
         max,
         queue_wait: Duration::from_secs(10),
         generic_plans: false,
+        spare_after: Duration::from_secs(1),
     }
 }
 
@@ -153,6 +154,69 @@ async fn a_lone_request_is_not_delayed() {
         "a lone request waits for no timer: median {b_med:?} batched, {p_med:?} direct"
     );
     assert!(sizes.lock().unwrap().iter().all(|&n| n == 1));
+}
+
+/// Submits 1, then (after `gap`) 2, 3 and 4 together; gives the batch sizes and when 2 was
+/// answered.
+async fn one_then_three(b: Arc<Batcher<i32, i32>>, gap: Duration) -> Duration {
+    let start = Instant::now();
+    let first = {
+        let b = b.clone();
+        tokio::spawn(async move { b.submit(1).await })
+    };
+    tokio::time::sleep(gap).await;
+    let second = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let a = b.submit(2).await;
+            (a, start.elapsed())
+        })
+    };
+    let rest = futures::future::join_all([3, 4].map(|i| {
+        let b = b.clone();
+        async move { b.submit(i).await.unwrap() }
+    }));
+    assert_eq!(rest.await, vec![6, 8]);
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    let (a, at) = second.await.unwrap();
+    assert_eq!(a.unwrap(), 4);
+    at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_loop_waits_for_the_batch_in_flight_unless_it_is_slow() {
+    // Fast batches (50 ms, the spare after 1 s): the second loop waits for the first batch and
+    // then takes the three queued requests at once.
+    let f = Double::new(50.0);
+    let sizes = f.sizes.clone();
+    let b = Arc::new(Batcher::start(db().await, config(2, 256), f));
+    b.submit(0).await.unwrap(); // a loop takes its connection
+    sizes.lock().unwrap().clear();
+    one_then_three(b.clone(), Duration::from_millis(15)).await;
+    assert_eq!(
+        sizes.lock().unwrap().clone(),
+        vec![1, 3],
+        "one batch in flight at a time: the requests of its run wait for it, together"
+    );
+    b.shutdown().await;
+
+    // A slow batch (400 ms, the spare after 50 ms): the second loop goes meanwhile.
+    let f = Double::new(400.0);
+    let sizes = f.sizes.clone();
+    let cfg = BatchConfig {
+        spare_after: Duration::from_millis(50),
+        ..config(2, 256)
+    };
+    let b = Arc::new(Batcher::start(db().await, cfg, f));
+    b.submit(0).await.unwrap();
+    sizes.lock().unwrap().clear();
+    let at = one_then_three(b.clone(), Duration::from_millis(15)).await;
+    assert!(
+        at < Duration::from_millis(700),
+        "the spare did not wait for the slow batch (400 ms) to end: 2 answered after {at:?}"
+    );
+    assert_eq!(sizes.lock().unwrap().clone(), vec![1, 3]);
+    b.shutdown().await;
 }
 
 #[tokio::test]
