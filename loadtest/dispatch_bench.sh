@@ -56,7 +56,7 @@ TOKEN=bench-worker-token
 
 ./scripts/setup.sh
 cargo build --release --quiet --bin taskqueue --bin fleet-sim
-BIN=target/release
+BIN=${BIN:-target/release}
 
 work=$(mktemp -d /tmp/taskqueue-bench.XXXXXX)
 chmod 755 "$work"
