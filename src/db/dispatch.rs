@@ -56,8 +56,7 @@ pub struct PingAnswer {
 static HELD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {TASK_COLUMNS} FROM task t LEFT JOIN step s ON s.step_id = t.step_id
-          WHERE t.worker_id = $1 AND t.status IN ({reported})
-          ORDER BY t.task_id",
+          WHERE t.worker_id = $1 AND t.status IN ({reported})",
         reported = sql_list(dispatch::REPORTED),
     )
 });
@@ -109,8 +108,9 @@ const PING: &str = "SELECT status, concurrency, back_from, claimed, waits
 /// held task, or one row with NULL task columns for a worker that holds none. One statement
 /// rather than two pipelined: each pays its own Bind/Execute/Sync, executor start and send in
 /// PostgreSQL (measured, A/B on the bench: PostgreSQL CPU per idle ping 54–58 → 51–53 µs with
-/// full workers, 46–53 → 42–47 µs with an empty queue; within the noise on throughput). No ORDER BY: rows are grouped and held tasks sorted by the caller, so the plan has
-/// no Sort to set up. The held tasks' `OFFSET 0` keeps their subquery a per-worker index probe:
+/// full workers, 46–53 → 42–47 µs with an empty queue; within the noise on throughput). No ORDER
+/// BY: rows are grouped by the caller and `answer` sorts held tasks, so the plan has no Sort to
+/// set up. The held tasks' `OFFSET 0` keeps their subquery a per-worker index probe:
 /// without it PostgreSQL pulls it up into a join and, under the generic plan with statistics
 /// that predate the running tasks, reads every held task of every worker once per batch
 /// (measured in the lifecycle bench: 2.2 ms a batch; test: ping_rules::a_batch_read_probes…).
@@ -175,8 +175,12 @@ fn not_registered(worker_id: i32) -> Error {
 
 /// The answer of a ping from the rows (`TASK_COLUMNS`) of the tasks its worker holds, in any
 /// order: sent ordered by task id.
-fn answer(concurrency: i32, rows: &[&Row], claimed_waits: Vec<f64>) -> PingAnswer {
-    let mut rows = rows.to_vec();
+fn answer<'a>(
+    concurrency: i32,
+    rows: impl IntoIterator<Item = &'a Row>,
+    claimed_waits: Vec<f64>,
+) -> PingAnswer {
+    let mut rows: Vec<&Row> = rows.into_iter().collect();
     rows.sort_by_key(|r| r.get::<_, i32>("task_id"));
     let held: Vec<HeldTask> = rows
         .iter()
@@ -237,7 +241,6 @@ pub async fn ping(
                 let (snapshot, maybe_pending) = snapshot_from(snap.as_ref(), worker_id)?;
                 let plan = dispatch::plan_ping(&snapshot, has_stats, cfg.last_ping_write_interval);
                 let idle = plan.is_idle(maybe_pending);
-                let held: Vec<&Row> = held.iter().collect();
                 Ok(idle.then(|| answer(snapshot.concurrency, &held, Vec::new())))
             }
             .scope_boxed()
@@ -282,7 +285,6 @@ pub async fn ping(
                         tracing::info!(worker_id, from = %from.trim(), to = %status.trim(), "worker is back online");
                     }
                     let waits: Option<Vec<f64>> = ping.get("waits");
-                    let held: Vec<&Row> = held.iter().collect();
                     Ok(answer(ping.get("concurrency"), &held, waits.unwrap_or_default()))
                 }
                 .scope_boxed()
@@ -397,33 +399,29 @@ pub async fn ping_batch(
     let stmt = c.prepare_cached(&SNAPSHOTS_HELD).await?;
     let rows = c.query(&stmt, &[&ids]).await?;
     record_statement(PING_BATCH_KIND, ids.len());
-    let mut snapshots = HashMap::with_capacity(ids.len());
-    let mut held: HashMap<i32, Vec<&Row>> = HashMap::with_capacity(ids.len());
-    for (worker_id, rows) in by_worker(&rows, "ping_worker") {
-        // A worker holding no task has one row, its task columns NULL.
-        let tasks: Vec<&Row> = rows
-            .iter()
-            .copied()
-            .filter(|r| r.get::<_, Option<i32>>("task_id").is_some())
-            .collect();
-        snapshots.insert(worker_id, snapshot_from(rows.first().copied(), worker_id)?);
-        held.insert(worker_id, tasks);
+    // Per worker: its snapshot, and its held tasks (a worker holding none has one row, its task
+    // columns NULL).
+    let mut workers = HashMap::with_capacity(ids.len());
+    for (worker_id, mut rows) in by_worker(&rows, "ping_worker") {
+        let snapshot = snapshot_from(rows.first().copied(), worker_id)?;
+        rows.retain(|r| r.get::<_, Option<i32>>("task_id").is_some());
+        workers.insert(worker_id, (snapshot, rows));
     }
 
     let mut out: Vec<Option<Result<PingAnswer>>> = (0..reqs.len()).map(|_| None).collect();
     let mut writes = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
-        let Some((snapshot, maybe_pending)) = snapshots.get(&r.worker_id) else {
+        let Some(((snapshot, maybe_pending), held)) = workers.get(&r.worker_id) else {
             out[i] = Some(Err(not_registered(r.worker_id)));
             continue;
         };
         let plan = dispatch::plan_ping(snapshot, r.stats.is_some(), cfg.last_ping_write_interval);
         if plan.is_idle(*maybe_pending) {
-            let rows = held
-                .get(&r.worker_id)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            out[i] = Some(Ok(answer(snapshot.concurrency, rows, Vec::new())));
+            out[i] = Some(Ok(answer(
+                snapshot.concurrency,
+                held.iter().copied(),
+                Vec::new(),
+            )));
         } else {
             writes.push(i);
         }
@@ -518,7 +516,7 @@ async fn write_batch(
             if let Some(from) = back_froms.get(k).cloned().flatten() {
                 tracing::info!(worker_id, from = %from.trim(), to = %status.trim(), "worker is back online");
             }
-            let rows = held.get(&worker_id).map(Vec::as_slice).unwrap_or_default();
+            let rows = held.get(&worker_id).into_iter().flatten().copied();
             Ok(answer(concurrency, rows, std::mem::take(&mut claimed_waits[k])))
         })
         .collect())
